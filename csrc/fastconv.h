@@ -1,0 +1,50 @@
+/* fastconv's C ABI.  This file is read verbatim by cffi as the cdef (fastconv/_build_cffi.py) and
+ * included by every .c, so it holds plain declarations only: no #include, no #if, no macros.
+ *
+ * Symbols follow one grammar: fc_<op>_<pass>_<algo>[_<variant>]_<dtype>.
+ * Every kernel takes C-contiguous arrays that the Python wrapper allocated and checked, a shape
+ * struct, and the thread count; it returns FC_OK or an FC_E* status and keeps no global state.
+ */
+
+typedef struct {
+    int64_t n, c_in, h, w;        /* input  (N, C_in, H, W)                     */
+    int64_t c_out, kh, kw;        /* weight (C_out, C_in / groups, kH, kW)      */
+    int64_t out_h, out_w;         /* output (N, C_out, out_h, out_w)            */
+    int64_t stride_h, stride_w;
+    int64_t pad_top, pad_left;    /* bottom/right padding is implied by out_h/out_w */
+    int64_t dilation_h, dilation_w;
+    int64_t groups;
+} fc_conv2d_shape;
+
+typedef struct {
+    int64_t n, c, h, w;           /* input (N, C, H, W); planes = n * c         */
+    int64_t kh, kw;
+    int64_t out_h, out_w;
+    int64_t stride_h, stride_w;
+    int64_t pad_h, pad_w;
+    int64_t dilation_h, dilation_w;
+} fc_pool2d_shape;
+
+enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2 };
+
+const char *fc_build_info(void);
+int fc_has_openmp(void);
+
+/* y = conv2d(x, w) + bias; bias may be NULL. */
+int fc_conv2d_fwd_direct_f32(const float *x, const float *w, const float *bias, float *y,
+                             const fc_conv2d_shape *s, int n_threads);
+int fc_conv2d_fwd_direct_f64(const double *x, const double *w, const double *bias, double *y,
+                             const fc_conv2d_shape *s, int n_threads);
+
+/* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention. */
+int fc_maxpool2d_fwd_direct_f32(const float *x, float *y, int64_t *idx,
+                                const fc_pool2d_shape *s, int n_threads);
+int fc_maxpool2d_fwd_direct_f64(const double *x, double *y, int64_t *idx,
+                                const fc_pool2d_shape *s, int n_threads);
+
+/* gx = 0; gx[plane][idx] += gy.  Returns FC_EINDEX (gx then incomplete) if an index is outside
+ * its plane, so corrupt indices are an error rather than a wild write. */
+int fc_maxpool2d_bwd_direct_f32(const float *gy, const int64_t *idx, float *gx,
+                                const fc_pool2d_shape *s, int n_threads);
+int fc_maxpool2d_bwd_direct_f64(const double *gy, const int64_t *idx, double *gx,
+                                const fc_pool2d_shape *s, int n_threads);

@@ -1,0 +1,55 @@
+/* Internal helpers for fastconv's C kernels; never seen by cffi. */
+#ifndef FC_INTERNAL_H
+#define FC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#include "fastconv.h"
+
+#define FC_RESTRICT restrict
+
+/* Hot functions are compiled for several ISAs and picked at load time (GCC function
+ * multi-versioning), so a portable wheel still uses AVX-512 where it exists.  With
+ * FASTCONV_NATIVE=1 the whole build is -march=native and the clones are unnecessary. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
+#define FC_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FC_HOT
+#endif
+
+/* OpenMP: a `for` over independent tasks with an explicit thread count (no global state).  Without
+ * OpenMP the pragmas vanish and the loops run serially. */
+#ifdef _OPENMP
+#include <omp.h>
+#define FC_PRAGMA(x) _Pragma(#x)
+#define FC_OMP_PARALLEL_FOR(nt) FC_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(nt))
+#define FC_OMP_PARALLEL(nt) FC_PRAGMA(omp parallel num_threads(nt))
+#define FC_OMP_FOR FC_PRAGMA(omp for schedule(dynamic, 1))
+#define FC_THREAD_ID() omp_get_thread_num()
+#define FC_PRAGMA_ATOMIC_WRITE FC_PRAGMA(omp atomic write)
+#else
+#define FC_OMP_PARALLEL_FOR(nt)
+#define FC_OMP_PARALLEL(nt)
+#define FC_OMP_FOR
+#define FC_THREAD_ID() 0
+#define FC_PRAGMA_ATOMIC_WRITE
+#endif
+
+static inline int64_t fc_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t fc_max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t fc_round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+/* 64-byte aligned workspace (uninitialised); NULL on failure (callers return FC_ENOMEM). */
+static inline void *fc_alloc(size_t bytes) {
+    void *p;
+    bytes = (bytes + 63) / 64 * 64;
+    if (bytes == 0) bytes = 64;
+    p = aligned_alloc(64, bytes);
+    return p;
+}
+
+#endif

@@ -1,0 +1,105 @@
+/* Max-pool 2-D forward (values + argmax) and backward, the twin of fastconv/numba/maxpool.py.
+ *
+ * PyTorch's CPU rules, kept exactly:
+ *   - each window starts at maxval = -inf with the index of its first in-bounds tap;
+ *   - a tap replaces the max when `val > maxval || isnan(val)`: ties keep the first maximum in
+ *     scan order, and a window holding NaN ends on the *last* NaN;
+ *   - padding taps are never read (they act as -inf).
+ * Forward: one task per (n, c) plane.  For each output row the window taps are walked in scan
+ * order (i, j) and, for each tap, over all output columns at once, so the inner loop runs along a
+ * row of the input and vectorizes; each output still sees its taps in scan order.
+ * Backward: one task per plane: zero the plane, then gx[idx] += gy (overlapping windows add up).
+ *
+ * The file is a template: it includes itself once per dtype with FC_T / FC_SFX set.
+ */
+#ifndef FC_T
+
+#include "fc_internal.h"
+
+#define FC_T float
+#define FC_SFX(name) name##_f32
+#include "maxpool.c"
+#undef FC_T
+#undef FC_SFX
+
+#define FC_T double
+#define FC_SFX(name) name##_f64
+#include "maxpool.c"
+#undef FC_T
+#undef FC_SFX
+
+#else /* template body */
+
+FC_HOT static void FC_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRICT y,
+                                      int64_t *FC_RESTRICT idx, const fc_pool2d_shape *s) {
+    const int64_t H = s->h, W = s->w, sw = s->stride_w, dw = s->dilation_w;
+    for (int64_t oh = 0; oh < s->out_h; oh++) {
+        FC_T *yrow = y + oh * s->out_w;
+        int64_t *irow = idx + oh * s->out_w;
+        const int64_t ih_start = oh * s->stride_h - s->pad_h;
+        int64_t ih_first = ih_start;
+        while (ih_first < 0) ih_first += s->dilation_h;
+        for (int64_t ow = 0; ow < s->out_w; ow++) {
+            int64_t iw_first = ow * sw - s->pad_w;
+            while (iw_first < 0) iw_first += dw;
+            yrow[ow] = (FC_T)-INFINITY;
+            irow[ow] = ih_first * W + iw_first;
+        }
+        for (int64_t i = 0; i < s->kh; i++) {
+            const int64_t ih = ih_start + i * s->dilation_h;
+            if (ih < 0 || ih >= H) continue;
+            const FC_T *xrow = x + ih * W;
+            for (int64_t j = 0; j < s->kw; j++) {
+                const int64_t iw0 = j * dw - s->pad_w; /* iw = ow * sw + iw0 */
+                const int64_t v_lo = iw0 >= 0 ? 0 : fc_min64((-iw0 + sw - 1) / sw, s->out_w);
+                const int64_t v_hi = iw0 >= W ? v_lo : fc_max64(v_lo, fc_min64(s->out_w, (W - 1 - iw0) / sw + 1));
+                for (int64_t ow = v_lo; ow < v_hi; ow++) {
+                    const int64_t iw = ow * sw + iw0;
+                    const FC_T val = xrow[iw];
+                    if (val > yrow[ow] || val != val) {
+                        yrow[ow] = val;
+                        irow[ow] = ih * W + iw;
+                    }
+                }
+            }
+        }
+    }
+}
+
+int FC_SFX(fc_maxpool2d_fwd_direct)(const FC_T *x, FC_T *y, int64_t *idx,
+                                    const fc_pool2d_shape *s, int n_threads) {
+    const int64_t planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->out_h * s->out_w;
+    FC_OMP_PARALLEL_FOR(n_threads)
+    for (int64_t p = 0; p < planes; p++)
+        FC_SFX(pool_plane)(x + p * in_plane, y + p * out_plane, idx + p * out_plane, s);
+    return FC_OK;
+}
+
+int FC_SFX(fc_maxpool2d_bwd_direct)(const FC_T *gy, const int64_t *idx, FC_T *gx,
+                                    const fc_pool2d_shape *s, int n_threads) {
+    const int64_t planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->out_h * s->out_w;
+    int64_t bad = 0;
+    FC_OMP_PARALLEL_FOR(n_threads)
+    for (int64_t p = 0; p < planes; p++) {
+        FC_T *FC_RESTRICT g = gx + p * in_plane;
+        const FC_T *FC_RESTRICT go = gy + p * out_plane;
+        const int64_t *FC_RESTRICT ip = idx + p * out_plane;
+        int64_t plane_bad = 0;
+        memset(g, 0, (size_t)in_plane * sizeof(FC_T));
+        for (int64_t k = 0; k < out_plane; k++) {
+            const int64_t at = ip[k];
+            if (at < 0 || at >= in_plane) {
+                plane_bad = 1;
+                continue;
+            }
+            g[at] += go[k];
+        }
+        if (plane_bad) {
+            FC_PRAGMA_ATOMIC_WRITE
+            bad = 1;
+        }
+    }
+    return bad ? FC_EINDEX : FC_OK;
+}
+
+#endif

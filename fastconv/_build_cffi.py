@@ -1,0 +1,104 @@
+"""cffi build script for fastconv's C kernels (API mode, out-of-line).
+
+setuptools' ``cffi_modules`` execs this file with ``__name__ == "__cffi__"`` and a path relative to
+the project root, so: paths stay relative to the root, there are no relative imports, and fastconv
+itself is never imported (that would drag numpy and numba into the build environment).
+
+- The cdef is ``csrc/fastconv.h`` read verbatim: the header every .c includes is the ABI cffi sees,
+  so the two cannot drift.
+- OpenMP is probed by compiling, linking and *running* a tiny program (scikit-learn's approach);
+  ``FASTCONV_NO_OPENMP=1`` forces the serial fallback.
+- ``FASTCONV_NATIVE=1`` adds ``-march=native`` (non-portable binaries, opt-in). The default build
+  stays portable: hot loops carry ``target_clones`` instead.
+- A fingerprint (version + hash of csrc/) is baked in as FC_BUILD_INFO; fastconv/c/_lib.py compares
+  it at import to catch a stale extension in an editable install.
+"""
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from cffi import FFI
+
+CSRC = "csrc"
+SOURCES = ["direct.c", "maxpool.c", "build_info.c"]
+# -ffp-contract=fast: ISO C mode (-std=c11) otherwise forbids fusing a*b+c into one FMA.
+# -fno-math-errno: no errno from math calls; unlike -ffast-math it keeps inf/NaN semantics.
+BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wextra", "-Wconversion"]
+
+
+def csrc_hash(root=CSRC):
+    """SHA-256 over csrc/*.c and *.h (names and contents); _lib.py recomputes the same."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(root)):
+        if name.endswith((".c", ".h")):
+            digest.update(name.encode())
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def package_version():
+    with open(os.path.join("fastconv", "_version.py")) as f:
+        return re.search(r'__version__\s*=\s*"([^"]+)"', f.read()).group(1)
+
+
+def openmp_works(cc=None):
+    """Compile, link and run a `#pragma omp parallel` probe; True only if all three succeed."""
+    if os.environ.get("FASTCONV_NO_OPENMP") == "1":
+        return False
+    cc = cc or os.environ.get("CC", "cc")
+    probe = (
+        "#include <omp.h>\n#include <stdio.h>\n"
+        "int main(void){int n=0;\n#pragma omp parallel reduction(+:n)\nn+=1;\n"
+        "printf(\"%d\", n>0 && omp_get_max_threads()>0); return 0;}\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
+        with open(src, "w") as f:
+            f.write(probe)
+        try:
+            subprocess.run([cc, "-fopenmp", src, "-o", exe], check=True, capture_output=True, timeout=60)
+            out = subprocess.run([exe], check=True, capture_output=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return out.strip() == b"1"
+
+
+def make_ffibuilder():
+    with open(os.path.join(CSRC, "fastconv.h")) as f:
+        cdef = f.read()
+    has_openmp = openmp_works()
+    flags = list(BASE_FLAGS)
+    link = []
+    if has_openmp:
+        flags.append("-fopenmp")
+        link.append("-fopenmp")
+    if os.environ.get("FASTCONV_NATIVE") == "1":
+        flags.append("-march=native")
+    info = (f"fastconv {package_version()} csrc:{csrc_hash()} openmp:{int(has_openmp)} "
+            f"native:{int(os.environ.get('FASTCONV_NATIVE') == '1')}")
+    builder = FFI()
+    builder.cdef(cdef)
+    builder.set_source(
+        "fastconv._cconv",
+        '#include <stdint.h>\n#include "fastconv.h"\n',
+        sources=[os.path.join(CSRC, s) for s in SOURCES],
+        include_dirs=[CSRC],
+        define_macros=[("FC_BUILD_INFO", '"' + info + '"')],
+        extra_compile_args=flags,
+        extra_link_args=link,
+    )
+    return builder
+
+
+# cffi's setuptools hook accepts a callable here and calls it at build time, so importing this
+# module (fastconv.c._lib does, for csrc_hash) probes and compiles nothing.
+ffibuilder = make_ffibuilder
+
+if __name__ == "__main__":
+    # Quick rebuild in place for development: python fastconv/_build_cffi.py (from the project root).
+    make_ffibuilder().compile(tmpdir=".", verbose=True)
+    sys.exit(0)

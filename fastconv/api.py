@@ -1,0 +1,54 @@
+"""The public functions: normalize (spec) -> choose (dispatch) -> run (kernel).
+
+Kernels receive C-contiguous arrays and a validated spec; they never re-check arguments.
+Inputs are never modified; outputs are new C-contiguous arrays of the input dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dispatch
+from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
+
+_c = np.ascontiguousarray  # no copy when the array already is C-contiguous
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algo="auto", backend="auto", rtol=None):
+    """torch.nn.functional.conv2d on NumPy arrays (NCHW input, OIHW weight)."""
+    spec = ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups)
+    kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d")
+    return kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias))
+
+
+def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, bias=True,
+                    algo="auto", weight_algo="auto", backend="auto", rtol=None):
+    """(grad_x, grad_w, grad_bias) of conv2d; grad_bias is None when bias=False.
+    ``algo`` picks the input-gradient kernel, ``weight_algo`` the weight-gradient one."""
+    op = "conv2d_backward"
+    spec = ConvSpec.from_args(x, w, None, stride, padding, dilation, groups, op=op)
+    spec.check_grad_output(grad_y, op)
+    grad_y = _c(grad_y)
+    data_kernel = dispatch.choose("conv2d.bwd_data", spec, algo, backend, rtol, caller=op)
+    weight_kernel = dispatch.choose("conv2d.bwd_weight", spec, weight_algo, backend, rtol, caller=op)
+    grad_x = data_kernel.run(spec, grad_y, _c(w))
+    grad_w = weight_kernel.run(spec, grad_y, _c(x))
+    grad_b = grad_y.sum(axis=(0, 2, 3), dtype=np.float64).astype(spec.dtype) if bias else None
+    return grad_x, grad_w, grad_b
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=True, *, backend="auto"):
+    """torch.nn.functional.max_pool2d; returns (y, indices) or y.  Indices are int64 flat
+    offsets into each (H, W) input plane."""
+    spec = PoolSpec.from_args(x, kernel_size, stride, padding, dilation, ceil_mode)
+    kernel = dispatch.choose("maxpool2d.fwd", spec, "auto", backend, caller="max_pool2d")
+    y, indices = kernel.run(spec, _c(x))
+    return (y, indices) if return_indices else y
+
+
+def max_pool2d_backward(grad_y, indices, input_shape, *, backend="auto"):
+    """Route every gradient to its argmax (overlapping windows accumulate)."""
+    spec = PoolBackwardSpec.from_args(grad_y, indices, input_shape)
+    kernel = dispatch.choose("maxpool2d.bwd", spec, "auto", backend, caller="max_pool2d_backward")
+    return kernel.run(spec, _c(grad_y), _c(indices))

@@ -1,0 +1,1 @@
+"""Thin wrappers over the cffi extension fastconv._cconv, one file per algorithm."""

@@ -1,0 +1,99 @@
+"""Load the C extension, or record why it is missing; the one pointer-marshalling helper.
+
+If ``fastconv._cconv`` cannot be imported (no compiler at install time), ``lib`` is None and
+``UNAVAILABLE`` says why: every ``c.*`` kernel then refuses with that reason, ``auto`` stays on
+Numba, and ``fastconv kernels`` shows it.  In a source checkout the build fingerprint baked into
+the extension is compared with csrc/ to catch the classic stale editable install.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import numpy as np
+
+from .. import threads
+from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
+
+try:
+    from .._cconv import ffi, lib
+    UNAVAILABLE: str | None = None
+except ImportError as exc:  # the optional extension was not built
+    ffi = lib = None
+    UNAVAILABLE = f"C extension not built ({exc}); reinstall with a C compiler (gcc) available"
+
+_CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
+_SUFFIX = {"float32": "f32", "float64": "f64"}
+FC_OK, FC_ENOMEM, FC_EINDEX = 0, 1, 2
+
+
+def build_info() -> str:
+    return ffi.string(lib.fc_build_info()).decode() if lib is not None else "not built"
+
+
+def has_openmp() -> bool:
+    return bool(lib is not None and lib.fc_has_openmp())
+
+
+def _check_stale() -> None:
+    """Warn when csrc/ beside the package no longer matches the sources the .so was built from."""
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+    if lib is None or not os.path.isdir(csrc):
+        return
+    from .._build_cffi import csrc_hash
+
+    if f"csrc:{csrc_hash(csrc)}" not in build_info():
+        warnings.warn("fastconv: the C extension is stale (csrc/ changed since it was built); "
+                      "rebuild with `pip install -e .`", RuntimeWarning, stacklevel=3)
+
+
+_check_stale()
+
+
+def ptr(a: np.ndarray | None, *, out: bool = False):
+    """A cffi pointer to a C-contiguous array's data (NULL for None); no copy."""
+    if a is None:
+        return ffi.NULL
+    assert a.flags.c_contiguous, "kernel inputs are made contiguous by the api layer"
+    return ffi.from_buffer(_CTYPES[a.dtype.name], a, require_writable=out)
+
+
+def function(name: str, dtype: str):
+    """lib.fc_<name>_<f32|f64>, following the C symbol grammar."""
+    return getattr(lib, f"{name}_{_SUFFIX[dtype]}")
+
+
+def check(status: int, what: str, index_error: Exception | None = None) -> None:
+    if status == FC_OK:
+        return
+    if status == FC_ENOMEM:
+        raise MemoryError(f"{what}: out of memory for the kernel's workspace")
+    if status == FC_EINDEX and index_error is not None:
+        raise index_error
+    raise RuntimeError(f"{what}: C kernel returned status {status}")
+
+
+@functools.lru_cache(maxsize=512)
+def conv_shape(spec: ConvSpec):
+    return ffi.new("fc_conv2d_shape *", dict(
+        n=spec.n, c_in=spec.c_in, h=spec.h, w=spec.w, c_out=spec.c_out, kh=spec.kh, kw=spec.kw,
+        out_h=spec.out_h, out_w=spec.out_w, stride_h=spec.stride[0], stride_w=spec.stride[1],
+        pad_top=spec.padding[0], pad_left=spec.padding[2],
+        dilation_h=spec.dilation[0], dilation_w=spec.dilation[1], groups=spec.groups))
+
+
+@functools.lru_cache(maxsize=512)
+def pool_shape(spec: PoolSpec | PoolBackwardSpec):
+    if isinstance(spec, PoolBackwardSpec):  # backward reads only the plane sizes
+        fields = dict(n=spec.n, c=spec.c, h=spec.h, w=spec.w, out_h=spec.out_h, out_w=spec.out_w)
+    else:
+        fields = dict(n=spec.n, c=spec.c, h=spec.h, w=spec.w, kh=spec.kernel[0], kw=spec.kernel[1],
+                      out_h=spec.out_h, out_w=spec.out_w, stride_h=spec.stride[0], stride_w=spec.stride[1],
+                      pad_h=spec.padding[0], pad_w=spec.padding[1],
+                      dilation_h=spec.dilation[0], dilation_w=spec.dilation[1])
+    return ffi.new("fc_pool2d_shape *", fields)
+
+
+def n_threads() -> int:
+    return threads.get_num_threads()

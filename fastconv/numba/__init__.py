@@ -1,0 +1,1 @@
+"""Numba kernels, one file per algorithm; decorator policy in _options.py."""

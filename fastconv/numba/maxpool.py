@@ -1,0 +1,93 @@
+"""Max-pool 2-D forward (values + argmax) and backward in Numba, the twin of csrc/maxpool.c.
+
+PyTorch's CPU rules, kept exactly:
+  - each window starts at max = -inf with the index of its first in-bounds tap;
+  - a tap replaces the max when ``val > max or isnan(val)``: ties keep the first maximum in scan
+    order, and a window holding NaN ends on the *last* NaN;
+  - padding taps are never read (they act as -inf).
+Forward: one task per (n, c) plane; for each output row the taps are walked in scan order (i, j)
+and, for each tap, along all output columns, so the inner loop runs along an input row.
+Backward: one task per plane: zero it, then gx[idx] += gy (overlapping windows add up).
+"""
+import numpy as np
+from numba import prange
+
+from ..spec import index_error
+from ..threads import numba_launch_threads
+from ._options import driver, helper
+
+
+@helper
+def pool_plane(x, y, idx, n, c, kh, kw, sh, sw, ph, pw, dh, dw):
+    H, W = x.shape[2], x.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    for oh in range(OH):
+        ih_start = oh * sh - ph
+        ih_first = ih_start
+        while ih_first < 0:
+            ih_first += dh
+        for ow in range(OW):
+            iw_first = ow * sw - pw
+            while iw_first < 0:
+                iw_first += dw
+            y[n, c, oh, ow] = -np.inf
+            idx[n, c, oh, ow] = ih_first * W + iw_first
+        for i in range(kh):
+            ih = ih_start + i * dh
+            if ih < 0 or ih >= H:
+                continue
+            for j in range(kw):
+                iw0 = j * dw - pw  # iw = ow * sw + iw0
+                v_lo = 0 if iw0 >= 0 else min((-iw0 + sw - 1) // sw, OW)
+                v_hi = v_lo if iw0 >= W else max(v_lo, min(OW, (W - 1 - iw0) // sw + 1))
+                for ow in range(v_lo, v_hi):
+                    iw = ow * sw + iw0
+                    val = x[n, c, ih, iw]
+                    if val > y[n, c, oh, ow] or val != val:
+                        y[n, c, oh, ow] = val
+                        idx[n, c, oh, ow] = ih * W + iw
+
+
+@driver
+def _max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
+    N, C = x.shape[0], x.shape[1]
+    for p in prange(N * C):
+        pool_plane(x, y, idx, p // C, p % C, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+@driver
+def _max_pool2d_backward(grad_y, idx, grad_x):
+    """Returns how many planes hold an index outside [0, H*W) (grad_x is then incomplete)."""
+    N, C, H, W = grad_x.shape
+    OH, OW = grad_y.shape[2], grad_y.shape[3]
+    bad = np.zeros(N * C, np.int64)  # one flag per plane: disjoint writes instead of a reduction
+    for p in prange(N * C):
+        n, c = p // C, p % C
+        plane = grad_x[n, c].reshape(H * W)
+        plane[:] = 0.0
+        plane_bad = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                at = idx[n, c, oh, ow]
+                if at < 0 or at >= H * W:
+                    plane_bad = 1
+                else:
+                    plane[at] += grad_y[n, c, oh, ow]
+        bad[p] = plane_bad
+    return bad.sum()
+
+
+def max_pool2d_forward(spec, x):
+    y = np.empty(spec.output_shape, spec.dtype)
+    idx = np.empty(spec.output_shape, np.int64)
+    numba_launch_threads()
+    _max_pool2d_forward(x, y, idx, *spec.kernel, *spec.stride, *spec.padding, *spec.dilation)
+    return y, idx
+
+
+def max_pool2d_backward(spec, grad_y, indices):
+    grad_x = np.empty(spec.input_shape, spec.dtype)
+    numba_launch_threads()
+    if _max_pool2d_backward(grad_y, indices, grad_x):
+        raise index_error("max_pool2d_backward", spec)
+    return grad_x

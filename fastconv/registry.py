@@ -1,0 +1,86 @@
+"""The single list of kernels (XNNPACK's kernel list, oneDNN's ordered implementation list).
+
+Each op has an ordered list, preferred kernels first and the NumPy reference last, so ``auto``
+never comes up empty.  Tests, benchmarks, ``fastconv.kernels()``, ``fastconv kernels`` and the
+dispatcher all iterate over it: a kernel is registered, and so tested, by one line here.
+
+Ops and the signature of ``run`` for each:
+    conv2d.fwd          run(spec, x, w, bias) -> y
+    conv2d.bwd_data     run(spec, grad_y, w)  -> grad_x
+    conv2d.bwd_weight   run(spec, grad_y, x)  -> grad_w
+    maxpool2d.fwd       run(spec, x)          -> (y, indices)
+    maxpool2d.bwd       run(spec, grad_y, indices) -> grad_x
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from . import reference
+from .c import _lib as c_lib
+from .c import direct as c_direct
+from .c import maxpool as c_maxpool
+from .numba import direct as nb_direct
+from .numba import maxpool as nb_maxpool
+
+OPS = ("conv2d.fwd", "conv2d.bwd_data", "conv2d.bwd_weight", "maxpool2d.fwd", "maxpool2d.bwd")
+BACKENDS = ("c", "numba", "numpy")
+
+
+def _always(spec) -> Optional[str]:
+    return None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str                     # backend.algo[_variant]: "c.direct", "numba.winograd_f4k3"
+    op: str                       # one of OPS
+    run: Callable = field(repr=False)
+    why_not: Callable = field(default=_always, repr=False)  # spec -> reason it cannot serve, or None
+    # Accepted max |error| / max |reference| per dtype (tests assert it; an rtol= budget filters on it).
+    rtol: dict = field(default_factory=lambda: {"float32": 1e-5, "float64": 1e-10}, repr=False, hash=False)
+
+    @property
+    def backend(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def algo(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def family(self) -> str:
+        """The algorithm family a variant belongs to: winograd_f4k3 -> winograd."""
+        return self.algo.split("_", 1)[0]
+
+    def refusal(self, spec) -> Optional[str]:
+        """Why this kernel cannot serve spec, as '<name>: <reason>', or None."""
+        if self.backend == "c" and c_lib.UNAVAILABLE:
+            return f"{self.name}: {c_lib.UNAVAILABLE}"
+        reason = self.why_not(spec)
+        return f"{self.name}: {reason}" if reason else None
+
+
+KERNELS: tuple[Kernel, ...] = (
+    # conv2d forward
+    Kernel("c.direct", "conv2d.fwd", c_direct.conv2d_forward),
+    Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
+    Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
+    # conv2d backward (the fast kernels arrive with the im2col issue)
+    Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
+    Kernel("numpy.reference", "conv2d.bwd_weight", reference._conv2d_grad_weight),
+    # max-pool
+    Kernel("c.maxpool", "maxpool2d.fwd", c_maxpool.max_pool2d_forward),
+    Kernel("numba.maxpool", "maxpool2d.fwd", nb_maxpool.max_pool2d_forward),
+    Kernel("numpy.reference", "maxpool2d.fwd", reference._max_pool2d),
+    Kernel("c.maxpool", "maxpool2d.bwd", c_maxpool.max_pool2d_backward),
+    Kernel("numba.maxpool", "maxpool2d.bwd", nb_maxpool.max_pool2d_backward),
+    Kernel("numpy.reference", "maxpool2d.bwd", reference._max_pool2d_backward),
+)
+
+
+def kernels(op: Optional[str] = None) -> tuple[Kernel, ...]:
+    """Every registered kernel, or those of one op, in preference order."""
+    if op is not None and op not in OPS:
+        raise ValueError(f"kernels: op={op!r} is not one of {', '.join(OPS)}")
+    return tuple(k for k in KERNELS if op is None or k.op == op)
