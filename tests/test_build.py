@@ -1,0 +1,61 @@
+"""The build: the C extension is there (CI makes its absence fatal), carries a fingerprint that
+matches the sources, uses OpenMP when the probe passed, and the Numba policy holds."""
+import os
+import pathlib
+import re
+
+import pytest
+
+import fastconv
+from fastconv.c import _lib
+
+PACKAGE = pathlib.Path(fastconv.__file__).parent
+# The checkout these tests belong to: the extension must have been built from its csrc/.
+SOURCE_CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+
+
+def test_c_extension_is_built_or_says_why():
+    if os.environ.get("FASTCONV_REQUIRE_C") == "1":
+        assert _lib.UNAVAILABLE is None, _lib.UNAVAILABLE
+    if _lib.UNAVAILABLE is not None:
+        assert "C extension not built" in _lib.UNAVAILABLE
+        pytest.skip(_lib.UNAVAILABLE)
+    info = _lib.build_info()
+    assert info.startswith(f"fastconv {fastconv.__version__} csrc:")
+    assert f"openmp:{int(_lib.has_openmp())}" in info
+
+
+@pytest.mark.skipif(_lib.lib is None, reason="C extension not built")
+def test_fingerprint_matches_the_sources_in_a_checkout():
+    from fastconv._build_cffi import csrc_hash
+
+    assert f"csrc:{csrc_hash(str(SOURCE_CSRC))}" in _lib.build_info(), "stale _cconv: rebuild with pip install -e ."
+
+
+def test_stale_extension_warns(monkeypatch, tmp_path):
+    if _lib.lib is None:
+        pytest.skip(_lib.UNAVAILABLE)
+    monkeypatch.setattr(_lib, "build_info", lambda: "fastconv 0 csrc:0000000000000000 openmp:1")
+    fake_root = tmp_path / "root"
+    (fake_root / "csrc").mkdir(parents=True)
+    (fake_root / "csrc" / "x.c").write_text("int x;")
+    monkeypatch.setattr(_lib, "__file__", str(fake_root / "fastconv" / "c" / "_lib.py"))
+    with pytest.warns(RuntimeWarning, match="stale"):
+        _lib._check_stale()
+
+
+def test_numba_decorator_policy_lives_in_one_module():
+    """fastmath flags are chosen once in _options.py (never fastmath=True: NaN rules matter)."""
+    for path in (PACKAGE / "numba").glob("*.py"):
+        text = path.read_text()
+        if path.name == "_options.py":
+            assert "nnan" not in re.findall(r"FASTMATH = frozenset\(\{(.*)\}\)", text)[0]
+            continue
+        assert "fastmath" not in text, f"{path.name} sets fastmath itself"
+        assert "@njit" not in text and "numba.njit" not in text, f"{path.name} bypasses the policy"
+
+
+def test_no_fast_math_in_the_c_build():
+    from fastconv import _build_cffi
+
+    assert not any("fast-math" in f or f == "-Ofast" for f in _build_cffi.BASE_FLAGS)

@@ -1,0 +1,76 @@
+"""Kernel selection: algo/backend naming, refusals that explain themselves, the fallback when the
+C extension is missing, and the rtol budget."""
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import dispatch, registry
+from fastconv.c import _lib
+from fastconv.registry import Kernel
+from fastconv.spec import ConvSpec
+
+X = np.random.default_rng(0).standard_normal((1, 3, 9, 9)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+
+def test_kernels_lists_every_op_with_the_reference_last():
+    for op in registry.OPS:
+        listed = fc.kernels(op)
+        assert listed and listed[-1].name == "numpy.reference"
+        assert len({k.name for k in listed}) == len(listed)
+    assert {k.name for k in fc.kernels("conv2d.fwd")} >= {"c.direct", "numba.direct", "numpy.reference"}
+    with pytest.raises(ValueError, match="op='conv3d'"):
+        fc.kernels("conv3d")
+
+
+def test_kernel_names_follow_the_grammar():
+    for k in fc.kernels():
+        assert k.backend in registry.BACKENDS and k.op in registry.OPS
+        assert k.name == f"{k.backend}.{k.algo}"
+
+
+def test_auto_prefers_the_first_eligible_kernel_and_never_fails():
+    spec = ConvSpec.from_args(X, W)
+    first = next(k for k in fc.kernels("conv2d.fwd") if k.refusal(spec) is None)
+    assert dispatch.choose("conv2d.fwd", spec, caller="t") is first
+
+
+def test_refusals_name_the_kernel_and_the_reason(monkeypatch):
+    picky = Kernel("numba.winograd_f4k3", "conv2d.fwd", run=lambda *a: None,
+                   why_not=lambda spec: f"needs a 3x3 filter, got {spec.kh}x{spec.kw}")
+    monkeypatch.setattr(registry, "KERNELS", (picky,) + registry.KERNELS)
+    w5 = np.zeros((4, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"numba\.winograd_f4k3: needs a 3x3 filter, got 5x5"):
+        fc.conv2d(X, w5, algo="winograd")                # the family name
+    with pytest.raises(ValueError, match="needs a 3x3 filter"):
+        fc.conv2d(X, w5, algo="winograd_f4k3")           # the exact variant
+    np.testing.assert_allclose(fc.conv2d(X, w5, padding=2), fc.reference.conv2d(X, w5, padding=2), rtol=1e-4)
+
+
+def test_without_the_c_extension_c_refuses_with_the_reason_and_auto_uses_numba(monkeypatch):
+    monkeypatch.setattr(_lib, "UNAVAILABLE", "C extension not built (no compiler)")
+    spec = ConvSpec.from_args(X, W)
+    assert dispatch.choose("conv2d.fwd", spec, caller="t").backend == "numba"
+    with pytest.raises(ValueError, match=r"c\.direct: C extension not built \(no compiler\)"):
+        fc.conv2d(X, W, backend="c")
+    np.testing.assert_allclose(fc.conv2d(X, W), fc.reference.conv2d(X, W), rtol=1e-5, atol=1e-5)
+    y, idx = fc.max_pool2d(X, 2)
+    np.testing.assert_array_equal(idx, fc.reference.max_pool2d(X, 2)[1])
+
+
+def test_rtol_budget_filters_kernels():
+    spec = ConvSpec.from_args(X, W)
+    assert dispatch.choose("conv2d.fwd", spec, rtol=1e-3, caller="t").backend != "numpy"
+    # a budget tighter than every kernel's bound leaves only refusals, each saying why
+    with pytest.raises(ValueError, match="over the rtol=1e-20 budget"):
+        fc.conv2d(X, W, rtol=1e-20)
+
+
+def test_backward_runs_through_the_registry():
+    gy = np.random.default_rng(2).standard_normal((1, 4, 7, 7)).astype(np.float32)
+    gx, gw, gb = fc.conv2d_backward(gy, X, W)
+    rx, rw, rb = fc.reference.conv2d_backward(gy, X, W)
+    np.testing.assert_allclose(gx, rx, rtol=1e-5)
+    np.testing.assert_allclose(gw, rw, rtol=1e-5)
+    np.testing.assert_allclose(gb, rb, rtol=1e-5)
+    assert fc.conv2d_backward(gy, X, W, bias=False)[2] is None

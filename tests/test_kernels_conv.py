@@ -1,0 +1,116 @@
+"""Every registered conv2d kernel against the reference: fixed edge cases and a property space.
+
+Cases follow XNNPACK's and NNPACK's testers: single and partial tiles, prime sizes, strides,
+dilation, groups (depthwise too), 1x1 and 7x7 filters, batch 1 and 3, and non-contiguous inputs.
+Tolerances are per kernel and dtype, from the registry.  A kernel that refuses a case must raise
+the documented ValueError naming itself, never return something wrong.
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv as fc
+from fastconv.spec import ConvSpec
+
+from conftest import kernel_params, random_array, rel_err
+
+FORWARD = kernel_params("conv2d.fwd")
+DTYPES = ["float32", "float64"]
+
+# (input NCHW, weight OIHW, stride, padding, dilation, groups)
+CASES = {
+    "1x1-single-pixel": ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1, 1),
+    "3x3-same": ((1, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, 1),
+    "primes": ((3, 7, 13, 11), (5, 7, 3, 3), 1, 1, 1, 1),
+    "partial-tiles": ((1, 5, 17, 37), (13, 5, 3, 3), 1, 0, 1, 1),
+    "stride2-7x7-stem": ((2, 3, 23, 19), (8, 3, 7, 7), 2, 3, 1, 1),
+    "stride3-asym": ((1, 4, 16, 15), (6, 4, 2, 5), (3, 2), (1, 2), 1, 1),
+    "dilation": ((1, 4, 15, 14), (6, 4, 3, 3), 1, 2, (2, 3), 1),
+    "groups": ((2, 8, 9, 10), (12, 2, 3, 3), 1, 1, 1, 4),
+    "depthwise": ((1, 16, 12, 12), (16, 1, 3, 3), 2, 1, 1, 16),
+    "pointwise": ((2, 32, 7, 7), (19, 32, 1, 1), 1, 0, 1, 1),
+    "same-even-kernel": ((1, 3, 9, 8), (2, 3, 4, 2), 1, "same", (1, 2), 1),
+    "valid-wide-kernel": ((1, 2, 5, 30), (3, 2, 5, 29), 1, "valid", 1, 1),
+    "kernel-bigger-than-input-with-padding": ((1, 2, 3, 3), (2, 2, 5, 5), 1, 2, 1, 1),
+    "many-channels": ((1, 67, 6, 6), (33, 67, 3, 3), 1, 1, 1, 1),
+}
+
+
+def _run_case(kernel, case, dtype, rng, contiguous=True):
+    xs, ws, stride, padding, dilation, groups = case
+    x, w = random_array(rng, xs, dtype), random_array(rng, ws, dtype)
+    bias = random_array(rng, (ws[0],), dtype)
+    if not contiguous:  # XNNPACK's input_offset: a strided view of a larger array
+        big = random_array(rng, (xs[0], xs[1], xs[2] * 2, xs[3] + 3), dtype)
+        big[:, :, ::2, 1:-2] = x
+        x = big[:, :, ::2, 1:-2]
+        assert not x.flags.c_contiguous
+    spec = ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups)
+    expected = fc.reference.conv2d(x, w, bias, stride, padding, dilation, groups)
+    reason = kernel.refusal(spec)
+    if reason is not None:
+        with pytest.raises(ValueError, match=kernel.name):
+            fc.conv2d(x, w, bias, stride, padding, dilation, groups, algo=kernel.algo, backend=kernel.backend)
+        return
+    x0, w0 = x.copy(), w.copy()
+    y = fc.conv2d(x, w, bias, stride, padding, dilation, groups, algo=kernel.algo, backend=kernel.backend)
+    assert y.shape == expected.shape and y.dtype == np.dtype(dtype) and y.flags.c_contiguous
+    assert rel_err(y, expected) <= kernel.rtol[dtype]
+    np.testing.assert_array_equal(x, x0)  # inputs never modified
+    np.testing.assert_array_equal(w, w0)
+    # no bias is the same as a zero bias
+    y0 = fc.conv2d(x, w, None, stride, padding, dilation, groups, algo=kernel.algo, backend=kernel.backend)
+    assert rel_err(y0 + bias[None, :, None, None], expected) <= 2 * kernel.rtol[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("kernel", FORWARD)
+def test_forward_edge_cases(kernel, case, dtype, rng):
+    _run_case(kernel, case, dtype, rng)
+
+
+@pytest.mark.parametrize("case", [CASES["primes"], CASES["stride2-7x7-stem"], CASES["groups"]],
+                         ids=["primes", "stride2", "groups"])
+@pytest.mark.parametrize("kernel", FORWARD)
+def test_forward_non_contiguous_input(kernel, case, rng):
+    _run_case(kernel, case, "float32", rng, contiguous=False)
+
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    cin, cout = groups * draw(st.integers(1, 6)), groups * draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 3)), st.just("valid"),
+                             st.just("same")))
+    if padding == "same":
+        stride = (1, 1)
+    h = draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * 3), 24))
+    w = draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * 3), 24))
+    n = draw(st.integers(1, 3))
+    return (n, cin, h, w), (cout, cin // groups, kh, kw), stride, padding, dilation, groups
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", FORWARD)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems(), seed=st.integers(0, 2**32 - 1))
+def test_forward_property(kernel, dtype, problem, seed):
+    xs, ws, stride, padding, dilation, groups = problem
+    try:
+        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
+    except ValueError:
+        return  # output smaller than 1: the spec tests cover that refusal
+    _run_case(kernel, problem, dtype, np.random.default_rng(seed))
+
+
+def test_every_forward_kernel_is_reachable_by_name():
+    x = np.ones((1, 1, 4, 4), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    for kernel in fc.kernels("conv2d.fwd"):
+        if kernel.refusal(ConvSpec.from_args(x, w)) is None:
+            np.testing.assert_array_equal(fc.conv2d(x, w, algo=kernel.algo, backend=kernel.backend), 9.0)
