@@ -118,9 +118,13 @@ def _max_pool2d(spec: PoolSpec, x):
 
     # Tap (i, j) of output (oh, ow) reads input (oh*sh - ph + i*dh, ow*sw - pw + j*dw).
     i, j = np.divmod(tap, kw)
-    rows = np.arange(spec.out_h)[:, None] * sh - ph + i * dh
-    cols = np.arange(spec.out_w)[None, :] * sw - pw + j * dw
-    indices = (rows * spec.w + cols).astype(np.int64)
+    start_h, start_w = np.arange(spec.out_h)[:, None] * sh - ph, np.arange(spec.out_w)[None, :] * sw - pw
+    indices = ((start_h + i * dh) * spec.w + start_w + j * dw).astype(np.int64)
+    # A window with no in-bounds tap at all (padding and dilation can leave one) keeps PyTorch's
+    # initial index: its start, stepped by the dilation until it is no longer negative.
+    first_h = np.where(start_h < 0, start_h + (-start_h + dh - 1) // dh * dh, start_h)
+    first_w = np.where(start_w < 0, start_w + (-start_w + dw - 1) // dw * dw, start_w)
+    indices = np.where(ok.any(axis=-1), indices, first_h * spec.w + first_w)
     return np.ascontiguousarray(values, dtype=spec.dtype), np.ascontiguousarray(indices)
 
 

@@ -97,6 +97,11 @@ def test_max_pool_by_hand_ties_nan_and_padding():
     y, idx = ref.max_pool2d(neg, 2, stride=1, padding=1)
     assert np.all(y == -np.inf)
     np.testing.assert_array_equal(idx[0, 0], [[0, 0, 1], [0, 0, 1], [2, 2, 3]])
+    # a window whose taps all fall in the padding (dilation steps over the only column) keeps
+    # PyTorch's initial index, its start stepped by the dilation: -1 + 2 = 1
+    y, idx = ref.max_pool2d(np.ones((1, 1, 3, 1)), (3, 2), stride=1, padding=1, dilation=(1, 2))
+    assert np.all(y == -np.inf)
+    np.testing.assert_array_equal(idx[0, 0, :, 0], [1, 1, 2])
     # backward: overlapping windows accumulate onto a shared argmax
     x = np.array([[[[0.0, 9, 0], [0, 0, 0], [0, 0, 0]]]])
     y, idx = ref.max_pool2d(x, 2, stride=1)

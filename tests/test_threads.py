@@ -45,17 +45,17 @@ def test_results_do_not_depend_on_the_thread_count(kernel):
         np.testing.assert_array_equal(r, results[0])  # tasks are disjoint: bitwise equal
 
 
-def test_environment_variable_sets_the_count_and_bad_values_warn():
+def test_environment_variable_sets_the_count_and_bad_values_warn(tmp_path):
     code = "import fastconv as fc; print(fc.get_num_threads())"
     env = dict(os.environ, FASTCONV_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "1"
     env["FASTCONV_NUM_THREADS"] = "lots"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == str(threads.max_threads()) and "FASTCONV_NUM_THREADS='lots'" in out.stderr
 
 
-def test_concurrent_calls_from_four_python_threads():
+def test_concurrent_calls_from_four_python_threads(tmp_path):
     """Numba's default workqueue layer aborts the process here; fastconv must pick a safe layer.
     Run in a subprocess so an abort fails this test instead of killing the test session."""
     script = textwrap.dedent("""
@@ -80,7 +80,8 @@ def test_concurrent_calls_from_four_python_threads():
         [t.start() for t in ts]; [t.join() for t in ts]
         print(numba.threading_layer(), len(errors), errors[:1])
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    # cwd away from the checkout, so the subprocess imports the installed package
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     layer, n_errors = out.stdout.split()[:2]
     assert layer in ("omp", "tbb") and n_errors == "0", out.stdout
