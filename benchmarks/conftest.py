@@ -1,0 +1,24 @@
+"""pytest-benchmark suite (not under testpaths): `pytest benchmarks/ --benchmark-group-by=group`.
+
+Speed lives here and in `fastconv bench`, never in tests.  Machine info records what a figure
+depends on, so saved runs (--benchmark-autosave / --benchmark-compare) stay comparable."""
+import numba
+import numpy as np
+
+from fastconv import __version__, bench
+from fastconv.c import _lib
+from fastconv.threads import get_num_threads
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["cpu_model"] = bench.cpu_model()
+    machine_info["fastconv"] = __version__
+    machine_info["fastconv_c_build"] = _lib.build_info()
+    machine_info["openmp"] = _lib.has_openmp()
+    machine_info["threads"] = get_num_threads()
+    machine_info["numba"] = numba.__version__
+    machine_info["numpy"] = np.__version__
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="every layer of the nets, not the quick subset")
