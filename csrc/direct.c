@@ -1,14 +1,27 @@
 /* Direct conv2d forward, the twin of fastconv/numba/direct.py.
  *
- * For every output row (image n, group g, row oh) one task:
- *   pack_row_panel   panel[k][v] = x[n, g*cg + c, oh*sh - pt + i*dh, v*sw - pl + j*dw] for
- *                    k = (c, i, j) and v < out_w (rounded up to NR), zero where the tap falls in
- *                    the padding: stride, dilation and padding are settled here, once per row, so
- *                    the hot loop has no bounds checks and no strided loads;
- *   microkernel      acc[MR][NR] = sum_k wpack[k][MR] * panel[k][NR], MR output channels by NR
- *                    pixels held in registers (2 vectors per row of acc);
- *   store            y[n, o, oh, v] = acc + bias for the valid part of the tile.
- * Weights are packed once per call (pack_weights) as [group][o-block][k][MR], zero-padded rows.
+ * Per image n and group g the convolution is the product y[o][p] = sum_k w[o][k] * x_k[p] over the
+ * taps k = (c, i, j) and the output pixels p = oh * out_w + ow (row-major, so a run of p is a run
+ * of y).  It is computed GotoBLAS-style, in tasks of (n, g, a run of pixels, a run of channels):
+ *   pack_weights     once per call, wpack[g][tap block][o-block][kc][MR], MR output channels
+ *                    interleaved per tap, zero rows past og;
+ *   pack_row_panel   per task and tap block [k0, k0 + kc), the panel of its pixel run as NR-pixel
+ *                    blocks [v][kc][NR]: panel[v][k - k0][q] = x[n, g*cg + c, oh*sh - pt + i*dh,
+ *                    ow*sw - pl + j*dw] with p = v*NR + q, zero where the tap falls in the padding
+ *                    or past the run.  The "row" may span several output rows (so 14x14 layers
+ *                    fill whole tiles); stride, dilation and padding are settled here, so the hot
+ *                    loop has no bounds checks and reads contiguous memory only;
+ *   microkernel      acc[MR][NR] = sum over the kc taps of wpack[k][MR] * panel[v][k][NR], MR output
+ *                    channels by NR pixels held in registers (2 vectors per row of acc);
+ *   store            y[n, o, p] = acc + bias on the first tap block, y += acc on the later ones (the
+ *                    tile of y is prefetched while the microkernel runs).
+ * Cache blocking (GotoBLAS): a kc x NR panel block (16 KB) stays in L1 while the microkernel sweeps
+ * mc channel blocks over it; that mc x kc weight block (contiguous, <= 192 KB) stays in L2 while it
+ * meets every NR-block of the run; the run's panel for one tap block (<= 256 KB) is packed just
+ * before use.  Weights are read from L3 once per task and tap block instead of once per output row.
+ * Tasks: runs of at most 16 NR-blocks, shorter so each thread gets a few tasks (dynamic scheduling
+ * balances them); channels are split too only when the plane has too few NR-blocks (14x14 layers
+ * at batch 1 on many threads), since each channel run packs its panel again.
  *
  * The file is a template: it includes itself once per dtype with FC_T / FC_SFX set.
  */
@@ -16,7 +29,57 @@
 
 #include "fc_internal.h"
 
-#define FC_MR 8 /* output channels per microkernel tile */
+/* Register tile: FC_MR output channels x 2 vectors of pixels.  6 x 2 = 12 accumulators plus two
+ * panel loads and one broadcast fit AVX2's 16 ymm registers (the BLIS/OpenBLAS Haswell shape). */
+#define FC_MR 6
+/* Helpers of the hot task, inlined so they are compiled for the ISA of its clone. */
+#define FC_INLINE static inline __attribute__((always_inline))
+/* Cache blocks, in bytes so float and double block alike: the kc x NR panel block (L1), the
+ * mc x kc weight block (L2), and the longest pixel run of one task, in NR-pixel blocks. */
+#define FC_KC_BYTES (16 << 10)
+#define FC_MC_BYTES (192 << 10)
+#define FC_MAX_RUN_BLOCKS 16
+#define FC_TASKS_PER_THREAD 4
+
+/* How the work of one call is cut into tasks; the same for every dtype. */
+typedef struct {
+    int64_t cg, og, K;        /* channels per group in and out, taps per output channel */
+    int64_t P, vblocks;       /* output pixels per plane, and NR-pixel blocks covering them */
+    int64_t oblocks;          /* MR-channel blocks per group */
+    int64_t kc, mc;           /* tap block; channel block in MR-blocks */
+    int64_t run, runs;        /* NR-blocks per pixel run, runs per plane */
+    int64_t ochunk, ochunks;  /* MR-blocks per channel run, channel runs per group */
+    int64_t tasks;
+} fc_direct_plan;
+
+static int64_t fc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t nr,
+                                          int64_t elem) {
+    fc_direct_plan p;
+    p.cg = s->c_in / s->groups;
+    p.og = s->c_out / s->groups;
+    p.K = p.cg * s->kh * s->kw;
+    p.P = s->out_h * s->out_w;
+    p.vblocks = fc_ceil_div(p.P, nr);
+    p.oblocks = fc_ceil_div(p.og, FC_MR);
+    /* Equal tap blocks of at most FC_KC_BYTES / (NR * elem) taps. */
+    p.kc = fc_ceil_div(p.K, fc_ceil_div(p.K, FC_KC_BYTES / (nr * elem)));
+    p.mc = fc_max64(1, FC_MC_BYTES / (FC_MR * p.kc * elem));
+    /* Pixel runs of at most FC_MAX_RUN_BLOCKS, shorter when that gives each thread
+     * FC_TASKS_PER_THREAD tasks (dynamic scheduling evens out the threads, and a descheduled
+     * thread on a busy machine is not waited for); the channels are split only when even runs of
+     * one block are too few, since every channel run packs its panel again. */
+    const int64_t planes = s->n * s->groups, want = FC_TASKS_PER_THREAD * nt;
+    p.runs = fc_min64(p.vblocks, fc_max64(fc_ceil_div(p.vblocks, FC_MAX_RUN_BLOCKS), fc_ceil_div(want, planes)));
+    p.ochunks = fc_max64(1, fc_min64(p.oblocks, fc_ceil_div(want, planes * p.runs)));
+    p.run = fc_ceil_div(p.vblocks, p.runs);
+    p.runs = fc_ceil_div(p.vblocks, p.run);
+    p.ochunk = fc_ceil_div(p.oblocks, p.ochunks);
+    p.ochunks = fc_ceil_div(p.oblocks, p.ochunk);
+    p.tasks = planes * p.runs * p.ochunks;
+    return p;
+}
 
 #define FC_T float
 #define FC_SFX(name) name##_f32
@@ -32,63 +95,95 @@
 
 #else /* template body, FC_T is the element type */
 
-typedef FC_T FC_SFX(fc_vec) __attribute__((vector_size(64)));  /* one AVX-512 register */
+typedef FC_T FC_SFX(fc_vec) __attribute__((vector_size(32)));  /* one AVX2 ymm register */
 #define VEC FC_SFX(fc_vec)
-#define VLEN ((int64_t)(64 / sizeof(FC_T)))
+#define VLEN ((int64_t)(32 / sizeof(FC_T)))
 #define NR (2 * VLEN) /* pixels per microkernel tile: two vectors */
 
-static void FC_SFX(pack_weights)(const FC_T *FC_RESTRICT w, FC_T *FC_RESTRICT wpack,
-                                 int64_t groups, int64_t og, int64_t K) {
-    const int64_t blocks = (og + FC_MR - 1) / FC_MR;
-    for (int64_t g = 0; g < groups; g++)
-        for (int64_t b = 0; b < blocks; b++) {
-            FC_T *dst = wpack + (g * blocks + b) * K * FC_MR;
-            for (int64_t r = 0; r < FC_MR; r++) {
-                const int64_t o = b * FC_MR + r;
-                const FC_T *src = w + (g * og + o) * K;
-                for (int64_t k = 0; k < K; k++)
-                    dst[k * FC_MR + r] = o < og ? src[k] : (FC_T)0;
-            }
+/* The same register, for loads and stores at any element boundary (the tiles of y). */
+typedef FC_T FC_SFX(fc_vec_unaligned) __attribute__((vector_size(32), aligned(sizeof(FC_T))));
+#define VECU FC_SFX(fc_vec_unaligned)
+
+/* One MR-channel block b of group g into wg, the packed weights of the group, laid out as
+ * [tap block][o-block][kc][MR] so that the mc x kc weight block of a task is one contiguous
+ * stream: wg[(k0 * oblocks + b * kc) * MR + (k - k0) * MR + r] = w[g*og + b*MR + r][k], zero past og. */
+static void FC_SFX(pack_weights)(const FC_T *FC_RESTRICT w, FC_T *FC_RESTRICT wg,
+                                 const fc_direct_plan *pl, int64_t g, int64_t b) {
+    for (int64_t k0 = 0; k0 < pl->K; k0 += pl->kc) {
+        const int64_t kc = fc_min64(pl->kc, pl->K - k0);
+        FC_T *dst = wg + (k0 * pl->oblocks + b * kc) * FC_MR;
+        for (int64_t r = 0; r < FC_MR; r++) {
+            const int64_t o = b * FC_MR + r;
+            const FC_T *src = w + (g * pl->og + o) * pl->K + k0;
+            for (int64_t k = 0; k < kc; k++) dst[k * FC_MR + r] = o < pl->og ? src[k] : (FC_T)0;
         }
+    }
 }
 
-/* xg points at channel 0 of group g in image n; panel has K rows of `width` (>= out_w) values. */
-static void FC_SFX(pack_row_panel)(const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT panel,
-                                   const fc_conv2d_shape *s, int64_t cg, int64_t oh, int64_t width) {
-    const int64_t H = s->h, W = s->w, sw = s->stride_w;
-    for (int64_t c = 0; c < cg; c++)
-        for (int64_t i = 0; i < s->kh; i++) {
-            const int64_t ih = oh * s->stride_h - s->pad_top + i * s->dilation_h;
-            for (int64_t j = 0; j < s->kw; j++) {
-                FC_T *dst = panel + ((c * s->kh + i) * s->kw + j) * width;
-                if (ih < 0 || ih >= H) {
-                    memset(dst, 0, (size_t)width * sizeof(FC_T));
-                    continue;
+/* xg points at channel 0 of group g in image n.  Packs taps [k0, k0 + kc) of the run of pixels
+ * [p0, p0 + np) as ceil(np / NR) blocks of [kc][NR]. */
+FC_INLINE void FC_SFX(pack_row_panel)(
+        const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT panel, const fc_conv2d_shape *s,
+        int64_t k0, int64_t kc, int64_t p0, int64_t np) {
+    const int64_t H = s->h, W = s->w, sw = s->stride_w, out_w = s->out_w;
+    const int64_t padded = fc_round_up(np, NR);
+    const int64_t oh0 = p0 / out_w, ow0 = p0 % out_w;
+    int64_t c = k0 / (s->kh * s->kw), i = k0 / s->kw % s->kh, j = k0 % s->kw; /* tap k0 + k */
+    for (int64_t k = 0; k < kc; k++) {
+        const int64_t ih0 = i * s->dilation_h - s->pad_top, iw0 = j * s->dilation_w - s->pad_left;
+        const FC_T *xc = xg + c * H * W;
+        int64_t oh = oh0, ow = ow0;
+        /* Pieces that stay inside one output row and one NR-block. */
+        for (int64_t q = 0; q < np;) {
+            const int64_t len = fc_min64(fc_min64(NR - q % NR, out_w - ow), np - q);
+            FC_T *dst = panel + ((q / NR) * kc + k) * NR + q % NR;
+            const int64_t ih = oh * s->stride_h + ih0;
+            const int64_t iwa = ow * sw + iw0, iwb = iwa + (len - 1) * sw;
+            if (ih < 0 || ih >= H) {
+                for (int64_t t = 0; t < len; t++) dst[t] = 0;
+            } else if (iwa >= 0 && iwb < W) {
+                const FC_T *src = xc + ih * W + iwa;
+                if (sw == 1 && len == NR) {
+                    *(VECU *)dst = *(const VECU *)src;
+                    *(VECU *)(dst + VLEN) = *(const VECU *)(src + VLEN);
+                } else {
+                    for (int64_t t = 0; t < len; t++) dst[t] = src[t * sw];
                 }
-                const FC_T *src = xg + (c * H + ih) * W;
-                const int64_t iw0 = j * s->dilation_w - s->pad_left; /* iw = v * sw + iw0 */
-                const int64_t v_lo = iw0 >= 0 ? 0 : fc_min64((-iw0 + sw - 1) / sw, s->out_w);
-                const int64_t v_hi = iw0 >= W ? v_lo : fc_max64(v_lo, fc_min64(s->out_w, (W - 1 - iw0) / sw + 1));
-                for (int64_t v = 0; v < v_lo; v++) dst[v] = 0;
-                if (sw == 1)
-                    memcpy(dst + v_lo, src + v_lo + iw0, (size_t)(v_hi - v_lo) * sizeof(FC_T));
-                else
-                    for (int64_t v = v_lo; v < v_hi; v++) dst[v] = src[v * sw + iw0];
-                for (int64_t v = v_hi; v < width; v++) dst[v] = 0;
+            } else {
+                const FC_T *src = xc + ih * W;
+                for (int64_t t = 0; t < len; t++) {
+                    const int64_t iw = iwa + t * sw;
+                    dst[t] = iw >= 0 && iw < W ? src[iw] : (FC_T)0;
+                }
+            }
+            q += len;
+            ow += len;
+            if (ow == out_w) {
+                ow = 0;
+                oh++;
             }
         }
+        for (int64_t q = np; q < padded; q++) panel[((q / NR) * kc + k) * NR + q % NR] = 0;
+        if (++j == s->kw) {
+            j = 0;
+            if (++i == s->kh) {
+                i = 0;
+                c++;
+            }
+        }
+    }
 }
 
-/* acc[r] = sum_k wpack[k][r] * panel[k][0:NR]; panel rows are `width` apart and 64-byte aligned. */
-static inline __attribute__((always_inline)) void FC_SFX(microkernel)(
-        int64_t K, const FC_T *FC_RESTRICT wpack, const FC_T *FC_RESTRICT panel, int64_t width,
+/* acc[r] = sum_k wpack[k][r] * panel[k][0:NR] over kc taps; panel is 32-byte aligned. */
+FC_INLINE void FC_SFX(microkernel)(
+        int64_t kc, const FC_T *FC_RESTRICT wpack, const FC_T *FC_RESTRICT panel,
         VEC acc[FC_MR][2]) {
     for (int r = 0; r < FC_MR; r++) acc[r][0] = acc[r][1] = (VEC){0};
-    for (int64_t k = 0; k < K; k++) {
-        const VEC p0 = *(const VEC *)(panel + k * width);
-        const VEC p1 = *(const VEC *)(panel + k * width + VLEN);
+    for (int64_t k = 0; k < kc; k++) {
+        const VEC p0 = *(const VEC *)(panel + k * NR);
+        const VEC p1 = *(const VEC *)(panel + k * NR + VLEN);
         const FC_T *wk = wpack + k * FC_MR;
-#pragma GCC unroll 8
+#pragma GCC unroll 6
         for (int r = 0; r < FC_MR; r++) {
             acc[r][0] += wk[r] * p0;
             acc[r][1] += wk[r] * p1;
@@ -96,28 +191,71 @@ static inline __attribute__((always_inline)) void FC_SFX(microkernel)(
     }
 }
 
-/* One output row: all output channels of group g, all pixels of row oh of image n. */
-FC_HOT static void FC_SFX(conv_row)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT wpack,
-                                    const FC_T *FC_RESTRICT bias, FC_T *FC_RESTRICT y,
-                                    FC_T *FC_RESTRICT panel, const fc_conv2d_shape *s,
-                                    int64_t n, int64_t g, int64_t oh) {
-    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
-    const int64_t K = cg * s->kh * s->kw, width = fc_round_up(s->out_w, NR);
-    const int64_t blocks = (og + FC_MR - 1) / FC_MR;
-    FC_SFX(pack_row_panel)(x + (n * s->c_in + g * cg) * s->h * s->w, panel, s, cg, oh, width);
-    VEC acc[FC_MR][2];
+/* y points at (o0, p0) of the plane; rows are P apart.  The first tap block writes acc + bias,
+ * later ones add acc.  mr x nr is the valid part of the tile. */
+FC_INLINE void FC_SFX(store)(
+        VEC acc[FC_MR][2], FC_T *FC_RESTRICT y, int64_t P, int64_t mr, int64_t nr,
+        const FC_T *FC_RESTRICT bias, int first) {
+    if (mr == FC_MR && nr == NR) {
+        for (int r = 0; r < FC_MR; r++) {
+            FC_T *yr = y + r * P;
+            VEC a0 = acc[r][0], a1 = acc[r][1];
+            if (!first) {
+                a0 += *(const VECU *)yr;
+                a1 += *(const VECU *)(yr + VLEN);
+            } else if (bias) {
+                a0 += bias[r];
+                a1 += bias[r];
+            }
+            *(VECU *)yr = a0;
+            *(VECU *)(yr + VLEN) = a1;
+        }
+        return;
+    }
     FC_T tile[FC_MR][NR] __attribute__((aligned(64)));
-    for (int64_t v0 = 0; v0 < s->out_w; v0 += NR) {
-        const int64_t nr = fc_min64(NR, s->out_w - v0);
-        for (int64_t b = 0; b < blocks; b++) {
-            FC_SFX(microkernel)(K, wpack + (g * blocks + b) * K * FC_MR, panel + v0, width, acc);
-            memcpy(tile, acc, sizeof tile);
-            const int64_t mr = fc_min64(FC_MR, og - b * FC_MR);
-            for (int64_t r = 0; r < mr; r++) {
-                const int64_t o = g * og + b * FC_MR + r;
-                const FC_T bo = bias ? bias[o] : (FC_T)0;
-                FC_T *yrow = y + ((n * s->c_out + o) * s->out_h + oh) * s->out_w + v0;
-                for (int64_t v = 0; v < nr; v++) yrow[v] = tile[r][v] + bo;
+    memcpy(tile, acc, sizeof tile);
+    for (int64_t r = 0; r < mr; r++) {
+        FC_T *yr = y + r * P;
+        const FC_T base = bias && first ? bias[r] : (FC_T)0;
+        for (int64_t v = 0; v < nr; v++) yr[v] = tile[r][v] + (first ? base : yr[v]);
+    }
+}
+
+/* Task t: image n, group g, pixel run u, channel run h (in that order, h fastest). */
+FC_HOT static void FC_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT wpack,
+                                     const FC_T *FC_RESTRICT bias, FC_T *FC_RESTRICT y,
+                                     FC_T *FC_RESTRICT panel, const fc_conv2d_shape *s,
+                                     const fc_direct_plan *pl, int64_t t) {
+    const int64_t h = t % pl->ochunks, u = (t / pl->ochunks) % pl->runs;
+    const int64_t g = (t / (pl->ochunks * pl->runs)) % s->groups;
+    const int64_t n = t / (pl->ochunks * pl->runs * s->groups);
+    const int64_t K = pl->K, P = pl->P;
+    const int64_t p0 = u * pl->run * NR, np = fc_min64(P - p0, pl->run * NR);
+    const int64_t nv = fc_ceil_div(np, NR);
+    const int64_t b0 = h * pl->ochunk, b1 = fc_min64(pl->oblocks, b0 + pl->ochunk);
+    const FC_T *wg = wpack + g * pl->oblocks * K * FC_MR;
+    FC_T *yg = y + (n * s->c_out + g * pl->og) * P + p0;
+    const FC_T *bg = bias ? bias + g * pl->og : NULL;
+    VEC acc[FC_MR][2];
+    for (int64_t k0 = 0; k0 < K; k0 += pl->kc) {
+        const int64_t kc = fc_min64(pl->kc, K - k0);
+        FC_SFX(pack_row_panel)(x + (n * s->c_in + g * pl->cg) * s->h * s->w, panel, s, k0, kc, p0, np);
+        for (int64_t c0 = b0; c0 < b1; c0 += pl->mc) {
+            const int64_t c1 = fc_min64(b1, c0 + pl->mc);
+            for (int64_t v = 0; v < nv; v++) {
+                const FC_T *pv = panel + v * kc * NR;
+                const int64_t nr = fc_min64(NR, np - v * NR);
+                for (int64_t b = c0; b < c1; b++) {
+                    FC_T *yt = yg + b * FC_MR * P + v * NR;
+                    /* The tile of y is read and written after kc taps: fetch it meanwhile. */
+                    for (int r = 0; r < FC_MR; r++) {
+                        __builtin_prefetch(yt + r * P, 1, 3);
+                        __builtin_prefetch(yt + r * P + NR - 1, 1, 3);
+                    }
+                    FC_SFX(microkernel)(kc, wg + (k0 * pl->oblocks + b * kc) * FC_MR, pv, acc);
+                    FC_SFX(store)(acc, yt, P, fc_min64(FC_MR, pl->og - b * FC_MR),
+                                  nr, bg ? bg + b * FC_MR : NULL, k0 == 0);
+                }
             }
         }
     }
@@ -125,25 +263,26 @@ FC_HOT static void FC_SFX(conv_row)(const FC_T *FC_RESTRICT x, const FC_T *FC_RE
 
 int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y,
                                  const fc_conv2d_shape *s, int n_threads) {
-    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
-    const int64_t K = cg * s->kh * s->kw, width = fc_round_up(s->out_w, NR);
-    const int64_t blocks = (og + FC_MR - 1) / FC_MR;
-    const int64_t tasks = s->n * s->groups * s->out_h;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    /* All workspace up front: one packed weight copy and one row panel per thread. */
-    FC_T *wpack = fc_alloc((size_t)(s->groups * blocks * K * FC_MR) * sizeof(FC_T));
-    FC_T *panels = fc_alloc((size_t)(nt * K * width) * sizeof(FC_T));
+    const fc_direct_plan pl = fc_direct_make_plan(s, nt, NR, (int64_t)sizeof(FC_T));
+    const int64_t panel_size = pl.run * NR * pl.kc;
+    /* All workspace up front: one packed weight copy and one panel per thread. */
+    FC_T *wpack = fc_alloc((size_t)(s->groups * pl.oblocks * pl.K * FC_MR) * sizeof(FC_T));
+    FC_T *panels = fc_alloc((size_t)(nt * panel_size) * sizeof(FC_T));
     if (!wpack || !panels) {
         free(wpack);
         free(panels);
         return FC_ENOMEM;
     }
-    FC_SFX(pack_weights)(w, wpack, s->groups, og, K);
-    FC_OMP_PARALLEL_FOR(n_threads)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t oh = t % s->out_h, g = (t / s->out_h) % s->groups, n = t / (s->out_h * s->groups);
-        FC_T *panel = panels + (int64_t)FC_THREAD_ID() * K * width;
-        FC_SFX(conv_row)(x, wpack, bias, y, panel, s, n, g, oh);
+    FC_OMP_PARALLEL((int)nt)
+    {
+        FC_OMP_FOR
+        for (int64_t gb = 0; gb < s->groups * pl.oblocks; gb++)
+            FC_SFX(pack_weights)(w, wpack + gb / pl.oblocks * pl.oblocks * pl.K * FC_MR, &pl, gb / pl.oblocks,
+                                 gb % pl.oblocks);
+        FC_OMP_FOR
+        for (int64_t t = 0; t < pl.tasks; t++)
+            FC_SFX(conv_task)(x, wpack, bias, y, panels + (int64_t)FC_THREAD_ID() * panel_size, s, &pl, t);
     }
     free(wpack);
     free(panels);
@@ -151,6 +290,7 @@ int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const FC_T *bias,
 }
 
 #undef VEC
+#undef VECU
 #undef VLEN
 #undef NR
 
