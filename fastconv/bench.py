@@ -40,7 +40,8 @@ def cpu_model() -> str:
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     """This machine's practical float32 peak: numpy's own n x n matmul, median of repeats."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    a @ a
+    for _ in range(3):  # wake OpenBLAS's threads and bring the clocks up before timing
+        a @ a
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
