@@ -25,7 +25,7 @@ typedef struct {
     int64_t dilation_h, dilation_w;
 } fc_pool2d_shape;
 
-enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2 };
+enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2, FC_ESIZE = 3 };
 
 const char *fc_build_info(void);
 int fc_has_openmp(void);
@@ -35,6 +35,14 @@ int fc_conv2d_fwd_direct_f32(const float *x, const float *w, const float *bias, 
                              const fc_conv2d_shape *s, int n_threads);
 int fc_conv2d_fwd_direct_f64(const double *x, const double *w, const double *bias, double *y,
                              const fc_conv2d_shape *s, int n_threads);
+
+/* y = conv2d(x, w) + bias by im2col + GEMM (OpenBLAS); the column buffers of all threads stay
+ * within workspace_bytes (at least one output row each).  FC_ESIZE if a GEMM dimension exceeds
+ * OpenBLAS's 32-bit integers. */
+int fc_conv2d_fwd_im2col_f32(const float *x, const float *w, const float *bias, float *y,
+                             const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_fwd_im2col_f64(const double *x, const double *w, const double *bias, double *y,
+                             const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
 
 /* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention. */
 int fc_maxpool2d_fwd_direct_f32(const float *x, float *y, int64_t *idx,

@@ -10,6 +10,10 @@ itself is never imported (that would drag numpy and numba into the build environ
   ``FASTCONV_NO_OPENMP=1`` forces the serial fallback.
 - ``FASTCONV_NATIVE=1`` adds ``-march=native`` (non-portable binaries, opt-in). The default build
   stays portable: hot loops carry ``target_clones`` instead.
+- GEMM comes from OpenBLAS in the scipy-openblas32 wheel (a build requirement and a run-time
+  dependency; its symbols carry a ``scipy_`` prefix).  No rpath is recorded, since the build
+  environment is temporary: fastconv/c/_lib.py imports scipy_openblas32 first, which loads the
+  library with RTLD_GLOBAL, and the extension's DT_NEEDED resolves to it by soname.
 - A fingerprint (version + hash of csrc/) is baked in as FC_BUILD_INFO; fastconv/c/_lib.py compares
   it at import to catch a stale extension in an editable install.
 """
@@ -23,7 +27,7 @@ import tempfile
 from cffi import FFI
 
 CSRC = "csrc"
-SOURCES = ["direct.c", "maxpool.c", "build_info.c"]
+SOURCES = ["direct.c", "im2col.c", "maxpool.c", "build_info.c"]
 # -ffp-contract=fast: ISO C mode (-std=c11) otherwise forbids fusing a*b+c into one FMA.
 # -fno-math-errno: no errno from math calls; unlike -ffast-math it keeps inf/NaN semantics.
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wextra", "-Wconversion"]
@@ -80,13 +84,17 @@ def make_ffibuilder():
         flags.append("-march=native")
     info = (f"fastconv {package_version()} csrc:{csrc_hash()} openmp:{int(has_openmp)} "
             f"native:{int(os.environ.get('FASTCONV_NATIVE') == '1')}")
+    import scipy_openblas32 as openblas  # a build requirement (pyproject.toml)
+
     builder = FFI()
     builder.cdef(cdef)
     builder.set_source(
         "fastconv._cconv",
         '#include <stdint.h>\n#include "fastconv.h"\n',
         sources=[os.path.join(CSRC, s) for s in SOURCES],
-        include_dirs=[CSRC],
+        include_dirs=[CSRC, openblas.get_include_dir()],
+        library_dirs=[openblas.get_lib_dir()],
+        libraries=[openblas.get_library()],
         define_macros=[("FC_BUILD_INFO", '"' + info + '"')],
         extra_compile_args=flags,
         extra_link_args=link,

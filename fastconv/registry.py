@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from . import reference
 from .c import _lib as c_lib
 from .c import direct as c_direct
+from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
 from .numba import direct as nb_direct
 from .numba import maxpool as nb_maxpool
@@ -64,6 +65,7 @@ class Kernel:
 KERNELS: tuple[Kernel, ...] = (
     # conv2d forward
     Kernel("c.direct", "conv2d.fwd", c_direct.conv2d_forward),
+    Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
     # conv2d backward (the fast kernels arrive with the im2col issue)

@@ -17,7 +17,15 @@ from .. import threads
 from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
 
 try:
+    # Loads libscipy_openblas.so with RTLD_GLOBAL: the extension links it by soname, no rpath.
+    import scipy_openblas32
+
     from .._cconv import ffi, lib
+
+    # The GEMMs run inside OpenMP tasks, one per thread: OpenBLAS's own pool would only
+    # oversubscribe the cores.  This copy of OpenBLAS is the scipy-openblas32 wheel's (numpy and
+    # scipy vendor their own), and this build exports no thread-local setter.
+    scipy_openblas32.dll.scipy_openblas_set_num_threads(1)
     UNAVAILABLE: str | None = None
 except ImportError as exc:  # the optional extension was not built
     ffi = lib = None
@@ -25,7 +33,7 @@ except ImportError as exc:  # the optional extension was not built
 
 _CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
 _SUFFIX = {"float32": "f32", "float64": "f64"}
-FC_OK, FC_ENOMEM, FC_EINDEX = 0, 1, 2
+FC_OK, FC_ENOMEM, FC_EINDEX, FC_ESIZE = 0, 1, 2, 3
 
 
 def build_info() -> str:
@@ -69,6 +77,8 @@ def check(status: int, what: str, index_error: Exception | None = None) -> None:
         return
     if status == FC_ENOMEM:
         raise MemoryError(f"{what}: out of memory for the kernel's workspace")
+    if status == FC_ESIZE:
+        raise ValueError(f"{what}: a GEMM dimension of this problem exceeds OpenBLAS's 32-bit integers")
     if status == FC_EINDEX and index_error is not None:
         raise index_error
     raise RuntimeError(f"{what}: C kernel returned status {status}")

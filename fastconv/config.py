@@ -1,0 +1,45 @@
+"""Process-wide settings other than threads: the workspace budget of the im2col kernels.
+
+The column matrix of a large layer (VGG-16's first layers: over 100 MB per image) is unfolded in
+chunks of output rows so that the buffers of all threads together stay within this budget
+(at least one output row per thread, whatever the budget).  Default 64 MiB, or
+FASTCONV_WORKSPACE_MB.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+DEFAULT_BYTES = 64 << 20
+
+
+def _from_environment() -> int:
+    value = os.environ.get("FASTCONV_WORKSPACE_MB")
+    if value is None:
+        return DEFAULT_BYTES
+    try:
+        mb = float(value)
+        if mb <= 0:
+            raise ValueError
+        return int(mb * (1 << 20))
+    except ValueError:
+        warnings.warn(f"fastconv: ignoring FASTCONV_WORKSPACE_MB={value!r}: expected a positive number",
+                      RuntimeWarning, stacklevel=2)
+        return DEFAULT_BYTES
+
+
+_workspace_bytes = _from_environment()
+
+
+def workspace_bytes() -> int:
+    return _workspace_bytes
+
+
+def set_workspace_bytes(n: int) -> None:
+    """Bound the im2col kernels' scratch memory (bytes, all threads together)."""
+    global _workspace_bytes
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_workspace_bytes: n={n!r} must be an int")
+    if n < 1:
+        raise ValueError(f"set_workspace_bytes: n={n} must be positive")
+    _workspace_bytes = n
