@@ -43,6 +43,14 @@ static inline int64_t fc_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t fc_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t fc_round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
+/* The outputs v in [*lo, *hi) whose tap at column v * stride + offset lies inside [0, size):
+ * the rest read padding.  Used wherever a row of taps is walked along the outputs. */
+static inline void fc_inside(int64_t offset, int64_t stride, int64_t size, int64_t outputs,
+                             int64_t *lo, int64_t *hi) {
+    *lo = offset >= 0 ? 0 : fc_min64((-offset + stride - 1) / stride, outputs);
+    *hi = offset >= size ? *lo : fc_max64(*lo, fc_min64(outputs, (size - 1 - offset) / stride + 1));
+}
+
 /* 64-byte aligned workspace (uninitialised); NULL on failure (callers return FC_ENOMEM). */
 static inline void *fc_alloc(size_t bytes) {
     void *p;

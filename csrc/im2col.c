@@ -57,8 +57,8 @@ static void FC_SFX(unfold_rows)(const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT co
             for (int64_t j = 0; j < s->kw; j++) {
                 FC_T *dst = cols + ((c * s->kh + i) * s->kw + j) * width;
                 const int64_t iw0 = j * s->dilation_w - s->pad_left; /* iw = ow * sw + iw0 */
-                const int64_t v_lo = iw0 >= 0 ? 0 : fc_min64((-iw0 + sw - 1) / sw, OW);
-                const int64_t v_hi = iw0 >= W ? v_lo : fc_max64(v_lo, fc_min64(OW, (W - 1 - iw0) / sw + 1));
+                int64_t v_lo, v_hi;
+                fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
                 for (int64_t r = 0; r < rows; r++, dst += OW) {
                     const int64_t ih = (oh0 + r) * s->stride_h - s->pad_top + i * s->dilation_h;
                     if (ih < 0 || ih >= H) {

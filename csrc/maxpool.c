@@ -51,8 +51,8 @@ FC_HOT static void FC_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRI
             const FC_T *xrow = x + ih * W;
             for (int64_t j = 0; j < s->kw; j++) {
                 const int64_t iw0 = j * dw - s->pad_w; /* iw = ow * sw + iw0 */
-                const int64_t v_lo = iw0 >= 0 ? 0 : fc_min64((-iw0 + sw - 1) / sw, s->out_w);
-                const int64_t v_hi = iw0 >= W ? v_lo : fc_max64(v_lo, fc_min64(s->out_w, (W - 1 - iw0) / sw + 1));
+                int64_t v_lo, v_hi;
+                fc_inside(iw0, sw, W, s->out_w, &v_lo, &v_hi);
                 for (int64_t ow = v_lo; ow < v_hi; ow++) {
                     const int64_t iw = ow * sw + iw0;
                     const FC_T val = xrow[iw];
