@@ -44,6 +44,16 @@ int fc_conv2d_fwd_im2col_f32(const float *x, const float *w, const float *bias, 
 int fc_conv2d_fwd_im2col_f64(const double *x, const double *w, const double *bias, double *y,
                              const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
 
+/* grad_w of conv2d by im2col + GEMM; grad_x by GEMM + col2im.  Same workspace rule. */
+int fc_conv2d_bwd_weight_im2col_f32(const float *gy, const float *x, float *gw,
+                                    const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_bwd_weight_im2col_f64(const double *gy, const double *x, double *gw,
+                                    const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_bwd_data_im2col_f32(const float *gy, const float *w, float *gx,
+                                  const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_bwd_data_im2col_f64(const double *gy, const double *w, double *gx,
+                                  const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+
 /* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention. */
 int fc_maxpool2d_fwd_direct_f32(const float *x, float *y, int64_t *idx,
                                 const fc_pool2d_shape *s, int n_threads);

@@ -12,6 +12,9 @@
  * chunked, at least one output row per chunk), so VGG-16's first layers, whose full cols matrix
  * is over 100 MB per image, run in a fixed budget.
  *
+ * Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all
+ * threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY).
+ *
  * The file is a template: it includes itself once per dtype with FC_T / FC_SFX / FC_GEMM set.
  */
 #ifndef FC_T
@@ -29,6 +32,30 @@
 #define FC_IM2COL_CHUNK_BYTES (4 << 20)
 #define FC_IM2COL_WIDE_OG 256
 #define FC_IM2COL_MIN_COLUMNS 2048
+
+/* A 1x1, stride-1, unpadded convolution needs no unfold: the input plane already is cols. */
+static int fc_im2col_direct_cols(const fc_conv2d_shape *s) {
+    return s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && s->pad_top == 0 &&
+           s->pad_left == 0 && s->out_h == s->h && s->out_w == s->w;
+}
+
+/* Output rows per task: see FC_IM2COL_*; within the budget, at least min_rows, and small enough
+ * that every thread gets a task. */
+static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t nt, int64_t workspace_bytes,
+                              int64_t elem, int64_t min_rows) {
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
+    const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w;
+    int64_t rows = OH;
+    if (!fc_im2col_direct_cols(s)) {
+        const int64_t row_bytes = K * OW * elem;
+        const int64_t by_cache = FC_IM2COL_CHUNK_BYTES / row_bytes;
+        const int64_t by_gemm = og >= FC_IM2COL_WIDE_OG ? (FC_IM2COL_MIN_COLUMNS + OW - 1) / OW : 0;
+        rows = fc_min64(OH, fc_min64(fc_max64(by_cache, by_gemm), workspace_bytes / (nt * row_bytes)));
+    }
+    const int64_t planes = s->n * s->groups;
+    if (planes < nt) rows = fc_min64(rows, (OH * planes + nt - 1) / nt / planes);
+    return fc_max64(1, fc_max64(rows, fc_min64(min_rows, OH)));
+}
 
 #define FC_T float
 #define FC_SFX(name) name##_f32
@@ -82,19 +109,9 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w, P = OH * OW;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (K > INT32_MAX || P > INT32_MAX || og > INT32_MAX) return FC_ESIZE;
-    const int direct_cols = s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 &&
-                            s->pad_top == 0 && s->pad_left == 0 && OH == s->h && OW == s->w;
-    /* Rows per chunk: within the budget, and small enough that every thread gets a task. */
-    int64_t rows = OH;
-    if (!direct_cols) {
-        const int64_t row_bytes = K * OW * (int64_t)sizeof(FC_T);
-        const int64_t by_cache = FC_IM2COL_CHUNK_BYTES / row_bytes;
-        const int64_t by_gemm = og >= FC_IM2COL_WIDE_OG ? (FC_IM2COL_MIN_COLUMNS + OW - 1) / OW : 0;
-        rows = fc_max64(1, fc_min64(OH, fc_min64(fc_max64(by_cache, by_gemm), workspace_bytes / (nt * row_bytes))));
-    }
-    const int64_t planes = s->n * s->groups;
-    if (planes < nt) rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes));
-    const int64_t chunks = (OH + rows - 1) / rows, tasks = planes * chunks;
+    const int direct_cols = fc_im2col_direct_cols(s);
+    const int64_t rows = fc_im2col_rows(s, nt, workspace_bytes, (int64_t)sizeof(FC_T), 1);
+    const int64_t chunks = (OH + rows - 1) / rows, tasks = s->n * s->groups * chunks;
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
     if (!direct_cols && !cols) return FC_ENOMEM;
 
@@ -123,6 +140,114 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
                 (FC_T)1, w + g * og * K, (int)K, b, (int)ldb, (FC_T)1, yg, (int)P);
     }
     free(cols);
+    return FC_OK;
+}
+
+/* gx[c][ih][iw] += dcols[k][q], the adjoint of unfold_rows (same walk, scatter instead of gather). */
+static void FC_SFX(col2im_rows)(const FC_T *FC_RESTRICT dcols, FC_T *FC_RESTRICT gxg,
+                                const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
+    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
+    for (int64_t c = 0; c < cg; c++)
+        for (int64_t i = 0; i < s->kh; i++)
+            for (int64_t j = 0; j < s->kw; j++) {
+                const FC_T *src = dcols + ((c * s->kh + i) * s->kw + j) * width;
+                const int64_t iw0 = j * s->dilation_w - s->pad_left;
+                int64_t v_lo, v_hi;
+                fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
+                for (int64_t r = 0; r < rows; r++, src += OW) {
+                    const int64_t ih = (oh0 + r) * s->stride_h - s->pad_top + i * s->dilation_h;
+                    if (ih < 0 || ih >= H) continue;
+                    FC_T *dst = gxg + (c * H + ih) * W + iw0;
+                    for (int64_t v = v_lo; v < v_hi; v++) dst[v * sw] += src[v];
+                }
+            }
+}
+
+/* grad_w = sum over images and pixels of dY . cols^T.  Unlike the forward, the threads share one
+ * chunk of columns (as wide as the budget allows): they unfold it together, split by input channel,
+ * then split the GEMM by output channels, each thread owning its rows of grad_w.  (Per-thread
+ * chunks would need per-thread partial grad_w, each read and written in full by every GEMM: on
+ * VGG conv5_1 that ran 4x slower on 2 threads than on 1.) */
+int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
+                                        const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = s->kh * s->kw;
+    const int64_t K = cg * taps, OH = s->out_h, OW = s->out_w, P = OH * OW, HW = s->h * s->w;
+    const int64_t nt = n_threads > 0 ? n_threads : 1;
+    if (K > INT32_MAX || P > INT32_MAX || og > INT32_MAX) return FC_ESIZE;
+    const int direct_cols = fc_im2col_direct_cols(s);
+    const int64_t rows = fc_im2col_rows(s, 1, workspace_bytes, (int64_t)sizeof(FC_T), 1); /* one shared buffer */
+    const int64_t chunks = (OH + rows - 1) / rows;
+    const int64_t oparts = fc_min64(nt, (og + 15) / 16), oblock = (og + oparts - 1) / oparts;
+    FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(K * rows * OW) * sizeof(FC_T));
+    if (!direct_cols && !cols) return FC_ENOMEM;
+    memset(gw, 0, (size_t)(s->c_out * K) * sizeof(FC_T));
+
+    for (int64_t n = 0; n < s->n; n++)
+        for (int64_t g = 0; g < s->groups; g++)
+            for (int64_t chunk = 0; chunk < chunks; chunk++) {
+                const int64_t oh0 = chunk * rows, r = fc_min64(rows, OH - oh0), width = r * OW;
+                const FC_T *xg = x + (n * s->c_in + g * cg) * HW;
+                const FC_T *gyg = gy + (n * s->c_out + g * og) * P + oh0 * OW;
+                const FC_T *b = xg + oh0 * OW;
+                int64_t ldb = P;
+                if (!direct_cols) {
+                    FC_OMP_PARALLEL_FOR(n_threads)
+                    for (int64_t c = 0; c < cg; c++)
+                        FC_SFX(unfold_rows)(xg + c * HW, cols + c * taps * width, s, 1, oh0, r);
+                    b = cols;
+                    ldb = width;
+                }
+                FC_OMP_PARALLEL_FOR(n_threads)
+                for (int64_t part = 0; part < oparts; part++) {
+                    const int64_t o0 = part * oblock, m = fc_min64(oblock, og - o0);
+                    if (m > 0)
+                        FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)K, (int)width,
+                                (FC_T)1, gyg + o0 * P, (int)P, b, (int)ldb, (FC_T)1,
+                                gw + (g * og + o0) * K, (int)K);
+                }
+            }
+    free(cols);
+    return FC_OK;
+}
+
+/* grad_x = col2im(W^T . dY).  Row chunks of one plane overlap in the input rows they touch, so
+ * the even chunks run first and the odd ones after; chunks are at least one kernel extent tall,
+ * so chunks of the same parity never meet. */
+int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
+                                      const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
+    const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w, P = OH * OW;
+    const int64_t nt = n_threads > 0 ? n_threads : 1;
+    if (K > INT32_MAX || P > INT32_MAX || og > INT32_MAX) return FC_ESIZE;
+    const int direct_cols = fc_im2col_direct_cols(s);
+    const int64_t extent = ((s->kh - 1) * s->dilation_h + 1 + s->stride_h - 1) / s->stride_h;
+    const int64_t rows = fc_im2col_rows(s, nt, workspace_bytes, (int64_t)sizeof(FC_T), extent);
+    const int64_t chunks = (OH + rows - 1) / rows, planes = s->n * s->groups;
+    FC_T *dcols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
+    if (!direct_cols && !dcols) return FC_ENOMEM;
+    if (!direct_cols) memset(gx, 0, (size_t)(s->n * s->c_in * s->h * s->w) * sizeof(FC_T));
+
+    for (int64_t parity = 0; parity < 2; parity++) {
+        const int64_t per_plane = (chunks - parity + 1) / 2, tasks = planes * per_plane;
+        FC_OMP_PARALLEL_FOR(n_threads)
+        for (int64_t t = 0; t < tasks; t++) {
+            const int64_t chunk = 2 * (t % per_plane) + parity, plane = t / per_plane;
+            const int64_t g = plane % s->groups, n = plane / s->groups;
+            const int64_t oh0 = chunk * rows, r = fc_min64(rows, OH - oh0), width = r * OW;
+            const FC_T *gyg = gy + (n * s->c_out + g * og) * P + oh0 * OW;
+            FC_T *gxg = gx + (n * s->c_in + g * cg) * s->h * s->w;
+            if (direct_cols) { /* the columns are the input plane itself: write it directly */
+                FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)og,
+                        (FC_T)1, w + g * og * K, (int)K, gyg, (int)P, (FC_T)0, gxg + oh0 * OW, (int)P);
+                continue;
+            }
+            FC_T *mine = dcols + (int64_t)FC_THREAD_ID() * K * rows * OW;
+            FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)og,
+                    (FC_T)1, w + g * og * K, (int)K, gyg, (int)P, (FC_T)0, mine, (int)width);
+            FC_SFX(col2im_rows)(mine, gxg, s, cg, oh0, r);
+        }
+    }
+    free(dcols);
     return FC_OK;
 }
 

@@ -68,8 +68,10 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
-    # conv2d backward (the fast kernels arrive with the im2col issue)
+    # conv2d backward: input gradient and weight gradient are chosen separately
+    Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
+    Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight),
     Kernel("numpy.reference", "conv2d.bwd_weight", reference._conv2d_grad_weight),
     # max-pool
     Kernel("c.maxpool", "maxpool2d.fwd", c_maxpool.max_pool2d_forward),

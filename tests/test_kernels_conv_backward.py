@@ -1,0 +1,84 @@
+"""Every registered conv2d backward kernel (input gradient and weight gradient are separate ops)
+against the reference, over the forward tests' edge cases and property space, plus float64
+finite-difference checks through the public conv2d_backward."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv as fc
+from fastconv import reference
+from fastconv.spec import ConvSpec
+
+from conftest import kernel_params, random_array, rel_err
+from test_kernels_conv import CASES, DTYPES, conv_problems
+
+BACKWARD = kernel_params("conv2d.bwd_data") + kernel_params("conv2d.bwd_weight")
+
+
+def _check(kernel, case, dtype, rng):
+    xs, ws, stride, padding, dilation, groups = case
+    x, w = random_array(rng, xs, dtype), random_array(rng, ws, dtype)
+    spec = ConvSpec.from_args(x, w, None, stride, padding, dilation, groups)
+    gy = random_array(rng, spec.output_shape, dtype)
+    if kernel.op == "conv2d.bwd_data":
+        expected, run = reference._conv2d_grad_input(spec, gy, w), (lambda: kernel.run(spec, gy, w))
+    else:
+        expected, run = reference._conv2d_grad_weight(spec, gy, x), (lambda: kernel.run(spec, gy, x))
+    if (reason := kernel.refusal(spec)) is not None:
+        pick = dict(algo=kernel.algo) if kernel.op == "conv2d.bwd_data" else dict(weight_algo=kernel.algo)
+        with pytest.raises(ValueError, match=kernel.name):
+            fc.conv2d_backward(gy, x, w, stride, padding, dilation, groups, backend=kernel.backend, **pick)
+        return
+    copies = [a.copy() for a in (x, w, gy)]
+    got = run()
+    assert got.shape == expected.shape and got.dtype == np.dtype(dtype) and got.flags.c_contiguous
+    assert rel_err(got, expected) <= kernel.rtol[dtype]
+    for a, c in zip((x, w, gy), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("kernel", BACKWARD)
+def test_backward_edge_cases(kernel, case, dtype, rng):
+    _check(kernel, case, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", BACKWARD)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=conv_problems(), seed=st.integers(0, 2**32 - 1))
+def test_backward_property(kernel, dtype, problem, seed):
+    xs, ws, stride, padding, dilation, groups = problem
+    try:
+        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
+    except ValueError:
+        return
+    _check(kernel, problem, dtype, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("data_kernel", kernel_params("conv2d.bwd_data"))
+@pytest.mark.parametrize("weight_kernel", kernel_params("conv2d.bwd_weight"))
+@pytest.mark.parametrize("args", [dict(), dict(stride=2, padding=1), dict(padding="same", dilation=2),
+                                  dict(stride=(2, 1), padding=(0, 2), groups=2)], ids=str)
+def test_gradients_match_finite_differences(data_kernel, weight_kernel, args):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4, 7, 8))
+    w = rng.standard_normal((6, 4 // args.get("groups", 1), 3, 3))
+    b = rng.standard_normal(6)
+    gy = rng.standard_normal(fc.reference.conv2d(x, w, b, **args).shape)
+    loss = lambda x_, w_, b_: float(np.sum(fc.reference.conv2d(x_, w_, b_, **args) * gy))  # noqa: E731
+    grads = fc.conv2d_backward(gy, x, w, **args, algo=data_kernel.algo, weight_algo=weight_kernel.algo,
+                               backend="auto")
+    eps = 1e-6
+    for analytic, array in zip(grads, (x, w, b)):
+        for flat in rng.choice(array.size, size=min(10, array.size), replace=False):
+            idx = np.unravel_index(flat, array.shape)
+            old = array[idx]
+            array[idx] = old + eps
+            up = loss(x, w, b)
+            array[idx] = old - eps
+            down = loss(x, w, b)
+            array[idx] = old
+            assert analytic[idx] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-7)
