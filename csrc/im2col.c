@@ -39,6 +39,13 @@ static int fc_im2col_direct_cols(const fc_conv2d_shape *s) {
            s->pad_left == 0 && s->out_h == s->h && s->out_w == s->w;
 }
 
+/* OpenBLAS (scipy-openblas32) takes 32-bit dimensions: K, out_h*out_w and the output channels
+ * per group must fit. */
+static int fc_im2col_too_big(const fc_conv2d_shape *s) {
+    const int64_t K = s->c_in / s->groups * s->kh * s->kw;
+    return K > INT32_MAX || s->out_h * s->out_w > INT32_MAX || s->c_out / s->groups > INT32_MAX;
+}
+
 /* Output rows per task: see FC_IM2COL_*; within the budget, at least min_rows, and small enough
  * that every thread gets a task. */
 static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t nt, int64_t workspace_bytes,
@@ -108,7 +115,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w, P = OH * OW;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    if (K > INT32_MAX || P > INT32_MAX || og > INT32_MAX) return FC_ESIZE;
+    if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
     const int64_t rows = fc_im2col_rows(s, nt, workspace_bytes, (int64_t)sizeof(FC_T), 1);
     const int64_t chunks = (OH + rows - 1) / rows, tasks = s->n * s->groups * chunks;
@@ -173,7 +180,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = s->kh * s->kw;
     const int64_t K = cg * taps, OH = s->out_h, OW = s->out_w, P = OH * OW, HW = s->h * s->w;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    if (K > INT32_MAX || P > INT32_MAX || og > INT32_MAX) return FC_ESIZE;
+    if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
     const int64_t rows = fc_im2col_rows(s, 1, workspace_bytes, (int64_t)sizeof(FC_T), 1); /* one shared buffer */
     const int64_t chunks = (OH + rows - 1) / rows;
@@ -218,7 +225,7 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w, P = OH * OW;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    if (K > INT32_MAX || P > INT32_MAX || og > INT32_MAX) return FC_ESIZE;
+    if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
     const int64_t extent = ((s->kh - 1) * s->dilation_h + 1 + s->stride_h - 1) / s->stride_h;
     const int64_t rows = fc_im2col_rows(s, nt, workspace_bytes, (int64_t)sizeof(FC_T), extent);

@@ -25,6 +25,21 @@ def random_array(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def assert_matches_finite_differences(loss, analytic_grads, arrays, rng, samples=10, eps=1e-6):
+    """Central differences of loss() (float64) at random entries of each array, which are nudged
+    in place and restored, against the analytic gradients."""
+    for analytic, array in zip(analytic_grads, arrays):
+        for flat in rng.choice(array.size, size=min(samples, array.size), replace=False):
+            idx = np.unravel_index(flat, array.shape)
+            old = array[idx]
+            array[idx] = old + eps
+            up = loss()
+            array[idx] = old - eps
+            down = loss()
+            array[idx] = old
+            assert analytic[idx] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-7)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)

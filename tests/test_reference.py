@@ -5,6 +5,8 @@ import pytest
 
 import fastconv.reference as ref
 
+from conftest import assert_matches_finite_differences
+
 # The lecture's curve detector: a 7x7 filter with 30s along a curve.  Over a receptive field that
 # holds the curve (four pixels of 50 and one of 20 under the filter's 30s) the response is
 # 4*50*30 + 20*30 = 6600; over a region without the curve it is 0.
@@ -68,19 +70,8 @@ def test_backward_matches_finite_differences(stride, padding, dilation, groups):
     b = rng.standard_normal(4)
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     gy = rng.standard_normal(ref.conv2d(x, w, b, **args).shape)
-    loss = lambda x_, w_, b_: float(np.sum(ref.conv2d(x_, w_, b_, **args) * gy))  # noqa: E731
-    gx, gw, gb = ref.conv2d_backward(gy, x, w, **args)
-    eps = 1e-6
-    for analytic, array in ((gx, x), (gw, w), (gb, b)):
-        for flat in rng.choice(array.size, size=min(12, array.size), replace=False):
-            idx = np.unravel_index(flat, array.shape)
-            old = array[idx]
-            array[idx] = old + eps
-            up = loss(x, w, b)
-            array[idx] = old - eps
-            down = loss(x, w, b)
-            array[idx] = old
-            assert analytic[idx] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-7)
+    loss = lambda: float(np.sum(ref.conv2d(x, w, b, **args) * gy))  # noqa: E731
+    assert_matches_finite_differences(loss, ref.conv2d_backward(gy, x, w, **args), (x, w, b), rng, samples=12)
 
 
 def test_max_pool_by_hand_ties_nan_and_padding():
