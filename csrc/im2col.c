@@ -1,4 +1,4 @@
-/* im2col + GEMM conv2d forward, the twin of fastconv/numba/im2col.py.
+/* im2col + GEMM conv2d (forward and backward).  Its Numba twin, fastconv/numba/im2col.py, is still to come.
  *
  * Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
  * K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows):
