@@ -35,8 +35,9 @@ class Layer:
 
 
 def _conv(name, c, hw, o, k=3, stride=1, pad=1, count=1, groups=1):
-    return Layer(name, "conv", (c, hw, hw), (o, c // groups, k, k), (stride, stride), (pad, pad),
-                 groups=groups, count=count)
+    # Keywords, not positions: Layer's third optional field is the pool window, not the stride.
+    return Layer(name, "conv", (c, hw, hw), (o, c // groups, k, k), stride=(stride, stride),
+                 padding=(pad, pad), groups=groups, count=count)
 
 
 def _pool(name, c, hw, k=2, stride=2, pad=0, count=1, ceil_mode=False):
@@ -53,7 +54,22 @@ VGG16 = (
     _conv("conv5_1", 512, 14, 512, count=3), _pool("pool5", 512, 14),
 )
 
-NETS = {"vgg16": VGG16}
+# ResNet-18 (He et al. 2015; torchvision's resnet18), 224x224 input: a 7x7/2 stem and a 3x3/2 max-pool,
+# then four stages of two BasicBlocks (two 3x3 convs each, no conv biases).  Stages 3-5 open with a
+# stride-2 3x3 conv and a 1x1 stride-2 "downsample" conv on the shortcut; "_x" layers are the
+# stage's remaining 3x3 convs, which share one shape.
+RESNET18 = (
+    _conv("conv1", 3, 224, 64, k=7, stride=2, pad=3), _pool("pool1", 64, 112, k=3, stride=2, pad=1),
+    _conv("conv2_x", 64, 56, 64, count=4),
+    _conv("conv3_1", 64, 56, 128, stride=2), _conv("conv3_x", 128, 28, 128, count=3),
+    _conv("conv3_ds", 64, 56, 128, k=1, stride=2, pad=0),
+    _conv("conv4_1", 128, 28, 256, stride=2), _conv("conv4_x", 256, 14, 256, count=3),
+    _conv("conv4_ds", 128, 28, 256, k=1, stride=2, pad=0),
+    _conv("conv5_1", 256, 14, 512, stride=2), _conv("conv5_x", 512, 7, 512, count=3),
+    _conv("conv5_ds", 256, 14, 512, k=1, stride=2, pad=0),
+)
+
+NETS = {"vgg16": VGG16, "resnet18": RESNET18}
 
 
 def get(name: str) -> tuple[Layer, ...]:
