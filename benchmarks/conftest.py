@@ -4,6 +4,7 @@ Speed lives here and in `fastconv bench`, never in tests.  Machine info records 
 depends on, so saved runs (--benchmark-autosave / --benchmark-compare) stay comparable."""
 import numba
 import numpy as np
+import pytest
 
 from fastconv import __version__, bench
 from fastconv.c import _lib
@@ -22,3 +23,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", help="every layer of the nets, not the quick subset")
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect bench_*.py: pytest's default python_files (test_*.py) would find nothing here, and
+    the suite's files keep their names so `pytest tests/` never picks them up."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)

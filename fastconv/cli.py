@@ -50,15 +50,20 @@ def _bench(args) -> int:
                          f"(see `fastconv kernels`)")
     if args.batch < 1 or args.repeats < 1:
         raise ValueError("--batch and --repeats must be positive")
+    if args.pass_ not in bench.PASSES:  # checked here, not by argparse, for a one-line error
+        raise ValueError(f"--pass={args.pass_!r} must be one of {', '.join(bench.PASSES)}")
     rows, peak = bench.run(layers, args.batch, args.dtype, kernel_names, args.repeats,
-                           with_reference=not args.no_reference)
+                           with_reference=not args.no_reference, pass_=args.pass_)
     print(bench.machine_line(peak))
-    print(f"net {args.net}, batch {args.batch}, {args.dtype}; median of {args.repeats} interleaved runs; "
-          f"'vs ref' = NumPy reference time / kernel time")
+    print(f"net {args.net}, batch {args.batch}, {args.dtype}, pass {args.pass_}; median of {args.repeats} "
+          f"interleaved runs; 'vs ref' = NumPy reference time / kernel time")
+    if args.pass_ == "bwd":
+        print("bwd = grad input + grad weight + grad bias (pool: max_pool2d_backward); "
+              "'bwd/fwd' = bwd time / the same kernel's forward time in the same rounds")
     print(bench.format_table(rows, peak))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": bench.machine_line(peak), "peak_gflops": peak,
+            json.dump({"machine": bench.machine_line(peak), "peak_gflops": peak, "pass": args.pass_,
                        "rows": [r.__dict__ for r in rows]}, f, indent=2)
     return 0
 
@@ -77,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--kernels", help="comma-separated kernel names (default: every eligible one)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per kernel (median)")
+    p.add_argument("--pass", dest="pass_", default="fwd", metavar="{fwd,bwd}",
+                   help="fwd: the forward kernels; bwd: backward (input + weight + bias gradients) beside "
+                        "the same kernel's forward (default fwd)")
     p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=_bench)
