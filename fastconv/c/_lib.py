@@ -17,15 +17,11 @@ from .. import threads
 from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
 
 try:
-    # Loads libscipy_openblas.so with RTLD_GLOBAL: the extension links it by soname, no rpath.
-    import scipy_openblas32
-
+    # First: loads libscipy_openblas.so with RTLD_GLOBAL (the extension links it by soname, no
+    # rpath) and sets its threads to 1.
+    from .. import _openblas  # noqa: F401
     from .._cconv import ffi, lib
 
-    # The GEMMs run inside OpenMP tasks, one per thread: OpenBLAS's own pool would only
-    # oversubscribe the cores.  This copy of OpenBLAS is the scipy-openblas32 wheel's (numpy and
-    # scipy vendor their own), and this build exports no thread-local setter.
-    scipy_openblas32.dll.scipy_openblas_set_num_threads(1)
     UNAVAILABLE: str | None = None
 except ImportError as exc:  # the optional extension was not built
     ffi = lib = None

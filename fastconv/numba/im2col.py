@@ -1,0 +1,310 @@
+"""im2col + GEMM conv2d in Numba (forward and backward), the twin of csrc/im2col.c.
+
+Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
+K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows):
+  unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
+                k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
+                unpadded convolution needs no unfold (the input already is cols);
+  gemm          Y_g[:, chunk] = bias + W_g . cols through OpenBLAS: the same scipy-openblas32
+                library, hence the same sgemm/dgemm code, as c.im2col (numba/_blas.py), run
+                single-threaded in each task of a prange over tasks, so there is one thread pool
+                (Numba's), not Numba and OpenBLAS pools spinning against each other.
+The column buffer of each thread is bounded: n_threads * chunk <= config.workspace_bytes() (rows
+are chunked by C's rule, task_rows below, at least one output row per chunk).
+Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all
+threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY).
+The wrappers, not the drivers, settle the chunking and allocate every buffer.
+
+Why OpenBLAS through an ExternalFunction, not ``np.dot`` in jitted code: speed is not the reason.
+Float32 n x n matmuls, every OpenBLAS copy at the same thread count, contenders interleaved with
+a 0.1 s pause and an untimed call before each timed one, median of 9 (GFLOP/s, 2-core AMD EPYC):
+                          2 threads             1 thread
+                       n=1024   n=2048      n=1024   n=2048
+    numpy ``a @ b``      172      178          92       94
+    np.dot in njit       177      184          91       94
+    ExternalFunction     178      184          92       94
+The "np.dot in njit runs at 1/3 of numpy" seen earlier was the measuring, two effects compounding.
+The process holds three OpenBLAS copies (numpy's, scipy's, scipy-openblas32), each with a thread
+pool whose threads busy-wait for a while after a call: alternating two copies back to back without
+a pause, each ran at 86-115 GFLOP/s instead of 172-184.  And once fastconv is imported, np.dot in
+njit (scipy's cython_blas) runs this single-threaded copy, not scipy's (see _openblas.py): 94
+GFLOP/s at n=2048, against 157 when scipy's BLAS was loaded before fastconv.  The ExternalFunction
+is chosen because it calls the C backend's very library (same code, one copy to keep single-
+threaded) and keeps ``cache=True`` working.  (Recipe: each contender an njit function calling
+np.dot(a, b, c) or gemm(...); fastconv.bench.time_interleaved(contenders, 9); thread counts set
+with threadpoolctl.threadpool_limits(n) and _openblas.lib.scipy_openblas_set_num_threads(n).)
+
+Numba's cache notices edits only in this file: the helpers live here, and numba/_blas.py, the
+one dependency compiled into these kernels, is ABI (BLAS_ABI below: tests/test_numba_blas.py
+fails when _blas.py changes and this file does not, which would leave stale cached kernels).
+"""
+import numpy as np
+from numba import get_thread_id, prange
+
+from .. import config
+from ..threads import get_num_threads, numba_launch_threads
+from ._blas import gemm
+from ._options import driver, helper
+
+BLAS_ABI = "14985df2049ccfa7"  # sha256 of numba/_blas.py, first 16 hex digits
+
+# The chunking constants of csrc/im2col.c (FC_IM2COL_*), where their measurements are recorded.
+CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses its columns
+WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
+MIN_COLUMNS = 2048  # ... and is given at least this many columns
+U = np.uint64  # the type of flat indices in the copy loops (see gather)
+
+
+def direct_cols(spec) -> bool:
+    """A 1x1, stride-1, unpadded convolution needs no unfold: the input plane already is cols."""
+    return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.padding[0] == spec.padding[2] == 0
+            and spec.out_h == spec.h and spec.out_w == spec.w)
+
+
+def too_big(spec) -> bool:
+    """OpenBLAS (scipy-openblas32) takes 32-bit dimensions: K, out_h*out_w and og must fit."""
+    K = spec.c_in // spec.groups * spec.kh * spec.kw
+    return max(K, spec.out_h * spec.out_w, spec.c_out // spec.groups) > np.iinfo(np.int32).max
+
+
+def task_rows(spec, nt, workspace_bytes, itemsize, min_rows) -> int:
+    """Output rows per task (C's fc_im2col_rows): within the budget, at least min_rows, and small
+    enough that every thread gets a task."""
+    og = spec.c_out // spec.groups
+    K, OH, OW = spec.c_in // spec.groups * spec.kh * spec.kw, spec.out_h, spec.out_w
+    rows = OH
+    if not direct_cols(spec):
+        row_bytes = K * OW * itemsize
+        by_cache = CHUNK_BYTES // row_bytes
+        by_gemm = -(-MIN_COLUMNS // OW) if og >= WIDE_OG else 0
+        rows = min(OH, max(by_cache, by_gemm), workspace_bytes // (nt * row_bytes))
+    planes = spec.n * spec.groups
+    if planes < nt:
+        rows = min(rows, (OH * planes + nt - 1) // nt // planes)
+    return max(1, rows, min(min_rows, OH))
+
+
+def _shape(spec):
+    """What the phases read besides the arrays' shapes (C's fc_conv2d_shape), as one int tuple."""
+    return (spec.kh, spec.kw, spec.out_h, spec.out_w, *spec.stride, spec.padding[0], spec.padding[2],
+            *spec.dilation, spec.groups)
+
+
+@helper
+def inside(offset, stride, size, outputs):
+    """The outputs v in [lo, hi) whose tap v*stride + offset lies in [0, size) (C's fc_inside)."""
+    lo = 0 if offset >= 0 else min((-offset + stride - 1) // stride, outputs)
+    hi = lo if offset >= size else max(lo, min(outputs, (size - 1 - offset) // stride + 1))
+    return lo, hi
+
+
+@helper
+def fill(dst, at, count, value):
+    """dst[at:at + count] = value (flat; unsigned indices, see gather)."""
+    a = U(at)
+    for v in range(U(count)):
+        dst[a + v] = value
+
+
+@helper
+def gather(src, start, stride, dst, at, count):
+    """dst[at + v] = src[start + v*stride] for v < count, on flat arrays.  The indices are unsigned
+    because Numba wraps negative signed indices, a select per element that kept LLVM from
+    vectorizing these loops: written with signed indices, or with per-row array slices, unfold_rows
+    and col2im_rows ran 2-7x slower (VGG-16 conv1_2, conv3_2, conv5_1)."""
+    s0, a0, st = U(start), U(at), U(stride)
+    if stride == 1:  # the common case, as a plain copy that LLVM vectorizes
+        for v in range(U(count)):
+            dst[a0 + v] = src[s0 + v]
+    else:
+        for v in range(U(count)):
+            dst[a0 + v] = src[s0 + v * st]
+
+
+@helper
+def scatter_add(src, at, dst, start, stride, count):
+    """dst[start + v*stride] += src[at + v] for v < count, on flat arrays (the adjoint of gather)."""
+    s0, a0, st = U(start), U(at), U(stride)
+    for v in range(U(count)):
+        dst[s0 + v * st] += src[a0 + v]
+
+
+@helper
+def unfold_rows(x, n, c0, cg, oh0, rows, cols, off, s):
+    """cols[off + k*width + q] for the pixels q = (oh - oh0)*out_w + ow of output rows
+    [oh0, oh0 + rows) and the taps k = (c, i, j) of channels c0 .. c0 + cg."""
+    kh, kw, _, OW, sh, sw, pt, pl, dh, dw, _ = s
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(x.size)
+    width = rows * OW
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                dst = off + ((c * kh + i) * kw + j) * width
+                iw0 = j * dw - pl  # iw = ow * sw + iw0
+                v_lo, v_hi = inside(iw0, sw, W, OW)
+                for r in range(rows):
+                    ih = (oh0 + r) * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        fill(cols, dst + r * OW, OW, 0)
+                        continue
+                    src = ((n * C + c0 + c) * H + ih) * W + iw0
+                    fill(cols, dst + r * OW, v_lo, 0)
+                    gather(xf, src + v_lo * sw, sw, cols, dst + r * OW + v_lo, v_hi - v_lo)
+                    fill(cols, dst + r * OW + v_hi, OW - v_hi, 0)
+
+
+@helper
+def col2im_rows(dcols, gx, n, c0, cg, oh0, rows, s):
+    """gx[n, c0 + c, ih, iw] += dcols[k*width + q], the adjoint of unfold_rows (same walk, scatter)."""
+    kh, kw, _, OW, sh, sw, pt, pl, dh, dw, _ = s
+    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    gxf = gx.reshape(gx.size)
+    width = rows * OW
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                src = ((c * kh + i) * kw + j) * width
+                iw0 = j * dw - pl
+                v_lo, v_hi = inside(iw0, sw, W, OW)
+                for r in range(rows):
+                    ih = (oh0 + r) * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    dst = ((n * C + c0 + c) * H + ih) * W + iw0
+                    scatter_add(dcols, src + r * OW + v_lo, gxf, dst + v_lo * sw, sw, v_hi - v_lo)
+
+
+@driver
+def _conv2d_forward(x, w, bias, y, cols, s, rows, direct):
+    """y = conv2d(x, w) + bias; cols is (threads, K * rows * out_w), one buffer per thread."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C, H, W = x.shape
+    O = w.shape[0]
+    cg, og = C // groups, O // groups
+    K, P = cg * kh * kw, OH * OW
+    chunks = (OH + rows - 1) // rows
+    yf = y.reshape(y.size)
+    for t in prange(N * groups * chunks):
+        chunk, g, n = t % chunks, (t // chunks) % groups, t // (chunks * groups)
+        oh0 = chunk * rows
+        r = min(rows, OH - oh0)
+        width = r * OW
+        yg = (n * O + g * og) * P + oh0 * OW  # where Y_g[:, chunk] starts in y
+        for o in range(og):
+            fill(yf, yg + o * P, width, bias[g * og + o])
+        if direct:  # B is the input plane itself
+            gemm(False, False, og, width, K, 1.0, w, g * og * K, K,
+                 x, (n * C + g * cg) * H * W + oh0 * OW, P, 1.0, y, yg, P)
+        else:
+            mine = cols[get_thread_id()]
+            unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, s)
+            gemm(False, False, og, width, K, 1.0, w, g * og * K, K, mine, 0, width, 1.0, y, yg, P)
+
+
+@driver
+def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, oparts):
+    """gw += sum over images and pixels of dY . cols^T; gw is zeroed, cols one shared buffer."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C, H, W = x.shape
+    O = gw.shape[0]
+    cg, og, taps = C // groups, O // groups, kh * kw
+    K, P = cg * taps, OH * OW
+    chunks = (OH + rows - 1) // rows
+    oblock = (og + oparts - 1) // oparts
+    xf = x.reshape(x.size)
+    for n in range(N):
+        for g in range(groups):
+            for chunk in range(chunks):
+                oh0 = chunk * rows
+                r = min(rows, OH - oh0)
+                width = r * OW
+                gyg = (n * O + g * og) * P + oh0 * OW
+                b, b0, ldb = xf, (n * C + g * cg) * H * W + oh0 * OW, P
+                if not direct:
+                    for c in prange(cg):  # the threads unfold the shared chunk together
+                        unfold_rows(x, n, g * cg + c, 1, oh0, r, cols, c * taps * width, s)
+                    b, b0, ldb = cols, 0, width
+                for part in prange(oparts):  # each thread owns its rows of grad_w
+                    o0 = part * oblock
+                    m = min(oblock, og - o0)
+                    if m > 0:
+                        gemm(False, True, m, K, width, 1.0, gy, gyg + o0 * P, P, b, b0, ldb,
+                             1.0, gw, (g * og + o0) * K, K)
+
+
+@driver
+def _conv2d_backward_data(gy, w, gx, dcols, s, rows, direct):
+    """gx = col2im(W^T . dY); gx is zeroed unless direct; dcols one buffer per thread.  Row chunks
+    of a plane overlap in the input rows they touch, so the even chunks run first and the odd
+    ones after; chunks are at least one kernel extent tall, so chunks of one parity never meet."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C, H, W = gx.shape
+    O = w.shape[0]
+    cg, og = C // groups, O // groups
+    K, P = cg * kh * kw, OH * OW
+    chunks = (OH + rows - 1) // rows
+    planes = N * groups
+    for parity in range(2):
+        per_plane = (chunks - parity + 1) // 2
+        for t in prange(planes * per_plane):
+            chunk, plane = 2 * (t % per_plane) + parity, t // per_plane
+            g, n = plane % groups, plane // groups
+            oh0 = chunk * rows
+            r = min(rows, OH - oh0)
+            width = r * OW
+            gyg = (n * O + g * og) * P + oh0 * OW
+            if direct:  # the columns are the input plane itself: write it directly
+                gemm(True, False, K, width, og, 1.0, w, g * og * K, K, gy, gyg, P,
+                     0.0, gx, (n * C + g * cg) * H * W + oh0 * OW, P)
+            else:
+                mine = dcols[get_thread_id()]
+                gemm(True, False, K, width, og, 1.0, w, g * og * K, K, gy, gyg, P, 0.0, mine, 0, width)
+                col2im_rows(mine, gx, n, g * cg, cg, oh0, r, s)
+
+
+def _check(spec):
+    if too_big(spec):
+        raise ValueError("numba.im2col: a GEMM dimension of this problem exceeds OpenBLAS's 32-bit integers")
+
+
+def _columns(spec, buffers, rows):
+    """The column buffers: `buffers` of K * rows * out_w elements (none when the input is cols)."""
+    size = 0 if direct_cols(spec) else spec.c_in // spec.groups * spec.kh * spec.kw * rows * spec.out_w
+    return np.empty((buffers, size), spec.dtype)
+
+
+def conv2d_forward(spec, x, w, bias):
+    _check(spec)
+    nt = get_num_threads()
+    y = np.empty(spec.output_shape, spec.dtype)
+    bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
+    rows = task_rows(spec, nt, config.workspace_bytes(), y.itemsize, 1)
+    cols = _columns(spec, nt, rows)
+    numba_launch_threads()
+    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, direct_cols(spec))
+    return y
+
+
+def conv2d_backward_data(spec, grad_y, w):
+    _check(spec)
+    nt, direct = get_num_threads(), direct_cols(spec)
+    grad_x = (np.empty if direct else np.zeros)(spec.input_shape, spec.dtype)
+    extent = ((spec.kh - 1) * spec.dilation[0] + spec.stride[0]) // spec.stride[0]  # ceil(span / sh)
+    rows = task_rows(spec, nt, config.workspace_bytes(), grad_x.itemsize, extent)
+    dcols = _columns(spec, nt, rows)
+    numba_launch_threads()
+    _conv2d_backward_data(grad_y, w, grad_x, dcols, _shape(spec), rows, direct)
+    return grad_x
+
+
+def conv2d_backward_weight(spec, grad_y, x):
+    _check(spec)
+    nt = get_num_threads()
+    grad_w = np.zeros(spec.weight_shape, spec.dtype)
+    rows = task_rows(spec, 1, config.workspace_bytes(), grad_w.itemsize, 1)  # one shared buffer
+    cols = _columns(spec, 1, rows)[0]
+    oparts = min(nt, (spec.c_out // spec.groups + 15) // 16)
+    numba_launch_threads()
+    _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), oparts)
+    return grad_w
