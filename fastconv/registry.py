@@ -22,6 +22,7 @@ from .c import direct as c_direct
 from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
 from .numba import direct as nb_direct
+from .numba import im2col as nb_im2col
 from .numba import maxpool as nb_maxpool
 
 OPS = ("conv2d.fwd", "conv2d.bwd_data", "conv2d.bwd_weight", "maxpool2d.fwd", "maxpool2d.bwd")
@@ -66,12 +67,20 @@ KERNELS: tuple[Kernel, ...] = (
     # conv2d forward
     Kernel("c.direct", "conv2d.fwd", c_direct.conv2d_forward),
     Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward),
+    Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
-    # conv2d backward: input gradient and weight gradient are chosen separately
+    # conv2d backward: input gradient and weight gradient are chosen separately; the direct
+    # kernels run their forward engine on the transposed problems of transpose.py
     Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data),
+    Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data),
+    Kernel("c.direct", "conv2d.bwd_data", c_direct.conv2d_backward_data),
+    Kernel("numba.direct", "conv2d.bwd_data", nb_direct.conv2d_backward_data),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
     Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight),
+    Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight),
+    Kernel("c.direct", "conv2d.bwd_weight", c_direct.conv2d_backward_weight),
+    Kernel("numba.direct", "conv2d.bwd_weight", nb_direct.conv2d_backward_weight),
     Kernel("numpy.reference", "conv2d.bwd_weight", reference._conv2d_grad_weight),
     # max-pool
     Kernel("c.maxpool", "maxpool2d.fwd", c_maxpool.max_pool2d_forward),

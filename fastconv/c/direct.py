@@ -1,12 +1,21 @@
-"""c.direct: wrapper over csrc/direct.c."""
+"""c.direct: wrapper over csrc/direct.c; the backward passes run it on transposed problems."""
 import numpy as np
 
+from .. import transpose
 from ._lib import check, conv_shape, function, n_threads, ptr
 
 
-def conv2d_forward(spec, x, w, bias):
-    y = np.empty(spec.output_shape, spec.dtype)
+def conv2d_forward(spec, x, w, bias, out=None):
+    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     status = function("fc_conv2d_fwd_direct", spec.dtype)(
         ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads())
     check(status, "c.direct")
     return y
+
+
+def conv2d_backward_data(spec, grad_y, w):
+    return transpose.backward_data(conv2d_forward, spec, grad_y, w)
+
+
+def conv2d_backward_weight(spec, grad_y, x):
+    return transpose.backward_weight(conv2d_forward, spec, grad_y, x)

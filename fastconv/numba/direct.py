@@ -1,4 +1,5 @@
-"""Direct conv2d forward in Numba, the twin of csrc/direct.c.
+"""Direct conv2d in Numba, the twin of csrc/direct.c.  The forward kernel is below; the backward
+passes run it on the transposed problems of fastconv/transpose.py.
 
 For every output row segment (image n, group g, row oh, pixels vs:ve) one task:
   pack_row_panel   panel[v, k] = x[n, g*cg + c, oh*sh - pt + i*dh, (vs + v)*sw - pl + j*dw] for
@@ -23,6 +24,7 @@ Tile and blocking, measured on AVX2 (16 ymm registers):
 import numpy as np
 from numba import prange
 
+from .. import transpose
 from ..threads import numba_launch_threads
 from ._options import driver, helper
 
@@ -121,9 +123,17 @@ def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups):
                                 y[n, o, oh, vs + v0 + q] += tile[r, q]
 
 
-def conv2d_forward(spec, x, w, bias):
-    y = np.empty(spec.output_shape, spec.dtype)
+def conv2d_forward(spec, x, w, bias, out=None):
+    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     numba_launch_threads()
     _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
     return y
+
+
+def conv2d_backward_data(spec, grad_y, w):
+    return transpose.backward_data(conv2d_forward, spec, grad_y, w)
+
+
+def conv2d_backward_weight(spec, grad_y, x):
+    return transpose.backward_weight(conv2d_forward, spec, grad_y, x)
