@@ -111,16 +111,28 @@ typedef FC_T FC_SFX(fc_vec_unaligned) __attribute__((vector_size(32), aligned(si
 
 /* One MR-channel block b of group g into wg, the packed weights of the group, laid out as
  * [tap block][o-block][kc][MR] so that the mc x kc weight block of a task is one contiguous
- * stream: wg[(k0 * oblocks + b * kc) * MR + (k - k0) * MR + r] = w[g*og + b*MR + r][k], zero past og. */
-static void FC_SFX(pack_weights)(const FC_T *FC_RESTRICT w, FC_T *FC_RESTRICT wg,
+ * stream: wg[(k0 * oblocks + b * kc) * MR + (k - k0) * MR + r] = w[g][b*MR + r][k], zero past og.
+ * w is read through its strides, so a flipped or transposed view costs no extra copy. */
+static void FC_SFX(pack_weights)(const FC_T *FC_RESTRICT w, const fc_weight_strides *ws,
+                                 FC_T *FC_RESTRICT wg, const fc_conv2d_shape *s,
                                  const fc_direct_plan *pl, int64_t g, int64_t b) {
-    for (int64_t k0 = 0; k0 < pl->K; k0 += pl->kc) {
-        const int64_t kc = fc_min64(pl->kc, pl->K - k0);
-        FC_T *dst = wg + (k0 * pl->oblocks + b * kc) * FC_MR;
-        for (int64_t r = 0; r < FC_MR; r++) {
-            const int64_t o = b * FC_MR + r;
-            const FC_T *src = w + (g * pl->og + o) * pl->K + k0;
-            for (int64_t k = 0; k < kc; k++) dst[k * FC_MR + r] = o < pl->og ? src[k] : (FC_T)0;
+    for (int64_t r = 0; r < FC_MR; r++) {
+        const int64_t o = b * FC_MR + r;
+        const FC_T *src = w + g * ws->g + o * ws->o;
+        int64_t c = 0, i = 0, j = 0; /* tap k = (c * kh + i) * kw + j */
+        for (int64_t k0 = 0; k0 < pl->K; k0 += pl->kc) {
+            const int64_t kc = fc_min64(pl->kc, pl->K - k0);
+            FC_T *dst = wg + (k0 * pl->oblocks + b * kc) * FC_MR + r;
+            for (int64_t k = 0; k < kc; k++) {
+                dst[k * FC_MR] = o < pl->og ? src[c * ws->c + i * ws->i + j * ws->j] : (FC_T)0;
+                if (++j == s->kw) {
+                    j = 0;
+                    if (++i == s->kh) {
+                        i = 0;
+                        c++;
+                    }
+                }
+            }
         }
     }
 }
@@ -266,10 +278,13 @@ FC_HOT static void FC_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_R
     }
 }
 
-int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y,
-                                 const fc_conv2d_shape *s, int n_threads) {
+int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
+                                 const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     const fc_direct_plan pl = fc_direct_make_plan(s, nt, NR, (int64_t)sizeof(FC_T));
+    const int64_t taps = s->kh * s->kw;
+    const fc_weight_strides contiguous = {pl.og * pl.K, pl.K, taps, s->kw, 1};
+    if (!ws) ws = &contiguous;
     const int64_t panel_size = pl.run * NR * pl.kc;
     /* All workspace up front: one packed weight copy and one panel per thread. */
     FC_T *wpack = fc_alloc((size_t)(s->groups * pl.oblocks * pl.K * FC_MR) * sizeof(FC_T));
@@ -283,8 +298,8 @@ int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const FC_T *bias,
     {
         FC_OMP_FOR
         for (int64_t gb = 0; gb < s->groups * pl.oblocks; gb++)
-            FC_SFX(pack_weights)(w, wpack + gb / pl.oblocks * pl.oblocks * pl.K * FC_MR, &pl, gb / pl.oblocks,
-                                 gb % pl.oblocks);
+            FC_SFX(pack_weights)(w, ws, wpack + gb / pl.oblocks * pl.oblocks * pl.K * FC_MR, s, &pl,
+                                 gb / pl.oblocks, gb % pl.oblocks);
         FC_OMP_FOR
         for (int64_t t = 0; t < pl.tasks; t++)
             FC_SFX(conv_task)(x, wpack, bias, y, panels + (int64_t)FC_THREAD_ID() * panel_size, s, &pl, t);

@@ -25,16 +25,23 @@ typedef struct {
     int64_t dilation_h, dilation_w;
 } fc_pool2d_shape;
 
+/* Element strides of a weight read as w[g][o][c][i][j] (o and c within group g).  Lets a kernel
+ * read a flipped, transposed view in place (the backward passes, fastconv/transpose.py); NULL
+ * where a function takes one means a C-contiguous OIHW array. */
+typedef struct {
+    int64_t g, o, c, i, j;
+} fc_weight_strides;
+
 enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2, FC_ESIZE = 3 };
 
 const char *fc_build_info(void);
 int fc_has_openmp(void);
 
-/* y = conv2d(x, w) + bias; bias may be NULL. */
-int fc_conv2d_fwd_direct_f32(const float *x, const float *w, const float *bias, float *y,
-                             const fc_conv2d_shape *s, int n_threads);
-int fc_conv2d_fwd_direct_f64(const double *x, const double *w, const double *bias, double *y,
-                             const fc_conv2d_shape *s, int n_threads);
+/* y = conv2d(x, w) + bias; bias may be NULL; w is read through ws (NULL: contiguous). */
+int fc_conv2d_fwd_direct_f32(const float *x, const float *w, const fc_weight_strides *ws,
+                             const float *bias, float *y, const fc_conv2d_shape *s, int n_threads);
+int fc_conv2d_fwd_direct_f64(const double *x, const double *w, const fc_weight_strides *ws,
+                             const double *bias, double *y, const fc_conv2d_shape *s, int n_threads);
 
 /* y = conv2d(x, w) + bias by im2col + GEMM (OpenBLAS); the column buffers of all threads stay
  * within workspace_bytes (at least one output row each).  FC_ESIZE if a GEMM dimension exceeds

@@ -31,7 +31,8 @@ import numpy as np
 
 from .spec import ConvSpec
 
-# forward(spec, x, w, bias, out) -> y, writing into out when it is given
+# forward(spec, x, w, bias, out) -> y, writing into out when it is given.  w is an OIHW array
+# or, from here, a (G, O/G, C/G, kH, kW) view (flipped, transposed): c.direct reads it in place.
 Forward = Callable[..., np.ndarray]
 
 
@@ -51,8 +52,8 @@ def _phase(r: int, stride: int, dilation: int, k: int, pad: int):
 def backward_data(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, w: np.ndarray) -> np.ndarray:
     sh, sw = spec.stride
     G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
-    # w_t[g*cg + c, o] = w[g*og + o, c]: the filter with the channels' roles swapped, per group
-    w_t = w.reshape(G, og, cg, spec.kh, spec.kw).transpose(0, 2, 1, 3, 4).reshape(spec.c_in, og, spec.kh, spec.kw)
+    # w_t[g, c, o] = w[g*og + o, c]: the filter with the channels' roles swapped, per group (a view)
+    w_t = w.reshape(G, og, cg, spec.kh, spec.kw).transpose(0, 2, 1, 3, 4)
     phases = [(rh, rw, _phase(rh, sh, spec.dilation[0], spec.kh, spec.padding[0]),
                _phase(rw, sw, spec.dilation[1], spec.kw, spec.padding[2]))
               for rh in range(min(sh, spec.h)) for rw in range(min(sw, spec.w))]
@@ -66,7 +67,7 @@ def backward_data(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, w: np.nd
         sub = ConvSpec(spec.n, spec.c_out, spec.out_h, spec.out_w, spec.c_in, mh, mw, (1, 1),
                        (pad_h, out_h + (mh - 1) * eh - spec.out_h - pad_h,
                         pad_w, out_w + (mw - 1) * ew - spec.out_w - pad_w), (eh, ew), G, spec.dtype)
-        w_sub = np.ascontiguousarray(w_t[:, :, taps_h, taps_w])
+        w_sub = w_t[:, :, :, taps_h, taps_w]
         if sh == sw == 1:
             forward(sub, grad_y, w_sub, None, grad_x)
         else:

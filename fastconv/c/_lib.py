@@ -63,6 +63,15 @@ def ptr(a: np.ndarray | None, *, out: bool = False):
     return ffi.from_buffer(_CTYPES[a.dtype.name], a, require_writable=out)
 
 
+def weight_ptr(w: np.ndarray):
+    """(pointer, fc_weight_strides * or NULL) for a weight: a C-contiguous OIHW array, or a
+    (G, O/G, C/G, kH, kW) view of any strides that the kernel reads in place."""
+    if w.ndim == 4:
+        return ptr(w), ffi.NULL
+    strides = dict(zip(("g", "o", "c", "i", "j"), (s // w.itemsize for s in w.strides)))
+    return ffi.cast(_CTYPES[w.dtype.name][:-2] + " *", w.ctypes.data), ffi.new("fc_weight_strides *", strides)
+
+
 def function(name: str, dtype: str):
     """lib.fc_<name>_<f32|f64>, following the C symbol grammar."""
     return getattr(lib, f"{name}_{_SUFFIX[dtype]}")
