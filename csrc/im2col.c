@@ -1,4 +1,4 @@
-/* im2col + GEMM conv2d (forward and backward).  Its Numba twin, fastconv/numba/im2col.py, is still to come.
+/* im2col + GEMM conv2d (forward and backward), the twin of fastconv/numba/im2col.py.
  *
  * Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
  * K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows):
@@ -13,7 +13,8 @@
  * is over 100 MB per image, run in a fixed budget.
  *
  * Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all
- * threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY).
+ * threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY) (tasks split by
+ * input channels).
  *
  * The file is a template: it includes itself once per dtype with FC_T / FC_SFX / FC_GEMM set.
  */
@@ -46,22 +47,16 @@ static int fc_im2col_too_big(const fc_conv2d_shape *s) {
     return K > INT32_MAX || s->out_h * s->out_w > INT32_MAX || s->c_out / s->groups > INT32_MAX;
 }
 
-/* Output rows per task: see FC_IM2COL_*; within the budget, at least min_rows, and small enough
- * that every thread gets a task. */
-static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t nt, int64_t workspace_bytes,
-                              int64_t elem, int64_t min_rows) {
-    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
-    const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w;
-    int64_t rows = OH;
-    if (!fc_im2col_direct_cols(s)) {
-        const int64_t row_bytes = K * OW * elem;
-        const int64_t by_cache = FC_IM2COL_CHUNK_BYTES / row_bytes;
-        const int64_t by_gemm = og >= FC_IM2COL_WIDE_OG ? (FC_IM2COL_MIN_COLUMNS + OW - 1) / OW : 0;
-        rows = fc_min64(OH, fc_min64(fc_max64(by_cache, by_gemm), workspace_bytes / (nt * row_bytes)));
-    }
-    const int64_t planes = s->n * s->groups;
-    if (planes < nt) rows = fc_min64(rows, (OH * planes + nt - 1) / nt / planes);
-    return fc_max64(1, fc_max64(rows, fc_min64(min_rows, OH)));
+/* Output rows per chunk when each of `buffers` buffers holds k rows of columns (a task's taps):
+ * see FC_IM2COL_*; within the budget, and at least one. */
+static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffers,
+                              int64_t workspace_bytes, int64_t elem) {
+    const int64_t og = s->c_out / s->groups, OH = s->out_h, OW = s->out_w;
+    if (fc_im2col_direct_cols(s)) return OH;
+    const int64_t row_bytes = k * OW * elem;
+    const int64_t by_cache = FC_IM2COL_CHUNK_BYTES / row_bytes;
+    const int64_t by_gemm = og >= FC_IM2COL_WIDE_OG ? (FC_IM2COL_MIN_COLUMNS + OW - 1) / OW : 0;
+    return fc_max64(1, fc_min64(OH, fc_min64(fc_max64(by_cache, by_gemm), workspace_bytes / (buffers * row_bytes))));
 }
 
 #define FC_T float
@@ -117,8 +112,10 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
-    const int64_t rows = fc_im2col_rows(s, nt, workspace_bytes, (int64_t)sizeof(FC_T), 1);
-    const int64_t chunks = (OH + rows - 1) / rows, tasks = s->n * s->groups * chunks;
+    const int64_t planes = s->n * s->groups;
+    int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
+    if (planes < nt) rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes)); /* a task per thread */
+    const int64_t chunks = (OH + rows - 1) / rows, tasks = planes * chunks;
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
     if (!direct_cols && !cols) return FC_ENOMEM;
 
@@ -182,7 +179,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
-    const int64_t rows = fc_im2col_rows(s, 1, workspace_bytes, (int64_t)sizeof(FC_T), 1); /* one shared buffer */
+    const int64_t rows = fc_im2col_rows(s, K, 1, workspace_bytes, (int64_t)sizeof(FC_T)); /* one shared buffer */
     const int64_t chunks = (OH + rows - 1) / rows;
     const int64_t oparts = fc_min64(nt, (og + 15) / 16), oblock = (og + oparts - 1) / oparts;
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(K * rows * OW) * sizeof(FC_T));
@@ -217,41 +214,48 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     return FC_OK;
 }
 
-/* grad_x = col2im(W^T . dY).  Row chunks of one plane overlap in the input rows they touch, so
- * the even chunks run first and the odd ones after; chunks are at least one kernel extent tall,
- * so chunks of the same parity never meet. */
+/* grad_x = col2im(W^T . dY).  Tasks are (image, group, block of input channels), and each walks
+ * every row chunk of its plane alone: k = (c, i, j) is channel-major, so the GEMM over the task's
+ * rows of W^T yields exactly its channels' rows of dcols, and col2im writes only those channels
+ * of gx.  Tasks never touch the same memory and need no ordering.  Channels are split only as
+ * finely as it takes to give every thread a task (batch 1).  (Splitting by row chunks instead
+ * needs the chunks that overlap in input rows kept apart: at batch 1 that serialized the two
+ * chunks of a plane and ran grad_x at half the speed of the forward.) */
 int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
                                       const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
-    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
-    const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w, P = OH * OW;
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = s->kh * s->kw;
+    const int64_t K = cg * taps, OH = s->out_h, OW = s->out_w, P = OH * OW, HW = s->h * s->w;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
-    const int64_t extent = ((s->kh - 1) * s->dilation_h + 1 + s->stride_h - 1) / s->stride_h;
-    const int64_t rows = fc_im2col_rows(s, nt, workspace_bytes, (int64_t)sizeof(FC_T), extent);
-    const int64_t chunks = (OH + rows - 1) / rows, planes = s->n * s->groups;
-    FC_T *dcols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
+    const int64_t planes = s->n * s->groups;
+    const int64_t split = fc_min64(cg, (nt + planes - 1) / planes); /* channel blocks per plane */
+    const int64_t cb = (cg + split - 1) / split;
+    const int64_t cblocks = (cg + cb - 1) / cb, tasks = planes * cblocks;
+    const int64_t rows = fc_im2col_rows(s, cb * taps, nt, workspace_bytes, (int64_t)sizeof(FC_T));
+    const int64_t chunks = (OH + rows - 1) / rows, buffer = cb * taps * rows * OW;
+    FC_T *dcols = direct_cols ? NULL : fc_alloc((size_t)(nt * buffer) * sizeof(FC_T));
     if (!direct_cols && !dcols) return FC_ENOMEM;
-    if (!direct_cols) memset(gx, 0, (size_t)(s->n * s->c_in * s->h * s->w) * sizeof(FC_T));
+    if (!direct_cols) memset(gx, 0, (size_t)(s->n * s->c_in * HW) * sizeof(FC_T));
 
-    for (int64_t parity = 0; parity < 2; parity++) {
-        const int64_t per_plane = (chunks - parity + 1) / 2, tasks = planes * per_plane;
-        FC_OMP_PARALLEL_FOR(n_threads)
-        for (int64_t t = 0; t < tasks; t++) {
-            const int64_t chunk = 2 * (t % per_plane) + parity, plane = t / per_plane;
-            const int64_t g = plane % s->groups, n = plane / s->groups;
+    FC_OMP_PARALLEL_FOR(n_threads)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t c0 = (t % cblocks) * cb, nc = fc_min64(cb, cg - c0), plane = t / cblocks;
+        const int64_t g = plane % s->groups, n = plane / s->groups;
+        const FC_T *wc = w + g * og * K + c0 * taps; /* columns c0*taps.. of W_g, i.e. rows of W_g^T */
+        FC_T *gxc = gx + (n * s->c_in + g * cg + c0) * HW;
+        FC_T *mine = direct_cols ? NULL : dcols + (int64_t)FC_THREAD_ID() * buffer;
+        for (int64_t chunk = 0; chunk < chunks; chunk++) {
             const int64_t oh0 = chunk * rows, r = fc_min64(rows, OH - oh0), width = r * OW;
             const FC_T *gyg = gy + (n * s->c_out + g * og) * P + oh0 * OW;
-            FC_T *gxg = gx + (n * s->c_in + g * cg) * s->h * s->w;
             if (direct_cols) { /* the columns are the input plane itself: write it directly */
-                FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)og,
-                        (FC_T)1, w + g * og * K, (int)K, gyg, (int)P, (FC_T)0, gxg + oh0 * OW, (int)P);
+                FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)width, (int)og,
+                        (FC_T)1, wc, (int)K, gyg, (int)P, (FC_T)0, gxc + oh0 * OW, (int)P);
                 continue;
             }
-            FC_T *mine = dcols + (int64_t)FC_THREAD_ID() * K * rows * OW;
-            FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)og,
-                    (FC_T)1, w + g * og * K, (int)K, gyg, (int)P, (FC_T)0, mine, (int)width);
-            FC_SFX(col2im_rows)(mine, gxg, s, cg, oh0, r);
+            FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(nc * taps), (int)width, (int)og,
+                    (FC_T)1, wc, (int)K, gyg, (int)P, (FC_T)0, mine, (int)width);
+            FC_SFX(col2im_rows)(mine, gxc, s, nc, oh0, r);
         }
     }
     free(dcols);

@@ -12,8 +12,8 @@ K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chun
 The column buffer of each thread is bounded: n_threads * chunk <= config.workspace_bytes() (rows
 are chunked by C's rule, task_rows below, at least one output row per chunk).
 Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all
-threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY).
-The wrappers, not the drivers, settle the chunking and allocate every buffer.
+threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY) (tasks split by
+input channels).  The wrappers, not the drivers, settle the chunking and allocate every buffer.
 
 Why OpenBLAS through an ExternalFunction, not ``np.dot`` in jitted code: speed is not the reason.
 Float32 n x n matmuls, every OpenBLAS copy at the same thread count, contenders interleaved with
@@ -67,21 +67,16 @@ def too_big(spec) -> bool:
     return max(K, spec.out_h * spec.out_w, spec.c_out // spec.groups) > np.iinfo(np.int32).max
 
 
-def task_rows(spec, nt, workspace_bytes, itemsize, min_rows) -> int:
-    """Output rows per task (C's fc_im2col_rows): within the budget, at least min_rows, and small
-    enough that every thread gets a task."""
-    og = spec.c_out // spec.groups
-    K, OH, OW = spec.c_in // spec.groups * spec.kh * spec.kw, spec.out_h, spec.out_w
-    rows = OH
-    if not direct_cols(spec):
-        row_bytes = K * OW * itemsize
-        by_cache = CHUNK_BYTES // row_bytes
-        by_gemm = -(-MIN_COLUMNS // OW) if og >= WIDE_OG else 0
-        rows = min(OH, max(by_cache, by_gemm), workspace_bytes // (nt * row_bytes))
-    planes = spec.n * spec.groups
-    if planes < nt:
-        rows = min(rows, (OH * planes + nt - 1) // nt // planes)
-    return max(1, rows, min(min_rows, OH))
+def task_rows(spec, k, buffers, workspace_bytes, itemsize) -> int:
+    """Output rows per chunk when each of `buffers` buffers holds k rows of columns (C's
+    fc_im2col_rows): within the budget, and at least one."""
+    og, OH, OW = spec.c_out // spec.groups, spec.out_h, spec.out_w
+    if direct_cols(spec):
+        return OH
+    row_bytes = k * OW * itemsize
+    by_cache = CHUNK_BYTES // row_bytes
+    by_gemm = -(-MIN_COLUMNS // OW) if og >= WIDE_OG else 0
+    return max(1, min(OH, max(by_cache, by_gemm), workspace_bytes // (buffers * row_bytes)))
 
 
 def _shape(spec):
@@ -234,33 +229,35 @@ def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, oparts):
 
 
 @driver
-def _conv2d_backward_data(gy, w, gx, dcols, s, rows, direct):
-    """gx = col2im(W^T . dY); gx is zeroed unless direct; dcols one buffer per thread.  Row chunks
-    of a plane overlap in the input rows they touch, so the even chunks run first and the odd
-    ones after; chunks are at least one kernel extent tall, so chunks of one parity never meet."""
+def _conv2d_backward_data(gy, w, gx, dcols, s, rows, direct, cb):
+    """gx = col2im(W^T . dY); gx is zeroed unless direct; dcols one buffer per thread.  Tasks are
+    (image, group, block of cb input channels) and each walks every row chunk of its plane alone:
+    k = (c, i, j) is channel-major, so the GEMM over the task's rows of W^T yields exactly its
+    channels' rows of dcols, and col2im writes only those channels of gx (see csrc/im2col.c)."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
     N, C, H, W = gx.shape
     O = w.shape[0]
-    cg, og = C // groups, O // groups
-    K, P = cg * kh * kw, OH * OW
+    cg, og, taps = C // groups, O // groups, kh * kw
+    K, P = cg * taps, OH * OW
     chunks = (OH + rows - 1) // rows
-    planes = N * groups
-    for parity in range(2):
-        per_plane = (chunks - parity + 1) // 2
-        for t in prange(planes * per_plane):
-            chunk, plane = 2 * (t % per_plane) + parity, t // per_plane
-            g, n = plane % groups, plane // groups
+    cblocks = (cg + cb - 1) // cb
+    for t in prange(N * groups * cblocks):
+        c0, plane = (t % cblocks) * cb, t // cblocks
+        nc = min(cb, cg - c0)
+        g, n = plane % groups, plane // groups
+        wc = g * og * K + c0 * taps  # columns c0*taps.. of W_g, i.e. rows of W_g^T
+        for chunk in range(chunks):
             oh0 = chunk * rows
             r = min(rows, OH - oh0)
             width = r * OW
             gyg = (n * O + g * og) * P + oh0 * OW
             if direct:  # the columns are the input plane itself: write it directly
-                gemm(True, False, K, width, og, 1.0, w, g * og * K, K, gy, gyg, P,
-                     0.0, gx, (n * C + g * cg) * H * W + oh0 * OW, P)
+                gemm(True, False, nc, width, og, 1.0, w, wc, K, gy, gyg, P,
+                     0.0, gx, (n * C + g * cg + c0) * H * W + oh0 * OW, P)
             else:
                 mine = dcols[get_thread_id()]
-                gemm(True, False, K, width, og, 1.0, w, g * og * K, K, gy, gyg, P, 0.0, mine, 0, width)
-                col2im_rows(mine, gx, n, g * cg, cg, oh0, r, s)
+                gemm(True, False, nc * taps, width, og, 1.0, w, wc, K, gy, gyg, P, 0.0, mine, 0, width)
+                col2im_rows(mine, gx, n, g * cg + c0, nc, oh0, r, s)
 
 
 def _check(spec):
@@ -268,10 +265,14 @@ def _check(spec):
         raise ValueError("numba.im2col: a GEMM dimension of this problem exceeds OpenBLAS's 32-bit integers")
 
 
-def _columns(spec, buffers, rows):
-    """The column buffers: `buffers` of K * rows * out_w elements (none when the input is cols)."""
-    size = 0 if direct_cols(spec) else spec.c_in // spec.groups * spec.kh * spec.kw * rows * spec.out_w
+def _columns(spec, buffers, k, rows):
+    """The column buffers: `buffers` of k * rows * out_w elements (none when the input is cols)."""
+    size = 0 if direct_cols(spec) else k * rows * spec.out_w
     return np.empty((buffers, size), spec.dtype)
+
+
+def _taps(spec):
+    return spec.c_in // spec.groups * spec.kh * spec.kw
 
 
 def conv2d_forward(spec, x, w, bias):
@@ -279,8 +280,11 @@ def conv2d_forward(spec, x, w, bias):
     nt = get_num_threads()
     y = np.empty(spec.output_shape, spec.dtype)
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
-    rows = task_rows(spec, nt, config.workspace_bytes(), y.itemsize, 1)
-    cols = _columns(spec, nt, rows)
+    planes = spec.n * spec.groups
+    rows = task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize)
+    if planes < nt:  # a task per thread
+        rows = max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes))
+    cols = _columns(spec, nt, _taps(spec), rows)
     numba_launch_threads()
     _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, direct_cols(spec))
     return y
@@ -290,11 +294,13 @@ def conv2d_backward_data(spec, grad_y, w):
     _check(spec)
     nt, direct = get_num_threads(), direct_cols(spec)
     grad_x = (np.empty if direct else np.zeros)(spec.input_shape, spec.dtype)
-    extent = ((spec.kh - 1) * spec.dilation[0] + spec.stride[0]) // spec.stride[0]  # ceil(span / sh)
-    rows = task_rows(spec, nt, config.workspace_bytes(), grad_x.itemsize, extent)
-    dcols = _columns(spec, nt, rows)
+    cg, planes = spec.c_in // spec.groups, spec.n * spec.groups
+    split = min(cg, -(-nt // planes))  # channel blocks per plane: a task per thread
+    cb = -(-cg // split)
+    rows = task_rows(spec, cb * spec.kh * spec.kw, nt, config.workspace_bytes(), grad_x.itemsize)
+    dcols = _columns(spec, nt, cb * spec.kh * spec.kw, rows)
     numba_launch_threads()
-    _conv2d_backward_data(grad_y, w, grad_x, dcols, _shape(spec), rows, direct)
+    _conv2d_backward_data(grad_y, w, grad_x, dcols, _shape(spec), rows, direct, cb)
     return grad_x
 
 
@@ -302,8 +308,8 @@ def conv2d_backward_weight(spec, grad_y, x):
     _check(spec)
     nt = get_num_threads()
     grad_w = np.zeros(spec.weight_shape, spec.dtype)
-    rows = task_rows(spec, 1, config.workspace_bytes(), grad_w.itemsize, 1)  # one shared buffer
-    cols = _columns(spec, 1, rows)[0]
+    rows = task_rows(spec, _taps(spec), 1, config.workspace_bytes(), grad_w.itemsize)  # one shared buffer
+    cols = _columns(spec, 1, _taps(spec), rows)[0]
     oparts = min(nt, (spec.c_out // spec.groups + 15) // 16)
     numba_launch_threads()
     _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), oparts)
