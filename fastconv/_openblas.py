@@ -5,21 +5,36 @@ C extension links this one by soname (no rpath), and the Numba kernels call it t
 addresses below (fastconv/numba/_blas.py), so the C and Numba GEMMs run the same code.
 Importing this module raises ImportError when the wheel is missing.
 
-A side effect of the global load (scipy_openblas32 does it on import): scipy's bundled OpenBLAS
-exports the same ``scipy_*`` names, so scipy's BLAS modules loaded after this one (scipy.linalg,
-cython_blas, hence ``np.dot`` in Numba code) bind to this copy and its single thread.  Measured,
-float32 2048^2 on 2 cores, imported after / before fastconv: np.dot in njit 94 / 157 GFLOP/s,
-scipy.linalg.blas.sgemm 67 / 103.
+The library is loaded with RTLD_LOCAL, without importing the scipy_openblas32 package, whose
+import loads it RTLD_GLOBAL on purpose (to serve numpy/scipy builds linked against it).  Globally,
+its ``scipy_*`` symbols would shadow those of scipy's own bundled OpenBLAS, which exports the
+same names: every scipy BLAS module loaded afterwards (scipy.linalg, cython_blas, hence np.dot in
+Numba code) would run this copy, pinned to one thread below.  Measured, float32 2048^2 on 2 cores,
+with the global load: np.dot in njit 94 GFLOP/s instead of 157, scipy.linalg.blas.sgemm 67
+instead of 103.  Loaded locally, the C extension still finds it (the dynamic loader matches its
+DT_NEEDED soname against libraries already loaded) and nothing else sees it.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import os
 
-# Loads libscipy_openblas.so with RTLD_GLOBAL (scipy_openblas32.dll is that handle): the C
-# extension, which links it by soname, must be imported after this module.
-import scipy_openblas32
 
-lib = scipy_openblas32.dll
+def _library_path() -> str:
+    """The wheel's libscipy_openblas*.so, found without importing the package (see above)."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("fastconv needs the scipy-openblas32 package (pip install scipy-openblas32)")
+    lib_dir = os.path.join(spec.submodule_search_locations[0], "lib")
+    names = sorted(f for f in os.listdir(lib_dir) if f.startswith("libscipy_openblas") and ".so" in f)
+    if not names:
+        raise ImportError(f"scipy-openblas32 has no libscipy_openblas*.so in {lib_dir}")
+    return os.path.join(lib_dir, names[0])
+
+
+# Must happen before the C extension is imported: it links the library by soname, with no rpath.
+lib = ctypes.CDLL(_library_path(), mode=os.RTLD_LOCAL)
 
 # The GEMMs run inside OpenMP tasks (C) or prange tasks (Numba), one per thread: OpenBLAS's own
 # pool would only oversubscribe the cores.  This copy of OpenBLAS is the scipy-openblas32 wheel's

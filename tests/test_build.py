@@ -59,3 +59,18 @@ def test_no_fast_math_in_the_c_build():
     from fastconv import _build_cffi
 
     assert not any("fast-math" in f or f == "-Ofast" for f in _build_cffi.BASE_FLAGS)
+
+
+def test_openblas_stays_private(tmp_path):
+    """fastconv's OpenBLAS copy (pinned to one thread) must not leak its scipy_* symbols into the
+    process's global namespace, where scipy's own OpenBLAS, exporting the same names, would lose
+    them to it.  Checked in a fresh process, after fastconv's kernels have run."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, numpy as np, fastconv\n"
+            "x = np.ones((1, 2, 5, 5), np.float32); w = np.ones((3, 2, 3, 3), np.float32)\n"
+            "assert fastconv.conv2d(x, w, algo='im2col', backend='numba')[0, 0, 1, 1] == 18\n"
+            "try:\n    ctypes.CDLL(None).scipy_cblas_sgemm\nexcept AttributeError:\n    print('private')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.stdout.strip() == "private", out.stderr
