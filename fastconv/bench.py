@@ -19,7 +19,7 @@ from functools import partial
 
 import numpy as np
 
-from . import reference, registry
+from . import api, reference, registry
 from .c import _lib
 from .spec import ConvSpec, PoolBackwardSpec
 from .threads import get_num_threads
@@ -118,7 +118,7 @@ def _job(name: str, ops, probs):
         calls.append(partial(kernel.run, spec, *args))
     if "conv2d.bwd_weight" in ops:  # the bias gradient, computed as api.conv2d_backward does
         grad_y = probs["conv2d.bwd_weight"][1][0]
-        calls.append(lambda: grad_y.sum(axis=(0, 2, 3), dtype=np.float64).astype(grad_y.dtype))
+        calls.append(lambda: api.grad_bias(grad_y))
     return lambda: [call() for call in calls]
 
 
