@@ -5,7 +5,7 @@ net.  Shapes are per image (C, H, W); a batch size is applied when specs are bui
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .spec import ConvSpec, PoolSpec
@@ -69,7 +69,71 @@ RESNET18 = (
     _conv("conv5_ds", 256, 14, 512, k=1, stride=2, pad=0),
 )
 
-NETS = {"vgg16": VGG16, "resnet18": RESNET18}
+# LeNet-5 (LeCun et al. 1998) on a 1x32x32 image, with max-pools for its subsampling layers.
+LENET5 = (
+    _conv("conv1", 1, 32, 6, k=5, pad=0), _pool("pool1", 6, 28),
+    _conv("conv2", 6, 14, 16, k=5, pad=0), _pool("pool2", 16, 10),
+    _conv("conv3", 16, 5, 120, k=5, pad=0),
+)
+
+# AlexNet, torchvision's single-tower variant (Krizhevsky 2014, "One weird trick"), 224x224 input.
+ALEXNET = (
+    _conv("conv1", 3, 224, 64, k=11, stride=4, pad=2), _pool("pool1", 64, 55, k=3),
+    _conv("conv2", 64, 27, 192, k=5, pad=2), _pool("pool2", 192, 27, k=3),
+    _conv("conv3", 192, 13, 384), _conv("conv4", 384, 13, 256), _conv("conv5", 256, 13, 256),
+    _pool("pool5", 256, 13, k=3),
+)
+
+
+def _inception(name, c, hw, b1, b2_reduce, b2, b3_reduce, b3, b4):
+    """One Inception-v1 module as torchvision builds it: 1x1; 1x1 -> 3x3; 1x1 -> "5x5" (a 3x3 in
+    torchvision, a known deviation from the paper kept for its pretrained weights); 3x3/1 max-pool
+    (ceil_mode) -> 1x1.  No conv biases (BatchNorm follows)."""
+    return (_conv(f"{name}_1x1", c, hw, b1, k=1, pad=0),
+            _conv(f"{name}_3x3_reduce", c, hw, b2_reduce, k=1, pad=0), _conv(f"{name}_3x3", b2_reduce, hw, b2),
+            _conv(f"{name}_5x5_reduce", c, hw, b3_reduce, k=1, pad=0), _conv(f"{name}_5x5", b3_reduce, hw, b3),
+            _pool(f"{name}_pool", c, hw, k=3, stride=1, pad=1, ceil_mode=True),
+            _conv(f"{name}_pool_proj", c, hw, b4, k=1, pad=0))
+
+
+def _distinct(layers):
+    """Each distinct shape once, named by its first occurrence, with the occurrences counted."""
+    out = {}
+    for l in layers:
+        key = (l.kind, l.input_chw, l.weight, l.kernel, l.stride, l.padding, l.dilation, l.groups, l.ceil_mode)
+        out[key] = replace(out[key], count=out[key].count + l.count) if key in out else l
+    return tuple(out.values())
+
+
+# GoogLeNet / Inception-v1 (Szegedy et al. 2014), torchvision's, 224x224 input.
+GOOGLENET = _distinct((
+    _conv("conv1", 3, 224, 64, k=7, stride=2, pad=3), _pool("pool1", 64, 112, k=3, ceil_mode=True),
+    _conv("conv2", 64, 56, 64, k=1, pad=0), _conv("conv3", 64, 56, 192), _pool("pool2", 192, 56, k=3, ceil_mode=True),
+    *_inception("3a", 192, 28, 64, 96, 128, 16, 32, 32), *_inception("3b", 256, 28, 128, 128, 192, 32, 96, 64),
+    _pool("pool3", 480, 28, k=3, ceil_mode=True),
+    *_inception("4a", 480, 14, 192, 96, 208, 16, 48, 64), *_inception("4b", 512, 14, 160, 112, 224, 24, 64, 64),
+    *_inception("4c", 512, 14, 128, 128, 256, 24, 64, 64), *_inception("4d", 512, 14, 112, 144, 288, 32, 64, 64),
+    *_inception("4e", 528, 14, 256, 160, 320, 32, 128, 128), _pool("pool4", 832, 14, k=2, ceil_mode=True),
+    *_inception("5a", 832, 7, 256, 160, 320, 32, 128, 128), *_inception("5b", 832, 7, 384, 192, 384, 48, 128, 128),
+))
+
+# MobileNet-v2's depthwise 3x3 convs (Sandler et al. 2018; torchvision's, 224x224 input): one per
+# inverted-residual block, groups = channels; the block's 1x1 expand/project convs are not listed.
+MOBILENET_V2_DEPTHWISE = (
+    _conv("dw32_112", 32, 112, 32, groups=32),
+    _conv("dw96_112_s2", 96, 112, 96, stride=2, groups=96),
+    _conv("dw144_56", 144, 56, 144, groups=144),
+    _conv("dw144_56_s2", 144, 56, 144, stride=2, groups=144),
+    _conv("dw192_28", 192, 28, 192, groups=192, count=2),
+    _conv("dw192_28_s2", 192, 28, 192, stride=2, groups=192),
+    _conv("dw384_14", 384, 14, 384, groups=384, count=4),
+    _conv("dw576_14", 576, 14, 576, groups=576, count=2),
+    _conv("dw576_14_s2", 576, 14, 576, stride=2, groups=576),
+    _conv("dw960_7", 960, 7, 960, groups=960, count=3),
+)
+
+NETS = {"lenet5": LENET5, "alexnet": ALEXNET, "vgg16": VGG16, "googlenet": GOOGLENET, "resnet18": RESNET18,
+        "mobilenetv2": MOBILENET_V2_DEPTHWISE}
 
 
 def get(name: str) -> tuple[Layer, ...]:

@@ -36,6 +36,20 @@ def test_resnet18_totals():
     assert _macs("resnet18") == 115_605_504 * 753 // 48 == 1_813_561_344
 
 
+def test_small_nets_totals():
+    # LeNet-5: 6*1*25+6 + 16*6*25+16 + 120*16*25+120; AlexNet: 64*3*121+64 + 192*64*25+192 +
+    # 384*192*9+384 + 256*384*9+256 + 256*256*9+256 (weights + biases)
+    for net, expected in (("lenet5", 156 + 2_416 + 48_120),
+                          ("alexnet", 23_296 + 307_392 + 663_936 + 884_992 + 590_080)):
+        assert sum(l.count * (math.prod(l.weight) + l.weight[0]) for l in _convs(net)) == expected
+
+
+def test_depthwise_table_is_depthwise():
+    layers = _convs("mobilenetv2")
+    assert sum(l.count for l in layers) == 17  # one per inverted-residual block
+    assert all(l.groups == l.input_chw[0] == l.weight[0] and l.weight[1:] == (1, 3, 3) for l in layers)
+
+
 def test_get_normalizes_and_refuses():
     assert nets.get("ResNet-18") is nets.get("resnet18")
     with pytest.raises(ValueError, match="unknown net 'lenet'"):
@@ -78,16 +92,82 @@ def _resnet18(nn, torch):
                          nn.Linear(512, 1000))
 
 
+def _lenet5(nn):
+    return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                         nn.MaxPool2d(2, 2), nn.Conv2d(16, 120, 5), nn.ReLU())
+
+
+def _alexnet(nn):  # torchvision.models.AlexNet.features
+    return nn.Sequential(nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                         nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                         nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+
+
+def _googlenet(nn, torch):  # torchvision.models.GoogLeNet, without aux heads
+    def conv(c_in, c_out, k, **kw):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, k, bias=False, **kw), nn.BatchNorm2d(c_out), nn.ReLU())
+
+    class Inception(nn.Module):
+        def __init__(self, c, b1, b2r, b2, b3r, b3, b4):
+            super().__init__()
+            self.b1 = conv(c, b1, 1)
+            self.b2 = nn.Sequential(conv(c, b2r, 1), conv(b2r, b2, 3, padding=1))
+            self.b3 = nn.Sequential(conv(c, b3r, 1), conv(b3r, b3, 3, padding=1))  # torchvision's "5x5"
+            self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), conv(c, b4, 1))
+
+        def forward(self, x):
+            return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+    return nn.Sequential(
+        conv(3, 64, 7, stride=2, padding=3), nn.MaxPool2d(3, 2, ceil_mode=True),
+        conv(64, 64, 1), conv(64, 192, 3, padding=1), nn.MaxPool2d(3, 2, ceil_mode=True),
+        Inception(192, 64, 96, 128, 16, 32, 32), Inception(256, 128, 128, 192, 32, 96, 64),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Inception(480, 192, 96, 208, 16, 48, 64), Inception(512, 160, 112, 224, 24, 64, 64),
+        Inception(512, 128, 128, 256, 24, 64, 64), Inception(512, 112, 144, 288, 32, 64, 64),
+        Inception(528, 256, 160, 320, 32, 128, 128), nn.MaxPool2d(2, 2, ceil_mode=True),
+        Inception(832, 256, 160, 320, 32, 128, 128), Inception(832, 384, 192, 384, 48, 128, 128))
+
+
+def _mobilenet_v2(nn, torch):  # torchvision.models.MobileNetV2.features
+    def conv_bn(c_in, c_out, k, stride=1, groups=1):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                             nn.BatchNorm2d(c_out), nn.ReLU6())
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, c_in, c_out, stride, t):
+            super().__init__()
+            hidden = c_in * t
+            self.use_res = stride == 1 and c_in == c_out
+            self.body = nn.Sequential(*([conv_bn(c_in, hidden, 1)] if t != 1 else []),
+                                      conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                                      nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            return x + self.body(x) if self.use_res else self.body(x)
+
+    layers, c = [conv_bn(3, 32, 3, 2)], 32
+    for t, c_out, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                           (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for i in range(n):
+            layers.append(InvertedResidual(c, c_out, s if i == 0 else 1, t))
+            c = c_out
+    return nn.Sequential(*layers, conv_bn(c, 1280, 1))
+
+
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _traced(model, torch) -> Counter:
+def _traced(model, torch, image=(3, 224, 224), keep=lambda module: True) -> Counter:
     """Every Conv2d / MaxPool2d call of one forward pass, as the table's fields."""
     seen = Counter()
 
     def hook(module, inputs, output):
         chw = tuple(inputs[0].shape[1:])
+        if not keep(module):
+            return
         if isinstance(module, torch.nn.Conv2d):
             seen[("conv", chw, tuple(module.weight.shape), module.stride, module.padding,
                   module.dilation, module.groups)] += 1
@@ -99,7 +179,7 @@ def _traced(model, torch) -> Counter:
         if isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
             m.register_forward_hook(hook)
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, 224, 224))
+        model.eval()(torch.zeros(1, *image))
     return seen
 
 
@@ -112,11 +192,19 @@ def _table(net) -> Counter:
     return table
 
 
-@pytest.mark.parametrize("net", ["vgg16", "resnet18"])
+CONV_PARAMS = {"lenet5": 50_692, "alexnet": 2_469_696, "vgg16": 14_714_688, "resnet18": 11_166_912}
+
+
+@pytest.mark.parametrize("net", ["lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "mobilenetv2"])
 def test_table_matches_torch_model(net):
     torch = pytest.importorskip("torch")
-    model = _vgg16(torch.nn) if net == "vgg16" else _resnet18(torch.nn, torch)
-    assert _table(net) == _traced(model, torch)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    params = sum(p.numel() for m in convs for p in m.parameters())
-    assert params == {"vgg16": 14_714_688, "resnet18": 11_166_912}[net]
+    nn = torch.nn
+    model = {"lenet5": lambda: _lenet5(nn), "alexnet": lambda: _alexnet(nn), "vgg16": lambda: _vgg16(nn),
+             "googlenet": lambda: _googlenet(nn, torch), "resnet18": lambda: _resnet18(nn, torch),
+             "mobilenetv2": lambda: _mobilenet_v2(nn, torch)}[net]()
+    image = (1, 32, 32) if net == "lenet5" else (3, 224, 224)
+    keep = (lambda m: isinstance(m, nn.Conv2d) and m.groups > 1) if net == "mobilenetv2" else (lambda m: True)
+    assert _table(net) == _traced(model, torch, image, keep)
+    if net in CONV_PARAMS:
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert sum(p.numel() for m in convs for p in m.parameters()) == CONV_PARAMS[net]
