@@ -5,8 +5,11 @@ net.  Shapes are per image (C, H, W); a batch size is applied when specs are bui
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional
+
+import numpy as np
 
 from .spec import ConvSpec, PoolSpec
 
@@ -141,3 +144,75 @@ def get(name: str) -> tuple[Layer, ...]:
     if key not in NETS:
         raise ValueError(f"unknown net {name!r}; known: {', '.join(NETS)}")
     return NETS[key]
+
+
+# ----------------------------------------------------------------------------- the layer table
+
+@dataclass(frozen=True)
+class Row:
+    layer: Layer
+    output_chw: tuple
+    activations: int          # output values per image, all occurrences
+    weights: int              # weight values (no biases), all occurrences
+    flops: int                # per image, all occurrences (2 per multiply-add)
+    receptive_field: Optional[int]  # input pixels one output sees along each axis (chain nets only)
+    jump: Optional[int]             # input pixels between neighbouring outputs
+
+
+def _is_chain(layers) -> bool:
+    """Whether each layer reads the previous one's output, a repeated layer its own (VGG's
+    conv3_2, conv3_3): receptive fields are defined only then."""
+    out = [l.spec().output_shape[1:] for l in layers]
+    return all(o == b.input_chw for o, b in zip(out, layers[1:])) and \
+        all(l.count == 1 or o == l.input_chw for o, l in zip(out, layers))
+
+
+def table(name: str) -> tuple[list[Row], dict]:
+    """Per layer: output shape, activations, weights, FLOPs, receptive field and jump (the
+    recurrence r += (k_eff - 1) * j, j *= stride, from r = j = 1 at the input); and the totals,
+    summed from the rows.  Activations include the input image as the first line of the totals."""
+    layers = get(name)
+    chain = _is_chain(layers)
+    rows, r, j = [], 1, 1
+    for l in layers:
+        spec = l.spec()
+        out = spec.output_shape[1:]
+        if l.kind == "conv":
+            k, stride, dil, weights, flops = (l.weight[2], l.weight[3]), l.stride, l.dilation, math.prod(l.weight), spec.flops
+        else:
+            k, stride, dil, weights, flops = l.kernel, l.stride, l.dilation, 0, 0
+        for _ in range(l.count if chain else 0):  # square kernels and strides: one axis tells
+            r, j = r + dil[0] * (k[0] - 1) * j, j * stride[0]
+        rows.append(Row(l, out, l.count * math.prod(out), l.count * weights, l.count * flops,
+                        r if chain else None, j if chain else None))
+    image = math.prod(layers[0].input_chw)
+    totals = {"input": image, "activations": image + sum(x.activations for x in rows),
+              "weights": sum(x.weights for x in rows), "flops": sum(x.flops for x in rows)}
+    return rows, totals
+
+
+def _si(v: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.1f}{unit}"
+    return str(int(v))
+
+
+def format_table(name: str, dtype: str = "float32") -> str:
+    rows, totals = table(name)
+    size = np.dtype(dtype).itemsize
+    head = (f"{'layer':18s} {'x':>2s} {'output (C,H,W)':>16s} {'activations':>11s} {'bytes':>8s} "
+            f"{'weights':>8s} {'FLOPs':>8s} {'RF':>4s} {'jump':>4s}")
+    lines = [f"{name}: per image, {dtype}; rows are distinct shapes, 'x' how often each occurs "
+             f"(activations, weights and FLOPs count every occurrence; weights exclude biases; RF and jump are"
+             f" after the row's last occurrence)", head, "-" * len(head)]
+    for x in rows:
+        rf = f"{x.receptive_field:4d} {x.jump:4d}" if x.receptive_field else f"{'-':>4s} {'-':>4s}"
+        lines.append(f"{x.layer.name:18s} {x.layer.count:2d} {str(x.output_chw):>16s} {_si(x.activations):>11s} "
+                     f"{_si(x.activations * size) + 'B':>8s} {_si(x.weights):>8s} {_si(x.flops):>8s} {rf}")
+    lines.append("-" * len(head))
+    lines.append(f"{'total':18s} {'':2s} {'(+ input ' + _si(totals['input']) + ')':>16s} {_si(totals['activations']):>11s} "
+                 f"{_si(totals['activations'] * size) + 'B':>8s} {_si(totals['weights']):>8s} {_si(totals['flops']):>8s}")
+    if not _is_chain(get(name)):
+        lines.append("(receptive fields: this table is not a single chain of layers, so they are not shown)")
+    return "\n".join(lines)

@@ -50,6 +50,21 @@ def test_depthwise_table_is_depthwise():
     assert all(l.groups == l.input_chw[0] == l.weight[0] and l.weight[1:] == (1, 3, 3) for l in layers)
 
 
+def test_vgg16_table_totals_and_receptive_fields():
+    rows, totals = nets.table("vgg16")
+    # Output values per image, hand-summed: 224^2*64*2 + 112^2*64 (pool1) + 112^2*128*2 + 56^2*128
+    # + 56^2*256*3 + 28^2*256 + 28^2*512*3 + 14^2*512 + 14^2*512*3 + 7^2*512, plus the input
+    # 224^2*3: 15.2M, not the "24M" of the classic walkthrough, whose rows add up to this too.
+    assert totals["activations"] == 15_228_416
+    assert totals["weights"] == 14_710_464 and totals["flops"] == 2 * 15_346_630_656
+    # the well-known receptive fields: conv5_3 sees 196x196 input pixels, pool5 212x212, jump 32
+    by_name = {r.layer.name: r for r in rows}
+    assert (by_name["conv5_1"].receptive_field, by_name["pool5"].receptive_field, by_name["pool5"].jump) == (196, 212, 32)
+    assert nets.table("alexnet")[0][-1].receptive_field == 195
+    assert all(r.receptive_field is None for r in nets.table("resnet18")[0])  # branches: no single chain
+    assert "15.2M" in nets.format_table("vgg16")
+
+
 def test_get_normalizes_and_refuses():
     assert nets.get("ResNet-18") is nets.get("resnet18")
     with pytest.raises(ValueError, match="unknown net 'lenet'"):
