@@ -6,6 +6,7 @@ calling thread right before each launch (numba_launch_threads).
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -50,7 +51,25 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def numba_launch_threads() -> None:
-    """Apply the count to Numba in the calling thread (its setting is thread-local)."""
-    if numba.get_num_threads() != _num_threads:
-        numba.set_num_threads(_num_threads)
+# Below this much work (FLOPs, or for max-pool twice the input's size) a call runs on one thread.
+# Waking a team costs microseconds on an idle machine, but on a busy one every parallel region
+# waits for a time slice on each core: measured with 2 threads while other processes kept both
+# cores busy, a 2x4x7x6 conv took 11-23 ms, against 12-50 us on one thread.  2^20 FLOPs is about
+# 20 us of one core's work, where a second thread could save little anyway (PyTorch's parallel_for
+# has the same kind of grain size).
+SERIAL_WORK = 1 << 20
+
+
+def for_problem(spec=None) -> int:
+    """The threads one call on spec should use: the set count, or 1 for a small problem."""
+    if spec is None:
+        return _num_threads
+    work = spec.flops if hasattr(spec, "flops") else 2 * math.prod(spec.input_shape)
+    return 1 if work < SERIAL_WORK else _num_threads
+
+
+def numba_launch_threads(spec=None) -> None:
+    """Apply the count for spec to Numba in the calling thread (its setting is thread-local)."""
+    n = for_problem(spec)
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)

@@ -85,3 +85,17 @@ def test_concurrent_calls_from_four_python_threads(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     layer, n_errors = out.stdout.split()[:2]
     assert layer in ("omp", "tbb") and n_errors == "0", out.stdout
+
+
+def test_small_problems_run_on_one_thread():
+    """A parallel region on a busy machine waits for a time slice per core: tiny problems stay serial."""
+    from fastconv import threads
+    from fastconv.spec import ConvSpec, PoolSpec
+
+    tiny = ConvSpec.from_shapes((2, 4, 7, 6), (6, 4, 3, 3))
+    big = ConvSpec.from_shapes((1, 64, 56, 56), (64, 64, 3, 3))
+    assert tiny.flops < threads.SERIAL_WORK <= big.flops
+    assert threads.for_problem(tiny) == 1
+    assert threads.for_problem(big) == threads.get_num_threads() == threads.for_problem(None)
+    assert threads.for_problem(PoolSpec.from_shape((1, 64, 112, 112), 2)) == threads.get_num_threads()
+    assert threads.for_problem(PoolSpec.from_shape((1, 2, 8, 8), 2)) == 1

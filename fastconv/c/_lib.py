@@ -110,5 +110,6 @@ def pool_shape(spec: PoolSpec | PoolBackwardSpec):
     return ffi.new("fc_pool2d_shape *", fields)
 
 
-def n_threads() -> int:
-    return threads.get_num_threads()
+def n_threads(spec=None) -> int:
+    """Threads for one call on spec (one for a small problem: threads.for_problem)."""
+    return threads.for_problem(spec)

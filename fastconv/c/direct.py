@@ -8,7 +8,7 @@ from ._lib import check, conv_shape, function, n_threads, ptr, weight_ptr
 def conv2d_forward(spec, x, w, bias, out=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     status = function("fc_conv2d_fwd_direct", spec.dtype)(
-        ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads())
+        ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads(spec))
     check(status, "c.direct")
     return y
 

@@ -8,7 +8,7 @@ from ._lib import check, conv_shape, function, n_threads, ptr
 def conv2d_forward(spec, x, w, bias):
     y = np.empty(spec.output_shape, spec.dtype)
     status = function("fc_conv2d_fwd_im2col", spec.dtype)(
-        ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(), n_threads())
+        ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
     return y
 
@@ -16,7 +16,7 @@ def conv2d_forward(spec, x, w, bias):
 def conv2d_backward_data(spec, grad_y, w):
     grad_x = np.empty(spec.input_shape, spec.dtype)
     status = function("fc_conv2d_bwd_data_im2col", spec.dtype)(
-        ptr(grad_y), ptr(w), ptr(grad_x, out=True), conv_shape(spec), config.workspace_bytes(), n_threads())
+        ptr(grad_y), ptr(w), ptr(grad_x, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
     return grad_x
 
@@ -24,6 +24,6 @@ def conv2d_backward_data(spec, grad_y, w):
 def conv2d_backward_weight(spec, grad_y, x):
     grad_w = np.empty(spec.weight_shape, spec.dtype)
     status = function("fc_conv2d_bwd_weight_im2col", spec.dtype)(
-        ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec), config.workspace_bytes(), n_threads())
+        ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
     return grad_w

@@ -9,7 +9,7 @@ def max_pool2d_forward(spec, x):
     y = np.empty(spec.output_shape, spec.dtype)
     idx = np.empty(spec.output_shape, np.int64)
     status = function("fc_maxpool2d_fwd_direct", spec.dtype)(
-        ptr(x), ptr(y, out=True), ptr(idx, out=True), pool_shape(spec), n_threads())
+        ptr(x), ptr(y, out=True), ptr(idx, out=True), pool_shape(spec), n_threads(spec))
     check(status, "c.maxpool")
     return y, idx
 
@@ -17,6 +17,6 @@ def max_pool2d_forward(spec, x):
 def max_pool2d_backward(spec, grad_y, indices):
     grad_x = np.empty(spec.input_shape, spec.dtype)
     status = function("fc_maxpool2d_bwd_direct", spec.dtype)(
-        ptr(grad_y), ptr(indices), ptr(grad_x, out=True), pool_shape(spec), n_threads())
+        ptr(grad_y), ptr(indices), ptr(grad_x, out=True), pool_shape(spec), n_threads(spec))
     check(status, "c.maxpool", index_error("max_pool2d_backward", spec))
     return grad_x

@@ -127,7 +127,7 @@ def conv2d_forward(spec, x, w, bias, out=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
-    numba_launch_threads()
+    numba_launch_threads(spec)
     _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
     return y
 

@@ -42,7 +42,7 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from .. import config
-from ..threads import get_num_threads, numba_launch_threads
+from ..threads import for_problem, numba_launch_threads
 from ._blas import gemm
 from ._options import driver, helper
 
@@ -277,7 +277,7 @@ def _taps(spec):
 
 def conv2d_forward(spec, x, w, bias):
     _check(spec)
-    nt = get_num_threads()
+    nt = for_problem(spec)
     y = np.empty(spec.output_shape, spec.dtype)
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     planes = spec.n * spec.groups
@@ -285,32 +285,32 @@ def conv2d_forward(spec, x, w, bias):
     if planes < nt:  # a task per thread
         rows = max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes))
     cols = _columns(spec, nt, _taps(spec), rows)
-    numba_launch_threads()
+    numba_launch_threads(spec)
     _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, direct_cols(spec))
     return y
 
 
 def conv2d_backward_data(spec, grad_y, w):
     _check(spec)
-    nt, direct = get_num_threads(), direct_cols(spec)
+    nt, direct = for_problem(spec), direct_cols(spec)
     grad_x = (np.empty if direct else np.zeros)(spec.input_shape, spec.dtype)
     cg, planes = spec.c_in // spec.groups, spec.n * spec.groups
     split = min(cg, -(-nt // planes))  # channel blocks per plane: a task per thread
     cb = -(-cg // split)
     rows = task_rows(spec, cb * spec.kh * spec.kw, nt, config.workspace_bytes(), grad_x.itemsize)
     dcols = _columns(spec, nt, cb * spec.kh * spec.kw, rows)
-    numba_launch_threads()
+    numba_launch_threads(spec)
     _conv2d_backward_data(grad_y, w, grad_x, dcols, _shape(spec), rows, direct, cb)
     return grad_x
 
 
 def conv2d_backward_weight(spec, grad_y, x):
     _check(spec)
-    nt = get_num_threads()
+    nt = for_problem(spec)
     grad_w = np.zeros(spec.weight_shape, spec.dtype)
     rows = task_rows(spec, _taps(spec), 1, config.workspace_bytes(), grad_w.itemsize)  # one shared buffer
     cols = _columns(spec, 1, _taps(spec), rows)[0]
     oparts = min(nt, (spec.c_out // spec.groups + 15) // 16)
-    numba_launch_threads()
+    numba_launch_threads(spec)
     _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), oparts)
     return grad_w
