@@ -28,5 +28,6 @@ def pytest_addoption(parser):
 def pytest_collect_file(file_path, parent):
     """Collect bench_*.py: pytest's default python_files (test_*.py) would find nothing here, and
     the suite's files keep their names so `pytest tests/` never picks them up."""
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") \
+            and not parent.session.isinitpath(file_path):  # a file named on the command line is collected anyway
         return pytest.Module.from_parent(parent, path=file_path)

@@ -1,0 +1,56 @@
+"""One training step (forward + backward + SGD update) of a model, native torch against the same
+model patched onto fastconv (fastconv.torch.patch), at batch 16.
+
+    pytest benchmarks/bench_torch_step.py --benchmark-group-by=param:model
+
+Models: the LeNet-5-style CNN of examples/train_lenet_digits.py (1x8x8 digits) and a VGG-style
+block (two 3x3 convs of 64 channels on 56x56, then a 2x2 max-pool).  Skipped without torch.
+"""
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastconv.torch as fct  # noqa: E402
+
+nn = torch.nn
+
+
+def _lenet():
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(64, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10)), (1, 8, 8)
+
+
+def _vgg_block():
+    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 28 * 28, 10)), (64, 56, 56)
+
+
+MODELS = {"lenet": _lenet, "vgg_block": _vgg_block}
+
+
+def training_step(model_name: str, backend: str, batch: int = 16):
+    """A closure running one SGD step of the model on a fixed random batch."""
+    torch.manual_seed(0)
+    model, chw = MODELS[model_name]()
+    if backend == "fastconv":
+        fct.patch(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, *chw), torch.randint(0, 10, (batch,))
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+@pytest.mark.parametrize("backend", ["torch", "fastconv"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_training_step(benchmark, model, backend):
+    step = training_step(model, backend)
+    step()  # compile, tune, warm the pools
+    time.sleep(0.1)  # let the previous contender's thread pool stop spinning
+    benchmark.group = f"train_step:{model}"
+    benchmark.pedantic(step, rounds=7, warmup_rounds=1)
