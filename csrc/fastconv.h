@@ -61,6 +61,35 @@ int fc_conv2d_bwd_data_im2col_f32(const float *gy, const float *w, float *gx,
 int fc_conv2d_bwd_data_im2col_f64(const double *gy, const double *w, double *gx,
                                   const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
 
+/* Winograd F(m x m, 3 x 3) conv2d, m = 2 (winograd_f2k3) or 4 (winograd_f4k3): 3x3 filters,
+ * stride 1, dilation 1, any padding (negative too).  transform_filter writes u, the transformed
+ * filter packed for the kernel: groups * (m+2)^2 * round_up(c_out / groups, FC_WINOGRAD_MR) *
+ * (c_in / groups) elements, reading w through ws (NULL: contiguous OIHW).  fwd computes
+ * y = conv2d(x, w) + bias from u; bias may be NULL; its per-thread buffers stay within
+ * workspace_bytes (at least one block of tiles each).  profile, when not NULL, accumulates the
+ * thread-seconds of the phases {transform_input, transform_filter, batched_gemm, transform_output}. */
+enum { FC_WINOGRAD_MR = 6 };
+int fc_conv2d_transform_filter_winograd_f2k3_f32(const float *w, const fc_weight_strides *ws, float *u,
+                                                 const fc_conv2d_shape *s, int n_threads, double *profile);
+int fc_conv2d_transform_filter_winograd_f2k3_f64(const double *w, const fc_weight_strides *ws, double *u,
+                                                 const fc_conv2d_shape *s, int n_threads, double *profile);
+int fc_conv2d_transform_filter_winograd_f4k3_f32(const float *w, const fc_weight_strides *ws, float *u,
+                                                 const fc_conv2d_shape *s, int n_threads, double *profile);
+int fc_conv2d_transform_filter_winograd_f4k3_f64(const double *w, const fc_weight_strides *ws, double *u,
+                                                 const fc_conv2d_shape *s, int n_threads, double *profile);
+int fc_conv2d_fwd_winograd_f2k3_f32(const float *x, const float *u, const float *bias, float *y,
+                                    const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                                    double *profile);
+int fc_conv2d_fwd_winograd_f2k3_f64(const double *x, const double *u, const double *bias, double *y,
+                                    const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                                    double *profile);
+int fc_conv2d_fwd_winograd_f4k3_f32(const float *x, const float *u, const float *bias, float *y,
+                                    const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                                    double *profile);
+int fc_conv2d_fwd_winograd_f4k3_f64(const double *x, const double *u, const double *bias, double *y,
+                                    const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                                    double *profile);
+
 /* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention. */
 int fc_maxpool2d_fwd_direct_f32(const float *x, float *y, int64_t *idx,
                                 const fc_pool2d_shape *s, int n_threads);

@@ -27,7 +27,7 @@ import tempfile
 from cffi import FFI
 
 CSRC = "csrc"
-SOURCES = ["direct.c", "im2col.c", "maxpool.c", "build_info.c"]
+SOURCES = ["direct.c", "im2col.c", "winograd.c", "maxpool.c", "build_info.c"]
 # -ffp-contract=fast: ISO C mode (-std=c11) otherwise forbids fusing a*b+c into one FMA.
 # -fno-math-errno: no errno from math calls; unlike -ffast-math it keeps inf/NaN semantics.
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wextra", "-Wconversion"]

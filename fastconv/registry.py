@@ -16,14 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import reference
+from . import reference, winograd
 from .c import _lib as c_lib
 from .c import direct as c_direct
 from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
+from .c import winograd as c_winograd
 from .numba import direct as nb_direct
 from .numba import im2col as nb_im2col
 from .numba import maxpool as nb_maxpool
+from .numba import winograd as nb_winograd
 
 OPS = ("conv2d.fwd", "conv2d.bwd_data", "conv2d.bwd_weight", "maxpool2d.fwd", "maxpool2d.bwd")
 BACKENDS = ("c", "numba", "numpy")
@@ -67,13 +69,21 @@ KERNELS: tuple[Kernel, ...] = (
     # conv2d forward
     Kernel("c.direct", "conv2d.fwd", c_direct.conv2d_forward),
     Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward),
+    Kernel("c.winograd_f2k3", "conv2d.fwd", c_winograd.conv2d_forward_f2k3, winograd.why_not, rtol={"float32": 2e-6, "float64": 1e-14}),
+    Kernel("c.winograd_f4k3", "conv2d.fwd", c_winograd.conv2d_forward_f4k3, winograd.why_not, rtol={"float32": 3e-5, "float64": 1e-13}),
     Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward),
+    Kernel("numba.winograd_f2k3", "conv2d.fwd", nb_winograd.F2K3.conv2d_forward, winograd.why_not, rtol={"float32": 2e-6, "float64": 1e-14}),
+    Kernel("numba.winograd_f4k3", "conv2d.fwd", nb_winograd.F4K3.conv2d_forward, winograd.why_not, rtol={"float32": 3e-5, "float64": 1e-13}),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
     # conv2d backward: input gradient and weight gradient are chosen separately; the direct
     # kernels run their forward engine on the transposed problems of transpose.py
     Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data),
+    Kernel("c.winograd_f2k3", "conv2d.bwd_data", c_winograd.conv2d_backward_data_f2k3, winograd.why_not, rtol={"float32": 2e-6, "float64": 1e-14}),
+    Kernel("c.winograd_f4k3", "conv2d.bwd_data", c_winograd.conv2d_backward_data_f4k3, winograd.why_not, rtol={"float32": 3e-5, "float64": 1e-13}),
     Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data),
+    Kernel("numba.winograd_f2k3", "conv2d.bwd_data", nb_winograd.F2K3.conv2d_backward_data, winograd.why_not, rtol={"float32": 2e-6, "float64": 1e-14}),
+    Kernel("numba.winograd_f4k3", "conv2d.bwd_data", nb_winograd.F4K3.conv2d_backward_data, winograd.why_not, rtol={"float32": 3e-5, "float64": 1e-13}),
     Kernel("c.direct", "conv2d.bwd_data", c_direct.conv2d_backward_data),
     Kernel("numba.direct", "conv2d.bwd_data", nb_direct.conv2d_backward_data),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),

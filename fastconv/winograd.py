@@ -5,13 +5,16 @@ transform_filter, transform_input, batched_gemm, transform_output); the matrices
 fastconv/winograd_points.py.
 
 Filter transforms cost once, not per call, where the weights do not change (inference): the
-cache keeps, per kernel and weight shape, a copy of the weights it transformed and the transform.
-A call whose weights equal the copy (same values, compared in full) reuses the transform; any
-other call transforms again and replaces the entry.  So a transform is never stale: in-place
-updates, a new array at a reused address, or NaNs (never equal) all miss.  The comparison reads
-the weights once, a fraction of what transforming them costs (the transform is (m + 2)^2 / 9
-times larger than the weights).  The cache is bounded in bytes and drops the least recently used
-entries first; ``FILTERS.clear()`` empties it.
+cache keeps, per kernel, a copy of the weights it transformed and the transform.  A call whose
+weights equal a kept copy (same values, compared in full) reuses that transform; any other call
+transforms again.  So a transform is never stale: in-place updates, a new array at a reused
+address, or NaNs (never equal) all miss.  The comparison reads the weights once, a fraction of
+what transforming them costs (the transform is (m + 2)^2 / 9 times larger than the weights).
+Several weights of one shape are kept side by side (VGG-16's conv5_1 to conv5_3 share theirs),
+the one at the caller's address compared first; a miss replaces the entry of the weights at that
+address, if any (an in-place update leaves nothing worth keeping).  The cache is bounded in bytes
+and in entries per shape and drops the least recently used entries first; ``FILTERS.clear()``
+empties it.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 
 DEFAULT_CACHE_BYTES = 256 << 20
+DEFAULT_PER_SHAPE = 8
 
 
 def why_not(spec) -> Optional[str]:
@@ -36,31 +40,42 @@ def why_not(spec) -> Optional[str]:
 
 
 class FilterCache:
-    """Transformed filters keyed by (kernel, weight shape and strides, dtype), validated by value."""
+    """Transformed filters keyed by (kernel, weight shape, dtype, address), validated by value."""
 
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, per_shape: int = DEFAULT_PER_SHAPE):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict = OrderedDict()  # key -> (weights copy, transform)
+        self.per_shape = per_shape  # entries kept per (kernel, shape, dtype)
+        self._entries: OrderedDict = OrderedDict()  # key -> (weights copy, transform), LRU first
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, kernel: str, w: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """transform(w), or the transform kept from an earlier call with equal weights."""
-        key = (kernel, w.shape, w.dtype.str)
+        kind = (kernel, w.shape, w.dtype.str)
+        key = kind + (w.__array_interface__["data"][0],)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and np.array_equal(entry[0], w):
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry[1]
+            same = [k for k in reversed(self._entries) if k[:3] == kind]  # most recent first
+            same.sort(key=lambda k: k != key)  # the entry at w's address first
+            for k in same:
+                copy, u = self._entries[k]
+                if _equal(copy, w):
+                    self._entries.move_to_end(k)
+                    self.hits += 1
+                    return u
         u = transform(w)
         with self._lock:
             self.misses += 1
             self._entries[key] = (np.array(w, copy=True), u)
             self._entries.move_to_end(key)
+            same = [k for k in self._entries if k[:3] == kind]
+            for k in same[:max(0, len(same) - self.per_shape)]:
+                del self._entries[k]
             while len(self._entries) > 1 and self.nbytes > self.max_bytes:
                 self._entries.popitem(last=False)
         return u
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     @property
     def nbytes(self) -> int:
@@ -70,6 +85,12 @@ class FilterCache:
         with self._lock:
             self._entries.clear()
             self.hits = self.misses = 0
+
+
+def _equal(kept: np.ndarray, w: np.ndarray) -> bool:
+    """Same values (NaN never equal), the first few compared first: weights that differ usually
+    differ there, so a miss against a kept entry of the same shape costs little."""
+    return np.array_equal(kept.flat[:256], w.flat[:256]) and np.array_equal(kept, w)
 
 
 FILTERS = FilterCache()

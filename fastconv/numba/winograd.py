@@ -1,0 +1,429 @@
+"""Winograd F(m x m, 3 x 3) conv2d in Numba, m = 2 and 4 (numba.winograd_f2k3, numba.winograd_f4k3):
+the twin of csrc/winograd.c.  The forward kernel is below; grad of input runs it on the flipped,
+channel-transposed problem of fastconv/transpose.py (a strided 5-D weight view, negative padding
+when the layer's padding exceeds 2, and ``out=``).
+
+With alpha = m + 2 the output is cut into tiles of m x m pixels, tiles_h = ceil(out_h / m) by
+tiles_w = ceil(out_w / m) per image, numbered across the batch (image, tile row, tile column); tile
+(th, tw) reads the alpha x alpha input patch at row th*m - pad_top, column tw*m - pad_left (zero
+outside the input).  With xi = (r, s) one of the alpha^2 transformed positions (stored as
+s*alpha + r, see input_tiles), the phases are:
+  transform_filter  U[g][xi][o][c] = (G w[g*og + o, c] G^T)[xi], summed in float64 and rounded
+                    once; once per weight values: fastconv.winograd.FILTERS keeps U.
+  Per task (group g, a block of T <= LANES consecutive tiles, a share of the output channels),
+  on buffers private to the thread:
+  transform_input   V[c][xi][t] = (BT d_{c,t} B)[xi] for the block's tiles, every channel of g;
+  batched_gemm      M[o][xi][t] = sum_c U[g][xi][o][c] V[c][xi][t]: alpha^2 GEMMs per chunk of
+                    OC output channels, by OpenBLAS (single-threaded in each task: the library
+                    and binding of numba.im2col, numba/_blas.py);
+  transform_output  y tile = AT M_{o,t} A + bias, clipped at the right and bottom edges.
+A block may span tile rows and images (the batch's tiles are one sequence), so the GEMMs stay wide
+on small images.  Tasks are a multiple of the threads while each keeps MIN_T tiles; with fewer
+tiles (deep layers at batch 1) the output channels are split instead, each share transforming the
+block's input again (a few percent of its GEMMs).  V and M of all threads stay within
+fastconv.config.workspace_bytes(): V holds cc <= cg channels (the GEMMs then accumulate chunk by
+chunk, transforming the input again per chunk of output channels), M oc channels, at least one.
+
+The transforms vectorize across the tiles of a block: every formula runs along a row of LANES
+lanes, one lane per tile.  transform_input copies the alpha input rows of each tile row the block
+touches into a band (zero where the padding is; no bounds checks after), gathers each tile's
+patch into lanes (alpha^2 scalar moves per tile and channel, the one scalar step), then applies BT
+along the columns and along the rows straight into V; transform_output applies AT the same way
+from M, scatters the m x m results into an output band and copies its rows into y.  LLVM
+vectorizes a loop that reads several rows of one array and writes several rows of another only
+when their strides are compile-time constants and the offsets are folded into views
+(``src[offset:]``): otherwise it needs more run-time alias checks than it allows and the loop
+stays scalar (bt4 along rows: 67 ns against 5 ns per tile and channel).  So V and M have LANES
+(constant) lanes per row, and the loops index views with constant strides.  Checked in the
+assembly (``_conv2d_forward.inspect_asm``): bt2/bt4/at2/at4 are ymm vaddps/vsubps/vfmadd*ps.
+BT and AT are small integers: bt2/bt4/at2/at4 spell them out with shared subexpressions (a test
+applies them to unit vectors and compares with winograd_points exactly); constants are typed by
+the data (``f(4)``), as a Python literal would widen float32 lanes to float64.
+
+Compile time (cold cache, float32, both tile sizes in one specialization): ~13 s for the forward
+driver, ~3 s for transform_filter.  Both transform passes share one call site (input_tiles,
+output_tiles), which halved it.  Numba's cache notices edits only in this file: the helpers live
+here, and numba/_blas.py is ABI (BLAS_ABI, as in numba/im2col.py; tests/test_winograd.py checks it).
+"""
+import numpy as np
+from numba import get_thread_id, prange
+
+from .. import config, transpose, winograd
+from ..threads import get_num_threads, numba_launch_threads
+from ..winograd_points import matrices
+from ._blas import gemm
+from ._options import driver, helper
+
+BLAS_ABI = "14985df2049ccfa7"  # sha256 of numba/_blas.py, first 16 hex digits
+
+LANES = 128  # most tiles per task: the lanes of the transforms, the n of the GEMMs
+MIN_T = 64  # fewer tiles per task than this, and the output channels are split instead
+OC = 256  # output channels per batched_gemm + transform_output round
+U = np.uint64  # flat indices (see numba/im2col.py gather: signed ones defeat vectorization)
+
+
+# ----------------------------------------------------------------------------- the transforms
+# Each applies one transform along rows, across tiles: for k < count, inputs src[j*sj + k]
+# (j < alpha), outputs dst[s*ds + k].  Called on views (src[offset:]) with constant sj and ds,
+# the loops vectorize; with run-time strides or offsets they stay scalar.
+
+@helper
+def bt2(src, sj, dst, ds, count):
+    """BT of F(2,3) (points 0, 1, -1): v = (x0 - x2, x1 + x2, x2 - x1, x3 - x1)."""
+    sj, ds = U(sj), U(ds)
+    for k in range(U(count)):
+        x0, x1, x2, x3 = src[k], src[k + sj], src[k + 2 * sj], src[k + 3 * sj]
+        dst[k] = x0 - x2
+        dst[k + ds] = x1 + x2
+        dst[k + 2 * ds] = x2 - x1
+        dst[k + 3 * ds] = x3 - x1
+
+
+@helper
+def bt4(src, sj, dst, ds, count):
+    """BT of F(4,3) (points 0, 1, -1, 2, -2)."""
+    f = dst.dtype.type
+    c2, c4, c5 = f(2), f(4), f(5)
+    sj, ds = U(sj), U(ds)
+    for k in range(U(count)):
+        x0, x1, x2 = src[k], src[k + sj], src[k + 2 * sj]
+        x3, x4, x5 = src[k + 3 * sj], src[k + 4 * sj], src[k + 5 * sj]
+        a = c4 * x2 - x4
+        b = c4 * x1 - x3
+        e = x4 - x2
+        h = c2 * (x3 - x1)
+        dst[k] = c4 * x0 - c5 * x2 + x4
+        dst[k + ds] = a + b
+        dst[k + 2 * ds] = a - b
+        dst[k + 3 * ds] = e + h
+        dst[k + 4 * ds] = e - h
+        dst[k + 5 * ds] = c4 * x1 - c5 * x3 + x5
+
+
+@helper
+def at2(src, sj, dst, ds, count, beta):
+    """AT of F(2,3), plus beta: y = (x0 + x1 + x2, x1 - x2 + x3) + beta."""
+    sj, ds = U(sj), U(ds)
+    for k in range(U(count)):
+        x0, x1, x2, x3 = src[k], src[k + sj], src[k + 2 * sj], src[k + 3 * sj]
+        dst[k] = x0 + x1 + x2 + beta
+        dst[k + ds] = x1 - x2 + x3 + beta
+
+
+@helper
+def at4(src, sj, dst, ds, count, beta):
+    """AT of F(4,3), plus beta."""
+    f = dst.dtype.type
+    c2, c4, c8 = f(2), f(4), f(8)
+    sj, ds = U(sj), U(ds)
+    for k in range(U(count)):
+        x0, x1, x2 = src[k], src[k + sj], src[k + 2 * sj]
+        x3, x4, x5 = src[k + 3 * sj], src[k + 4 * sj], src[k + 5 * sj]
+        a, b = x1 + x2, x1 - x2
+        c, d = x3 + x4, x3 - x4
+        dst[k] = x0 + a + c + beta
+        dst[k + ds] = b + c2 * d + beta
+        dst[k + 2 * ds] = a + c4 * c + beta
+        dst[k + 3 * ds] = b + c8 * d + x5 + beta
+
+
+# ----------------------------------------------------------------------------- moving data
+
+@helper
+def copy(src, dst, count):
+    """dst[:count] = src[:count] (views)."""
+    for k in range(U(count)):
+        dst[k] = src[k]
+
+
+@helper
+def fill(dst, count, value):
+    for k in range(U(count)):
+        dst[k] = value
+
+
+@helper
+def tile_slots(ti, si, t0, nt, m, tiles_h, tiles_w, band_in, band_out):
+    """Lay out the block's tiles t0 .. t0 + nt - 1 in bands, one slot per tile row they touch:
+    si[:, s] = image, tile row, first and last + 1 tile column of slot s; ti[0, q] = where the
+    alpha x alpha input patch of tile q starts in the input band (band_in elements per slot),
+    ti[1, q] where its m x m outputs go in the output band (band_out per slot).  Returns the
+    number of slots."""
+    slots, prev = 0, -1
+    for q in range(nt):
+        t = t0 + q
+        row = t // tiles_w  # n * tiles_h + th
+        tw = t - row * tiles_w
+        if row != prev:
+            si[0, slots], si[1, slots], si[2, slots] = row // tiles_h, row % tiles_h, tw
+            slots += 1
+            prev = row
+        si[3, slots - 1] = tw + 1
+        ti[0, q] = (slots - 1) * band_in + tw * m
+        ti[1, q] = (slots - 1) * band_out + tw * m
+    return slots
+
+
+@helper
+def fill_band(xf, plane, H, W, band, si, slots, m, a, pt, pl, wb):
+    """band[(s*a + i)*wb + j] = x[image of slot s][plane][th*m - pt + i, j - pl] for the columns of
+    the slot's tiles where that is inside the input (plane = (offset of the channel's plane in
+    image 0, elements per image)).  The rest of the band, the padding, stays as transform_input
+    cleared it: zero, the same for every channel."""
+    base, image = plane
+    for s in range(slots):
+        src = base + si[0, s] * image
+        c0, c1 = si[2, s] * m, si[3, s] * m + a - m  # the slot's columns
+        v0 = min(max(c0, pl), c1)
+        v1 = max(v0, min(c1, W + pl))  # [v0, v1): inside the input
+        for i in range(a):
+            ih = si[1, s] * m - pt + i
+            if 0 <= ih < H:
+                copy(xf[src + ih * W + v0 - pl:], band[(s * a + i) * wb + v0:], v1 - v0)
+
+
+@helper
+def gather_tiles(band, D, ti, ns, wb, a):
+    """D[(j*a + i)*LANES + q] = the input patch of tile q at row i, column j (transposed: see
+    input_tiles), from the band (no checks: the band holds the zeros of the padding)."""
+    for q in range(ns):
+        src = band[ti[0, q]:]
+        for i in range(a):
+            for j in range(a):
+                D[U((j * a + i) * LANES + q)] = src[U(i * wb + j)]
+
+
+@helper
+def scatter_tiles(D, band, ti, ns, wb, m):
+    """The m x m outputs of tile q, D[(j*(m + 2) + i)*LANES + q] at row i, column j, into the
+    output band."""
+    for q in range(ns):
+        dst = band[ti[1, q]:]
+        for i in range(m):
+            for j in range(m):
+                dst[U(i * wb + j)] = D[U((j * (m + 2) + i) * LANES + q)]
+
+
+@helper
+def flush_band(band, yf, plane, OH, OW, si, slots, m, wb):
+    """y[image of slot s][plane][th*m + i, columns of the slot's tiles] = the output band, clipped
+    at the bottom and right edges."""
+    base, image = plane
+    for s in range(slots):
+        c0, c1 = si[2, s] * m, min(si[3, s] * m, OW)
+        oh0 = si[1, s] * m
+        dst = base + si[0, s] * image + oh0 * OW
+        for i in range(min(m, OH - oh0)):
+            copy(band[(s * m + i) * wb + c0:], yf[dst + i * OW + c0:], c1 - c0)
+
+
+# ----------------------------------------------------------------------------- the phases
+# A 2-D transform is a 1-D one along the columns, then along the rows.  Both passes read a row
+# of LANES per input (stride LANES) and write with stride alpha*LANES: pass 1 takes tile[i][j]
+# stored as D[j][i] to E[r][j], pass 2 takes E[r][j] to V[s][r].  So one call site serves both
+# passes (half the code to compile), and V, U and M index xi = (r, s) as s*alpha + r.
+
+@helper
+def input_tiles(ns, D, E, v, a):
+    """v[(s*a + r)*LANES + q] = (BT d_q B)[r, s] for the tiles q < ns gathered in D."""
+    for p in range(2):
+        src, dst = (D, E) if p == 0 else (E, v)
+        for x in range(a):
+            if a == 6:
+                bt4(src[x * 6 * LANES:], LANES, dst[x * LANES:], 6 * LANES, ns)
+            else:
+                bt2(src[x * 4 * LANES:], LANES, dst[x * LANES:], 4 * LANES, ns)
+
+
+@helper
+def output_tiles(mo, beta, ns, D, E, a):
+    """D[(j*a + i)*LANES + q] = (AT M_q A)[i, j] + beta from mo[(s*a + r)*LANES + q]."""
+    for p in range(2):
+        src, dst = (mo, E) if p == 0 else (E, D)
+        b = beta if p == 1 else D.dtype.type(0)
+        for x in range(a if p == 0 else a - 2):
+            if a == 6:
+                at4(src[x * 6 * LANES:], LANES, dst[x * LANES:], 6 * LANES, ns, b)
+            else:
+                at2(src[x * 4 * LANES:], LANES, dst[x * LANES:], 4 * LANES, ns, b)
+
+
+@helper
+def transform_input(xf, C, H, W, c0, cc, nt, m, pt, pl, ti, si, slots, wb, V, band, D, E):
+    """V[(c*alpha^2 + xi)*LANES + q] for the block's tiles q < nt and channels c0 .. c0 + cc - 1
+    (wb: the input band's row length)."""
+    a = m + 2
+    fill(band, slots * a * wb, 0)  # clear_band: the padding's zeros, once for all channels
+    for c in range(cc):
+        fill_band(xf, ((c0 + c) * H * W, C * H * W), H, W, band, si, slots, m, a, pt, pl, wb)
+        v = V[c * a * a * LANES:]
+        if m == 4:  # (literal sizes: unrolled)
+            gather_tiles(band, D, ti, nt, wb, 6)
+        else:
+            gather_tiles(band, D, ti, nt, wb, 4)
+        input_tiles(nt, D, E, v, a)
+
+
+@helper
+def batched_gemm(u, g, o0, ob, c0, cc, nt, beta, V, M):
+    """M[(o*alpha^2 + xi)*LANES + q] (+)= sum_c U[g][xi][o0 + o][c0 + c] V[(c*alpha^2 + xi)*LANES + q]
+    for o < ob, q < nt: one OpenBLAS GEMM per xi."""
+    A2, og, cg = u.shape[1], u.shape[2], u.shape[3]
+    for xi in range(A2):
+        gemm(False, False, ob, nt, cc, 1.0, u, ((g * A2 + xi) * og + o0) * cg + c0, cg,
+             V, xi * LANES, A2 * LANES, beta, M, xi * LANES, A2 * LANES)
+
+
+@helper
+def transform_output(M, yf, bias, O, OH, OW, o0, ob, nt, m, ti, si, slots, wb, band, D, E):
+    """y[:, o0 + o] on the block's tiles from M[(o*alpha^2 + xi)*LANES + q], o < ob, q < nt
+    (wb: the output band's row length)."""
+    a = m + 2
+    for o in range(ob):
+        mo = M[o * a * a * LANES:]
+        output_tiles(mo, bias[o0 + o], nt, D, E, a)
+        if m == 4:
+            scatter_tiles(D, band, ti, nt, wb, 4)
+        else:
+            scatter_tiles(D, band, ti, nt, wb, 2)
+        flush_band(band, yf, ((o0 + o) * OH * OW, O * OH * OW), OH, OW, si, slots, m, wb)
+
+
+@driver
+def _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, pt, pl, T, oc, cc, oparts):
+    """y = conv2d(x, w) + bias from U = transform_filter(w), shape (groups, alpha^2, og, cg).
+    Per thread: V (cc * alpha^2 * LANES), M (oc * alpha^2 * LANES), D and E (alpha^2 * LANES),
+    the bands BI and BO, TI (2, LANES), SI (4, LANES)."""
+    N, C, H, W = x.shape
+    G, og, cg = u.shape[0], u.shape[2], u.shape[3]
+    O, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    a = m + 2
+    tiles_h, tiles_w = (OH + m - 1) // m, (OW + m - 1) // m
+    wi, wo = tiles_w * m + 2, tiles_w * m  # band rows: input, output
+    tiles = N * tiles_h * tiles_w
+    blocks = (tiles + T - 1) // T
+    share = (og + oparts - 1) // oparts
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
+    for task in prange(G * blocks * oparts):
+        part, blk, g = task % oparts, (task // oparts) % blocks, task // (oparts * blocks)
+        t0 = blk * T
+        nt = min(T, tiles - t0)
+        o_lo, o_hi = part * share, min(og, part * share + share)
+        me = get_thread_id()
+        Vm, Mm, Dm, Em, bi, bo, ti, si = V[me], M[me], D[me], E[me], BI[me], BO[me], TI[me], SI[me]
+        slots = tile_slots(ti, si, t0, nt, m, tiles_h, tiles_w, a * wi, m * wo)
+        for o0 in range(o_lo, o_hi, oc):
+            ob = min(oc, o_hi - o0)
+            for c0 in range(0, cg, cc):
+                ncc = min(cc, cg - c0)
+                if cc < cg or o0 == o_lo:  # V holds every channel: transformed once per task
+                    transform_input(xf, C, H, W, g * cg + c0, ncc, nt, m, pt, pl, ti, si, slots, wi, Vm, bi, Dm, Em)
+                batched_gemm(u, g, o0, ob, c0, ncc, nt, 0.0 if c0 == 0 else 1.0, Vm, Mm)
+            transform_output(Mm, yf, bias, O, OH, OW, g * og + o0, ob, nt, m, ti, si, slots, wo, bo, Dm, Em)
+
+
+@helper
+def combine3(src, s0, s1, s2, dst, c0, c1, c2, count):
+    """dst[k] = c0*src0[k] + c1*src1[k] + c2*src2[k] on views src[s0:], src[s1:], src[s2:]."""
+    a, b, c = src[s0:], src[s1:], src[s2:]
+    for k in range(U(count)):
+        dst[k] = c0 * a[k] + c1 * b[k] + c2 * c[k]
+
+
+@driver
+def _transform_filter(wt, u, gm, tmp):
+    """u[g, b*alpha + a, o, c] = sum_ij gm[a, i] gm[b, j] wt[g*og + o, i, j, c], in float64:
+    wt is (O, 3, 3, cg) (channels last, so the loops run along c), gm the float64 G, tmp a
+    float64 (threads, alpha*3*cg) scratch."""
+    G, A2, og, cg = u.shape
+    A = gm.shape[0]
+    uf = u.reshape(u.size)
+    wf = wt.reshape(wt.size)
+    for row in prange(G * og):
+        g, o = row // og, row % og
+        t = tmp[get_thread_id()]
+        w0 = row * 9 * cg
+        for a in range(A):  # t[a][j] = G[a] . w[:, j]
+            for j in range(3):
+                combine3(wf, w0 + j * cg, w0 + (3 + j) * cg, w0 + (6 + j) * cg, t[(a * 3 + j) * cg:],
+                         gm[a, 0], gm[a, 1], gm[a, 2], cg)
+        for a in range(A):  # u[b][a] = t[a] . G[b]
+            for b in range(A):
+                combine3(t, a * 3 * cg, (a * 3 + 1) * cg, (a * 3 + 2) * cg, uf[((g * A2 + b * A + a) * og + o) * cg:],
+                         gm[b, 0], gm[b, 1], gm[b, 2], cg)
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+def plan(spec, m, threads, workspace_bytes, itemsize):
+    """(T, oc, cc, oparts): tiles per task (at most LANES), output channels per GEMM round, input
+    channels per transform_input round, output-channel shares per block of tiles.  Tasks are a
+    multiple of the threads while each keeps MIN_T tiles; below that, output channels are split.
+    V and M of all threads stay within the workspace (cc and oc shrink, at least 1)."""
+    A2 = (m + 2) ** 2
+    G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+    tiles = spec.n * -(-spec.out_h // m) * -(-spec.out_w // m)
+    blocks = -(-tiles // LANES)
+    even = -(-(-(-G * blocks // threads) * threads) // G)  # blocks for a multiple of the threads
+    blocks = even if -(-tiles // even) >= MIN_T else max(blocks, min(even, tiles // MIN_T))
+    T = -(-tiles // blocks)
+    oparts = min(-(-threads // (G * blocks)), -(-og // 16)) if G * blocks < threads else 1
+    oc = min(OC, -(-og // oparts))
+    per_channel = threads * itemsize * A2 * LANES  # of V or M, all threads
+    cc = min(cg, max(1, workspace_bytes // per_channel - oc))
+    oc = min(oc, max(1, workspace_bytes // per_channel - cc))
+    return T, oc, cc, oparts
+
+
+class Variant:
+    """numba.winograd_f{m}k3: the forward kernel and its input gradient, for one tile size."""
+
+    def __init__(self, m: int):
+        self.m, self.alpha = m, m + 2
+        self.name = f"numba.winograd_f{m}k3"
+        self._g = matrices(m, "float64")[1]
+
+    def transform_filter(self, w5):
+        """U (groups, alpha^2, og, cg) of a (groups, og, cg, 3, 3) weight (any strides)."""
+        G, og, cg = w5.shape[:3]
+        wt = np.ascontiguousarray(w5.transpose(0, 1, 3, 4, 2)).reshape(G * og, 3, 3, cg)
+        u = np.empty((G, self.alpha ** 2, og, cg), w5.dtype)
+        tmp = np.empty((get_num_threads(), self.alpha * 3 * cg))
+        numba_launch_threads()
+        _transform_filter(wt, u, self._g, tmp)
+        return u
+
+    def conv2d_forward(self, spec, x, w, bias, out=None):
+        # OIHW viewed as (G, O/G, C/G, 3, 3), so the key (the shape) carries the groups U depends
+        # on; the backward's transposed views get their own key (as c.winograd)
+        m, a = self.m, self.alpha
+        G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+        key = self.name if w.ndim == 4 else self.name + " (transposed)"
+        u = winograd.FILTERS.get(key, w.reshape(G, og, cg, 3, 3) if w.ndim == 4 else w, self.transform_filter)
+        x = np.ascontiguousarray(x)
+        y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+        bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
+        nt = get_num_threads()
+        T, oc, cc, oparts = plan(spec, m, nt, config.workspace_bytes(), y.itemsize)
+        tiles_w = -(-spec.out_w // m)
+        slots = min(T, -(-T // tiles_w) + 1)  # tile rows a block touches, at most
+        dt = spec.dtype
+        V = np.empty((nt, cc * a * a * LANES), dt)
+        M = np.empty((nt, oc * a * a * LANES), dt)
+        D = np.empty((nt, a * a * LANES), dt)
+        E = np.empty((nt, a * a * LANES), dt)
+        BI = np.empty((nt, slots * a * (tiles_w * m + 2)), dt)
+        BO = np.empty((nt, slots * m * tiles_w * m), dt)
+        TI = np.empty((nt, 2, LANES), np.int64)
+        SI = np.empty((nt, 4, LANES), np.int64)
+        numba_launch_threads()
+        _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, spec.padding[0], spec.padding[2],
+                        T, oc, cc, oparts)
+        return y
+
+    def conv2d_backward_data(self, spec, grad_y, w):
+        return transpose.backward_data(self.conv2d_forward, spec, grad_y, w)
+
+
+F2K3 = Variant(2)
+F4K3 = Variant(4)
