@@ -12,11 +12,41 @@ from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
 
 _c = np.ascontiguousarray  # no copy when the array already is C-contiguous
 
+# Specs of argument signatures already validated: a repeated call (a network's layer, every step)
+# skips ConvSpec.from_args, whose checks cost more than the dispatch itself (numpy's dtype.name
+# alone is ~3 us).  The signature holds everything the spec and its checks depend on, with the
+# exact types of the hyper-parameters (stride=True must still be refused), so a hit returns what
+# from_args would.  Anything else (lists, numpy ints, ndarray subclasses) takes the full path.
+_SPECS: dict = {}
+_SPECS_MAX = 4096
+
+
+def _plain(v) -> bool:
+    t = type(v)
+    return t is int or t is str or (t is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int)
+
+
+def _conv_spec(x, w, bias, stride, padding, dilation, groups, op: str) -> ConvSpec:
+    sig = None
+    if type(x) is np.ndarray and type(w) is np.ndarray and (bias is None or type(bias) is np.ndarray) \
+            and _plain(stride) and _plain(padding) and _plain(dilation) and type(groups) is int:
+        sig = (x.shape, x.dtype, w.shape, w.dtype, None if bias is None else (bias.shape, bias.dtype),
+               stride, padding, dilation, groups)
+        spec = _SPECS.get(sig)
+        if spec is not None:
+            return spec
+    spec = ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups, op=op)
+    if sig is not None:
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()
+        _SPECS[sig] = spec
+    return spec
+
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algo="auto", backend="auto", rtol=None):
     """torch.nn.functional.conv2d on NumPy arrays (NCHW input, OIHW weight)."""
-    spec = ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups)
+    spec = _conv_spec(x, w, bias, stride, padding, dilation, groups, "conv2d")
     kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d")
     return kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias))
 
@@ -26,7 +56,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, 
     """(grad_x, grad_w, grad_bias) of conv2d; grad_bias is None when bias=False.
     ``algo`` picks the input-gradient kernel, ``weight_algo`` the weight-gradient one."""
     op = "conv2d_backward"
-    spec = ConvSpec.from_args(x, w, None, stride, padding, dilation, groups, op=op)
+    spec = _conv_spec(x, w, None, stride, padding, dilation, groups, op)
     spec.check_grad_output(grad_y, op)
     grad_y = _c(grad_y)
     data_kernel = dispatch.choose("conv2d.bwd_data", spec, algo, backend, rtol, caller=op)

@@ -1,4 +1,4 @@
-"""``fastconv`` command line: kernels, bench.
+"""``fastconv`` command line: kernels, bench, explain, tune, cache.
 
 Bad arguments print one line ``fastconv: error: ...`` and exit with status 2, never a traceback.
 """
@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import numba
 
-from . import __version__, bench, nets, registry, threads
+from . import __version__, bench, dispatch, nets, registry, threads, tuning_cache
 from .c import _lib
 
 
@@ -68,8 +69,145 @@ def _bench(args) -> int:
     return 0
 
 
+def _ints(text: str, name: str, count=None) -> tuple:
+    """'1,64,56,56' -> (1, 64, 56, 56); count: the number of values required (a tuple: allowed)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{name}={text!r} must be comma-separated integers") from None
+    allowed = (count,) if isinstance(count, int) else count
+    if allowed and len(values) not in allowed:
+        raise ValueError(f"{name}={text!r} must have {' or '.join(map(str, allowed))} values, got {len(values)}")
+    return values
+
+
+def _hw(text: str, name: str):
+    values = _ints(text, name, (1, 2))
+    return values[0] if len(values) == 1 else values
+
+
+def _explain(args) -> int:
+    padding = args.padding if args.padding in ("same", "valid") else _hw(args.padding, "--padding")
+    plan = dispatch.explain(_ints(args.input, "--input", 4), _ints(args.weight, "--weight", 4),
+                            _hw(args.stride, "--stride"), padding, _hw(args.dilation, "--dilation"), args.groups,
+                            args.dtype, op=args.op, algo=args.algo, backend=args.backend, rtol=args.rtol,
+                            rigor=args.rigor)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, default=str))
+    else:
+        print(plan)
+        if args.repro:
+            print("\n# reproduce:\n" + plan.repro())
+    return 0
+
+
+def _tune(args) -> int:
+    if args.pass_ not in ("fwd", "bwd", "all"):
+        raise ValueError(f"--pass={args.pass_!r} must be one of fwd, bwd, all")
+    passes = ("fwd", "bwd") if args.pass_ == "all" else (args.pass_,)
+    t0 = time.perf_counter()
+    plans = dispatch.tune(net=args.net, batch=args.batch, dtype=args.dtype, passes=passes, rigor=args.rigor,
+                          force=args.force, budget_s=args.budget, progress=None if not args.json else False)
+    elapsed = time.perf_counter() - t0
+    ratios = [p.heuristic_ratio for p in plans if p.heuristic_ratio is not None]
+    agree = sum(r <= 1.10 for r in ratios)
+    summary = {"net": args.net, "batch": args.batch, "dtype": args.dtype, "passes": list(passes),
+               "seconds": elapsed, "problems": len(plans), "cache_file": plans[0].cache_file if plans else None,
+               "heuristic_within_10pct": agree, "heuristic_checked": len(ratios)}
+    checks = dispatch.verify(plans, progress=None if not args.json else False) if args.verify else None
+    if checks is not None:
+        held = [c for c in checks if c["ratio"] is not None]
+        summary.update(verified=len(held), choice_within_10pct=sum(c["ratio"] <= 1.10 for c in held),
+                       choice_within_10pct_by_min=sum(c["ratio_min"] <= 1.10 for c in held))
+    if args.json:
+        rows = [dict(p.to_dict(), verify=c) for p, c in zip(plans, checks or [None] * len(plans))]
+        print(json.dumps({"summary": summary, "plans": rows}, indent=2, default=str))
+        return 0
+    head = (f"{'layer':14s} {'op':17s} {'shape':48s} {'chosen':18s} {'ms':>9s} {'GFLOP/s':>8s} "
+            f"{'heuristic':18s} {'h/best':>6s}" + (f" {'re-timed':>8s}" if checks else "") + "  source")
+    print(head)
+    print("-" * len(head))
+    for i, p in enumerate(plans):
+        c = p.candidate(p.chosen)
+        ms = f"{c.median_s * 1e3:9.3f}" if c and c.median_s is not None else f"{'-':>9s}"
+        gf = f"{c.gflops:8.1f}" if c and c.gflops is not None else f"{'':8s}"
+        ratio = f"{p.heuristic_ratio:5.2f}x" if p.heuristic_ratio is not None else f"{'':6s}"
+        label = p.label if len(p.label) <= 14 else p.label[:13] + "~"
+        again = ""
+        if checks:
+            r = checks[i]["ratio"]
+            again = f" {r:7.2f}x" if r is not None else f" {'':8s}"
+        print(f"{label:14s} {p.op:17s} {p.describe()[:48]:48s} {p.chosen:18s} {ms} {gf} "
+              f"{p.heuristic:18s} {ratio}{again}  {p.source}")
+    print(f"{len(plans)} problems in {elapsed:.1f} s; the heuristic's pick is within 10% of the measured best "
+          f"on {agree}/{len(ratios)}; cache: {summary['cache_file']}")
+    if checks:
+        print(f"re-timed afterwards (new inputs): the cached choice is within 10% of the fastest on "
+              f"{summary['choice_within_10pct']}/{summary['verified']} by medians ('re-timed' = choice / fastest), "
+              f"{summary['choice_within_10pct_by_min']}/{summary['verified']} by best times")
+    return 0
+
+
+def _cache(args) -> int:
+    cache = tuning_cache.current(threads.get_num_threads())
+    if args.action == "path":
+        print(cache.path)
+        return 0
+    if args.action == "clear":
+        removed = tuning_cache.clear()
+        dispatch.forget()
+        print(f"removed {len(removed)} tuning file(s) from {cache.directory}")
+        return 0
+    if args.action in ("export", "import") and not args.file:
+        raise ValueError(f"cache {args.action} needs a FILE")
+    if args.action == "export":
+        n = cache.export(args.file)
+        print(f"exported {n} entries to {args.file}")
+        return 0
+    if args.action == "import":
+        n = cache.import_(args.file, force=args.force)
+        dispatch.forget()
+        print(f"imported {n} entries into {cache.path}")
+        return 0
+    cache.reload()
+    rows = []
+    for key, e in sorted(cache.entries.items()):
+        spec = dispatch.spec_from_json(e.get("spec", {}))
+        best = e.get("best")
+        t = e["times"].get(best, {}) if best else {}
+        rows.append({"key": key, "op": e.get("op", key.split(" ", 1)[0]),
+                     "shape": dispatch.describe(e.get("op"), spec) if spec is not None else key.split(" ", 1)[-1],
+                     "best": best, "median_ms": t.get("median", float("nan")) * 1e3 if t else None,
+                     "rigor": e.get("rigor"), "kernels": len(e["times"])})
+    others = [f for f in tuning_cache.files(cache.directory) if f != cache.path]
+    if args.json:
+        print(json.dumps({"path": cache.path, "env_key": cache.key, "environment": cache.env,
+                          "writable": cache.writable, "entries": rows, "other_environments": others}, indent=2))
+        return 0
+    print(f"tuning cache {cache.path} ({len(rows)} entries; mode {dispatch.get_tuning()['mode']})")
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in cache.env.items()))
+    if rows:
+        head = f"{'op':17s} {'shape':60s} {'best':18s} {'ms':>9s} {'rigor':8s} {'timed':>5s}"
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            ms = f"{r['median_ms']:9.3f}" if r["median_ms"] is not None else f"{'-':>9s}"
+            print(f"{r['op']:17s} {r['shape'][:60]:60s} {str(r['best']):18s} {ms} {str(r['rigor']):8s} "
+                  f"{r['kernels']:5d}")
+    if others:
+        print(f"{len(others)} file(s) of other environments (machines, builds, thread counts) in {cache.directory}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``fastconv: error: ...``, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"fastconv: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastconv", description="Fast CPU conv2d and max-pool kernels.")
+    parser = _Parser(prog="fastconv", description="Fast CPU conv2d and max-pool kernels.")
     parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("kernels", help="the kernel table and the build")
@@ -88,16 +226,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("explain", help="which kernel algo='auto' picks for a conv2d shape, and why")
+    p.add_argument("--input", required=True, metavar="N,C,H,W", help="input shape")
+    p.add_argument("--weight", required=True, metavar="O,C,kH,kW", help="weight shape (C = in_channels/groups)")
+    p.add_argument("--stride", default="1", metavar="S|SH,SW")
+    p.add_argument("--padding", default="0", metavar="P|PH,PW|same|valid")
+    p.add_argument("--dilation", default="1", metavar="D|DH,DW")
+    p.add_argument("--groups", type=int, default=1)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--op", choices=list(dispatch.CONV_OPS), default="conv2d.fwd",
+                   help="the pass: forward, grad of input, grad of weight (default conv2d.fwd)")
+    p.add_argument("--algo", default="auto", help="restrict to an algorithm family or variant")
+    p.add_argument("--backend", default="auto", help="restrict to a backend: c, numba, numpy")
+    p.add_argument("--rtol", type=float, help="accuracy budget: kernels whose bound exceeds it are excluded")
+    p.add_argument("--rigor", choices=list(dispatch.MODES),
+                   help="override the mode for this question (default: FASTCONV_TUNING, else measure)")
+    p.add_argument("--repro", action="store_true", help="also print a runnable snippet of the chosen call")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("tune", help="time every eligible kernel on a network's layers and cache the winners")
+    p.add_argument("--net", required=True,
+                   help=f"network layer table(s), comma-separated ({', '.join(nets.NETS)})")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--pass", dest="pass_", default="fwd", metavar="{fwd,bwd,all}",
+                   help="fwd: forward ops; bwd: grad of input and of weight, tuned separately; all: both")
+    p.add_argument("--rigor", choices=["measure", "patient"], default="measure")
+    p.add_argument("--budget", type=float, metavar="S", help="seconds per problem at most (default 10)")
+    p.add_argument("--force", action="store_true", help="re-measure problems the cache already holds")
+    p.add_argument("--verify", action="store_true",
+                   help="afterwards, re-time every problem on new inputs and compare the stored choice "
+                        "with the fastest")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_tune)
+
+    p = sub.add_parser("cache", help="the tuning cache: show, clear, path, export FILE, import FILE")
+    p.add_argument("action", choices=["show", "clear", "path", "export", "import"])
+    p.add_argument("file", nargs="?", help="export/import: the file to write or read")
+    p.add_argument("--force", action="store_true", help="import a file tuned on another machine or build")
+    p.add_argument("--json", action="store_true", help="show: machine-readable output")
+    p.set_defaults(func=_cache)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a one-line argparse error (2)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
         print(f"fastconv: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a FILE that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fastconv: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

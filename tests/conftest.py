@@ -1,11 +1,47 @@
 """Shared helpers for fastconv's tests: the error measure and the kernel/case tables.
 
 Every kernel test is "kernel(spec) == reference(spec)" and is parametrized over the registry, so a
-kernel is tested the moment it is registered (XNNPACK's tester pattern)."""
-import numpy as np
-import pytest
+kernel is tested the moment it is registered (XNNPACK's tester pattern).
 
-import fastconv as fc
+The dispatcher runs in ESTIMATE mode for the whole session, with a throw-away tuning cache: the
+suite calls ``algo="auto"`` on hundreds of generated shapes and must not time every kernel on each
+(nor read or write the user's cache).  Set before fastconv is imported, so subprocesses inherit it
+too.  A test that wants measuring asks for the ``measuring`` fixture."""
+import os
+import shutil
+import tempfile
+
+_SESSION_CACHE = tempfile.mkdtemp(prefix="fastconv-test-tuning-")
+os.environ["FASTCONV_CACHE_DIR"] = _SESSION_CACHE
+os.environ["FASTCONV_TUNING"] = "estimate"
+os.environ["FASTCONV_AUTOTUNE"] = "0"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastconv as fc  # noqa: E402
+from fastconv import dispatch, measure, tuning_cache  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def measuring(tmp_path, monkeypatch):
+    """MEASURE mode with a fresh, empty cache directory (also for subprocesses: the environment is
+    set too) and short pauses; restores ESTIMATE mode afterwards.  Yields the directory."""
+    cache = tmp_path / "tuning-cache"
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(cache))
+    monkeypatch.setenv("FASTCONV_TUNING", "measure")
+    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
+    monkeypatch.setattr(measure, "PAUSE_MIN_S", 0.0)
+    monkeypatch.setattr(measure, "PAUSE_MAX_S", 0.002)
+    tuning_cache.forget()
+    dispatch.set_tuning("measure", budget_s=2.0)
+    yield cache
+    dispatch.set_tuning("estimate", budget_s=dispatch.DEFAULT_BUDGET_S)
+    tuning_cache.forget()
 
 
 def rel_err(actual, expected) -> float:

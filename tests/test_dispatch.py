@@ -31,10 +31,30 @@ def test_kernel_names_follow_the_grammar():
         assert k.name == f"{k.backend}.{k.algo}"
 
 
-def test_auto_prefers_the_first_eligible_kernel_and_never_fails():
+def test_auto_follows_the_heuristic_in_estimate_mode():
+    """The test session runs in ESTIMATE mode (conftest): auto is the heuristic's pick, never
+    the reference while another kernel can serve (test_tuning.py covers the measuring modes)."""
     spec = ConvSpec.from_args(X, W)
-    first = next(k for k in fc.kernels("conv2d.fwd") if k.refusal(spec) is None)
-    assert dispatch.choose("conv2d.fwd", spec, caller="t") is first
+    eligible, refused = dispatch.eligible("conv2d.fwd", spec, caller="t")
+    chosen = dispatch.choose("conv2d.fwd", spec, caller="t")
+    assert chosen is dispatch.heuristic("conv2d.fwd", spec, eligible) and chosen.backend != "numpy"
+    assert any(r.startswith("numpy.reference:") for r in refused)
+    plan = fc.explain(X.shape, W.shape)
+    assert plan.chosen == chosen.name and plan.source == "heuristic" and plan.detail == "mode estimate"
+
+
+def test_a_hit_is_a_lookup_until_the_kernel_list_changes(monkeypatch):
+    spec = ConvSpec.from_args(X, W)
+    first = dispatch.choose("conv2d.fwd", spec, caller="t")
+    key = ("conv2d.fwd", spec, "auto", "auto", None, fc.get_num_threads())
+    assert dispatch._memo[key] is first
+    only = Kernel("numba.only", "conv2d.fwd", run=fc.kernels("conv2d.fwd")[-1].run)
+    monkeypatch.setattr(registry, "KERNELS", (only,) + registry.KERNELS)
+    assert dispatch.choose("conv2d.fwd", spec, algo="only", caller="t") is only
+    with pytest.raises(TypeError, match=r"algo=\['direct'\] must be a string"):
+        fc.conv2d(X, W, algo=["direct"])
+    with pytest.raises(ValueError, match="rtol=-1 must be a positive number"):
+        fc.conv2d(X, W, rtol=-1)
 
 
 def test_refusals_name_the_kernel_and_the_reason(monkeypatch):
@@ -76,3 +96,20 @@ def test_backward_runs_through_the_registry():
     for got, expected in ((gx, rx), (gw, rw), (gb, rb)):
         assert got.dtype == np.float32 and rel_err(got, expected) <= 1e-5
     assert fc.conv2d_backward(gy, X, W, bias=False)[2] is None
+
+
+def test_repeated_calls_reuse_the_spec_but_never_skip_a_check():
+    from fastconv import api
+
+    y = fc.conv2d(X, W, stride=1, padding=(1, 1))
+    sig = next(k for k, v in api._SPECS.items() if k[0] == X.shape and k[5:] == (1, (1, 1), 1, 1))
+    assert api._SPECS[sig] == ConvSpec.from_args(X, W, None, 1, (1, 1))
+    np.testing.assert_array_equal(fc.conv2d(X, W, stride=1, padding=(1, 1)), y)
+    # arguments equal to a cached signature but of another type still go through the checks
+    with pytest.raises(TypeError, match="stride=True must be an int"):
+        fc.conv2d(X, W, stride=True, padding=(1, 1))
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        fc.conv2d(X, W.astype(np.float64), stride=1, padding=(1, 1))
+    with pytest.raises(ValueError, match="bias has shape"):
+        fc.conv2d(X, W, np.zeros(3, np.float32), stride=1, padding=(1, 1))
+    np.testing.assert_array_equal(fc.conv2d(X, W, stride=[1, 1], padding=[1, 1]), y)  # lists: the full path

@@ -1,0 +1,187 @@
+"""Timing the eligible kernels of one problem, as the dispatcher's MEASURE and PATIENT modes do.
+
+The contenders run on random inputs of the spec's shapes (never the caller's arrays, which must
+not be modified or aliased).  Phases:
+
+1. compile: one untimed call per contender (the JIT compiles; the output is compared with the
+   reference's on the same inputs: a kernel far over its error bound, or one that raises, is
+   excluded with the reason);
+2. probe: two timed calls each, after a pause.  In MEASURE mode a contender whose faster call
+   is over 3x the fastest cannot win and is not timed further;
+3. rounds: the remaining contenders run interleaved as fastconv.bench does -- in every round
+   each one gets a pause, one untimed call, then ``k`` timed calls (k makes a timed run last
+   ~1 ms, so tiny problems are not timer noise).  A contender's figure is the median of its
+   probe calls and its rounds.  In MEASURE mode, from the second round on, a contender whose
+   median is over 1.5x the leader's stops (racing); the choice is made among those that finish.
+
+Budget: what the probes plus the mode's rounds (4 for measure, 14 for patient, which neither
+drops nor races) cost at the probed speeds -- so it scales with the problem: ~0.1 s for a tiny
+one, a few seconds for a VGG layer -- but never more than ``cap_s`` (``FASTCONV_TUNE_BUDGET_S``,
+default 10 s per problem): rounds stop when the next would not fit, down to none (then the probes
+decide).  Compilation and the reference
+call are not counted (the first call pays the JIT anyway); the reference is skipped, and errors
+left unmeasured, when it would take more than a quarter of the cap.
+The pause lets the thread pools of the previous contender (OpenMP, Numba) stop spinning before
+the next one runs; it scales with the problem (10 x the fastest probe, between 5 and 50 ms).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .spec import ConvSpec
+
+# rigor -> (rounds after the probe, drop ratio after the probe, racing ratio after each round)
+RIGOR = {"measure": (4, 3.0, 1.5), "patient": (14, math.inf, math.inf)}
+PROBE_CALLS = 2
+RACE_AFTER = 4  # samples (the probe's two and two rounds) before racing judges a median
+PAUSE_MIN_S, PAUSE_MAX_S = 0.005, 0.05
+TIMED_RUN_S = 1e-3  # a timed run repeats the call until it lasts about this long
+ERROR_SLACK = 10.0  # excluded when the measured error exceeds this many times the kernel's bound
+REFERENCE_FLOPS = 10e9  # the reference's speed, roughly (FLOP/s), to decide whether to run it
+
+
+@dataclass
+class Result:
+    """What timing one problem found."""
+    times: dict = field(default_factory=dict)   # name -> {"median", "q1", "q3", "min", "max", "runs", "dropped"}
+    errors: dict = field(default_factory=dict)  # name -> max |out - ref| / max |ref|
+    failed: dict = field(default_factory=dict)  # name -> reason it was excluded
+    cost_s: float = 0.0                         # wall time of the whole measurement, compilation included
+    budget_s: float = 0.0
+
+    def best(self) -> str | None:
+        """The contender with the lowest median among those timed to the end."""
+        timed = {n: t["median"] for n, t in self.times.items() if not t["dropped"]} or \
+            {n: t["median"] for n, t in self.times.items()}
+        return min(timed, key=timed.get) if timed else None
+
+
+def inputs(op: str, spec, rng) -> tuple:
+    """Random arguments of kernel.run after the spec, for op on spec."""
+    def rand(shape):
+        return rng.standard_normal(shape, dtype=np.float64).astype(spec.dtype)
+
+    if op == "conv2d.fwd":
+        return rand(spec.input_shape), rand(spec.weight_shape), rand(spec.c_out)
+    if op == "conv2d.bwd_data":
+        return rand(spec.output_shape), rand(spec.weight_shape)
+    if op == "conv2d.bwd_weight":
+        return rand(spec.output_shape), rand(spec.input_shape)
+    if op == "maxpool2d.fwd":
+        return (rand(spec.input_shape),)
+    if op == "maxpool2d.bwd":
+        shape = (spec.n, spec.c, spec.out_h, spec.out_w)
+        return rand(shape), rng.integers(0, spec.h * spec.w, size=shape, dtype=np.int64)
+    raise ValueError(f"measure: unknown op {op!r}")
+
+
+def flops(op: str, spec) -> int | None:
+    """FLOPs of one call (the direct algorithm's multiply-adds; both backward passes do as many)."""
+    return spec.flops if isinstance(spec, ConvSpec) and op.startswith("conv2d.") else None
+
+
+def rel_error(out, ref) -> float:
+    out, ref = (out[0], ref[0]) if isinstance(out, tuple) else (out, ref)
+    if out.shape != ref.shape:
+        return math.inf
+    diff = np.abs(out.astype(np.float64) - ref)
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    err = float(diff.max()) if diff.size else 0.0
+    if math.isnan(err):
+        return math.inf
+    return err / scale if scale > 0 else err
+
+
+def _summary(samples: list, dropped: bool) -> dict:
+    q = np.percentile(samples, [25, 50, 75]) if len(samples) > 1 else [samples[0]] * 3
+    return {"median": float(statistics.median(samples)), "q1": float(q[0]), "q3": float(q[2]),
+            "min": float(min(samples)), "max": float(max(samples)), "runs": len(samples),
+            "dropped": dropped}
+
+
+def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: float = 10.0,
+        seed: int = 0, clock=time.perf_counter, sleep=time.sleep) -> Result:
+    """Time contenders (registry kernels, all eligible for spec) on random inputs; see the module
+    docstring for the phases and the budget.  reference: the kernel that defines the result."""
+    max_rounds, drop, race = RIGOR[rigor]
+    t_start = clock()
+    args = inputs(op, spec, np.random.default_rng(seed))
+    res = Result()
+    work = flops(op, spec)
+    ref_out = reference.run(spec, *args) if work is None or work / REFERENCE_FLOPS < cap_s / 4 else None
+
+    # 1. compile (untimed) and check the result against the reference
+    live, out = [], None
+    for k in contenders:
+        try:
+            out = k.run(spec, *args)
+        except Exception as exc:  # noqa: BLE001 - a failing kernel is excluded, never fatal
+            res.failed[k.name] = f"{k.name}: failed on the tuning inputs ({type(exc).__name__}: {exc})"
+            continue
+        if ref_out is not None:
+            err = rel_error(out, ref_out)
+            res.errors[k.name] = err
+            bound = k.rtol.get(spec.dtype, 0.0)
+            if not err <= ERROR_SLACK * bound:
+                res.failed[k.name] = (f"{k.name}: measured error {err:.1e} is over {ERROR_SLACK:g}x its bound "
+                                      f"{bound:.0e}")
+                continue
+        live.append(k)
+    del ref_out, out
+
+    # 2. probe: two timed calls each, after a pause; the faster one judges (noise only adds)
+    samples, probe = {}, {}
+    for k in live:
+        sleep(_pause(min(probe.values())) if probe else PAUSE_MAX_S)
+        samples[k.name] = []
+        for _ in range(PROBE_CALLS):
+            t0 = clock()
+            k.run(spec, *args)
+            samples[k.name].append(clock() - t0)
+        probe[k.name] = min(samples[k.name])
+    if samples:
+        fastest = min(probe.values())
+        pause = _pause(fastest)
+        kept = [k for k in live if probe[k.name] <= drop * fastest]
+        spent = sum(map(sum, samples.values())) + pause * len(probe)
+
+        # 3. interleaved rounds while the budget lasts (at most max_rounds); once there are
+        #    RACE_AFTER samples, a contender whose median is over race x the leader's stops
+        reps = {k.name: max(1, math.ceil(TIMED_RUN_S / max(probe[k.name], 1e-9))) for k in kept}
+
+        def round_cost(ks):
+            return sum(pause + (1 + reps[k.name]) * probe[k.name] for k in ks)
+        res.budget_s = min(cap_s, spent + max_rounds * round_cost(kept))
+        for _ in range(max_rounds):
+            if spent + round_cost(kept) > res.budget_s:
+                break
+            t_round = clock()
+            for k in kept:
+                sleep(pause)
+                k.run(spec, *args)
+                n = reps[k.name]
+                t0 = clock()
+                for _ in range(n):
+                    k.run(spec, *args)
+                samples[k.name].append((clock() - t0) / n)
+            spent += clock() - t_round
+            if len(samples[kept[0].name]) >= RACE_AFTER:
+                medians = {k.name: statistics.median(samples[k.name]) for k in kept}
+                leader = min(medians.values())
+                kept = [k for k in kept if medians[k.name] <= race * leader]
+        finished = {k.name for k in kept}
+        res.times = {name: _summary(s, name not in finished) for name, s in samples.items()}
+    res.cost_s = clock() - t_start
+    return res
+
+
+def _pause(fastest_s: float) -> float:
+    return min(PAUSE_MAX_S, max(PAUSE_MIN_S, 10.0 * fastest_s))
+
+
+__all__ = ["Result", "run", "inputs", "flops", "rel_error", "RIGOR"]

@@ -1,0 +1,393 @@
+"""The tuning cache on disk: FFTW's wisdom, with FFTW's caveats applied.
+
+Where: ``$FASTCONV_CACHE_DIR``, else the platform's user cache directory + ``fastconv``
+(``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%``
+on Windows).
+
+What: one JSON file per *environment*, ``tuning-<key>.json``, where the key hashes everything a
+timing depends on besides the problem: CPU model and ISA flags, CPU and thread counts, fastconv's
+version, a hash of the kernels' Python sources, the C extension's build fingerprint and a hash
+of the binary itself (compiler and flags included), and the numba, numpy and OpenBLAS versions.
+The file also stores these fields, and a file whose fields differ from this process's is never
+trusted (a copied file, another release): it is reported once and rebuilt.
+
+The file::
+
+    {"format": 1, "env_key": "...", "environment": {...},
+     "entries": {"<op> <spec repr>": {"op": ..., "rigor": "measure", "best": "c.im2col",
+                                        "times": {kernel: {"median": s, "q1": s, "q3": s, "min": s,
+                                                           "max": s, "runs": n, "dropped": bool}},
+                                        "errors": {kernel: max rel. error vs the reference},
+                                        "failed": {kernel: why it was excluded},
+                                        "cost_s": wall seconds of the measurement, "created": iso}}}
+
+How: writes are atomic (a temporary file in the same directory, then ``os.replace``) and merge
+what is on disk (re-read, merge, replace, under an ``fcntl`` lock where there is one), so
+processes tuning at once keep each other's entries.  A corrupt, truncated, unreadable or foreign
+file is reported once as a RuntimeWarning and rebuilt; a directory that cannot be written
+degrades to in-memory tuning (reported once).  Nothing here ever raises into a conv2d call.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import warnings
+
+FORMAT = 1
+PREFIX = "tuning-"
+RIGOR_RANK = {"measure": 1, "patient": 2}
+
+# Package modules that only choose or report: editing them does not change a kernel's speed, so
+# they stay out of the kernel-source hash.  Every other .py of the package is in it.
+_NOT_KERNEL_SOURCES = {"__init__.py", "_version.py", "api.py", "bench.py", "cli.py", "dispatch.py",
+                       "measure.py", "nets.py", "tuning_cache.py", "torch.py"}
+
+_warned: set = set()  # (path, kind): each problem with a file is reported once per process
+_warn_lock = threading.Lock()
+
+
+def _warn_once(path: str, kind: str, message: str) -> None:
+    with _warn_lock:
+        if (path, kind) in _warned:
+            return
+        _warned.add((path, kind))
+    warnings.warn(f"fastconv: {message}", RuntimeWarning, stacklevel=4)
+
+
+# ----------------------------------------------------------------------------- where
+
+def user_cache_dir() -> str:
+    """The platform's per-user cache directory (no platformdirs dependency)."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+    elif sys.platform == "darwin":
+        base = os.path.join(os.path.expanduser("~"), "Library", "Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastconv")
+
+
+def cache_dir() -> str:
+    return os.environ.get("FASTCONV_CACHE_DIR") or user_cache_dir()
+
+
+# ----------------------------------------------------------------------------- the environment key
+
+def _cpu_flags() -> str:
+    """The ISA flags (Linux: /proc/cpuinfo), or '' where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return ""
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def kernel_sources_hash() -> str:
+    """SHA-256 over the package's Python sources that define or serve kernels (fastconv/*.py but
+    the choosing and reporting modules, fastconv/numba/*.py, fastconv/c/*.py)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for sub in ("", "numba", "c"):
+        for path in sorted(glob.glob(os.path.join(root, sub, "*.py"))):
+            if not sub and os.path.basename(path) in _NOT_KERNEL_SOURCES:
+                continue
+            digest.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+_static_env: dict | None = None
+
+
+def _static_environment() -> dict:
+    """Every environment field but the thread count, computed once per process."""
+    global _static_env
+    if _static_env is None:
+        import numba
+        import numpy
+
+        from . import __version__
+        from .bench import cpu_model
+        from .c import _lib
+
+        binary = "not built"
+        if _lib.lib is not None:
+            try:
+                import fastconv._cconv as cconv
+                with open(cconv.__file__, "rb") as f:
+                    binary = _sha(f.read())
+            except (ImportError, AttributeError, OSError):
+                binary = "unreadable"
+        try:
+            from importlib.metadata import version
+            openblas = version("scipy-openblas32")
+        except Exception:  # noqa: BLE001 - metadata missing in odd installs: key on "unknown"
+            openblas = "unknown"
+        _static_env = {
+            "cpu": cpu_model(), "machine": platform.machine(), "isa": _sha(_cpu_flags().encode()),
+            "cpus": os.cpu_count(), "fastconv": __version__, "kernels": kernel_sources_hash(),
+            "c_build": _lib.build_info(), "c_binary": binary, "numba": numba.__version__,
+            "numpy": numpy.__version__, "openblas": openblas,
+            "python": f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}",
+        }
+    return _static_env
+
+
+def environment(threads: int) -> dict:
+    return {"format": FORMAT, **_static_environment(), "threads": threads}
+
+
+def env_key(env: dict) -> str:
+    return _sha(json.dumps(env, sort_keys=True).encode())
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# ----------------------------------------------------------------------------- the file
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive lock on path + '.lock' (fcntl where there is one; nothing elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: os.replace still keeps every write whole
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _valid_entry(entry) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("times"), dict):
+        return False
+    for t in entry["times"].values():
+        if not isinstance(t, dict) or not isinstance(t.get("median"), (int, float)) or t["median"] < 0:
+            return False
+    return isinstance(entry.get("failed", {}), dict) and isinstance(entry.get("rigor", "measure"), str)
+
+
+def read_document(path: str, env: dict | None, *, strict: bool = False) -> dict:
+    """The entries of a cache file.  A missing file is empty; a corrupt, unreadable or (when env
+    is given) foreign one is reported once and treated as empty, or raises ValueError if strict."""
+    def bad(kind: str, message: str) -> dict:
+        if strict:
+            raise ValueError(message)
+        _warn_once(path, kind, message + "; ignoring it (it will be rebuilt)")
+        return {}
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        if strict:
+            raise
+        return {}
+    except OSError as exc:
+        return bad("unreadable", f"cannot read the tuning cache {path} ({exc.strerror or exc})")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return bad("corrupt", f"the tuning cache {path} is corrupt or truncated ({exc})")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict) \
+            or not isinstance(doc.get("environment"), dict):
+        return bad("corrupt", f"the tuning cache {path} is not a fastconv tuning file of format {FORMAT}")
+    if env is not None and doc["environment"] != env:
+        diff = ", ".join(_differences(doc["environment"], env))
+        return bad("foreign", f"the tuning cache {path} was written for another machine or build "
+                              f"(differs in: {diff})")
+    entries = {k: e for k, e in doc["entries"].items() if _valid_entry(e)}
+    if len(entries) != len(doc["entries"]):
+        if strict:
+            raise ValueError(f"{path}: {len(doc['entries']) - len(entries)} malformed entries")
+        _warn_once(path, "entries", f"the tuning cache {path} holds malformed entries; ignoring them")
+    doc["entries"] = entries
+    return doc if strict else entries
+
+
+def _merge(into: dict, new: dict) -> dict:
+    """Entries of new replace those of into, unless the one in into was measured more patiently."""
+    for key, entry in new.items():
+        old = into.get(key)
+        if old is None or RIGOR_RANK.get(entry.get("rigor"), 0) >= RIGOR_RANK.get(old.get("rigor"), 0):
+            into[key] = entry
+    return into
+
+
+def _write_atomically(path: str, doc: dict) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would make an exported file unreadable to others
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class TuningCache:
+    """The entries of one environment: a dict in memory, backed by one file."""
+
+    def __init__(self, directory: str, threads: int):
+        self.directory = directory
+        self.env = environment(threads)
+        self.key = env_key(self.env)
+        self.path = os.path.join(directory, f"{PREFIX}{self.key}.json")
+        self.entries: dict = {}
+        self.writable = True
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    def _document(self, entries: dict) -> dict:
+        return {"format": FORMAT, "env_key": self.key, "environment": self.env, "entries": entries}
+
+    def load(self) -> None:
+        with self._lock:
+            if not self._loaded:
+                self.entries = read_document(self.path, self.env)
+                self._loaded = True
+
+    def get(self, key: str) -> dict | None:
+        self.load()
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        self.update({key: entry})
+
+    def update(self, new: dict) -> None:
+        """Add entries in memory and merge them into the file (re-read, merge, replace)."""
+        with self._lock:
+            self.load()
+            _merge(self.entries, new)
+            self._persist(lambda on_disk: _merge(on_disk, new))
+
+    def _persist(self, combine) -> bool:
+        """Under the file lock: re-read the file, write combine(its entries) atomically, and hold
+        the result (so also what other processes wrote meanwhile).  False, and in-memory only from
+        then on (reported once), when the directory cannot be written."""
+        if not self.writable:
+            return False
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            with _locked(self.path):
+                merged = combine(read_document(self.path, self.env))
+                _write_atomically(self.path, self._document(merged))
+            self.entries = merged
+            return True
+        except OSError as exc:
+            self.writable = False
+            _warn_once(self.directory, "readonly", f"cannot write the tuning cache in {self.directory} "
+                                                   f"({exc.strerror or exc}); tuning results are kept in memory only")
+            return False
+
+    def reload(self) -> None:
+        """Read the file again (other processes may have written): its entries win, and entries
+        held only in memory (an unwritable directory) stay."""
+        with self._lock:
+            if not self._loaded:
+                self.load()
+                return
+            self.entries = {**self.entries, **read_document(self.path, self.env)}
+
+    def export(self, path: str) -> int:
+        """Write this environment's entries to path (a file to ship or check in); their count."""
+        with self._lock:
+            self.reload()
+            _write_atomically(os.path.abspath(path), self._document(self.entries))
+            return len(self.entries)
+
+    def import_(self, path: str, force: bool = False) -> int:
+        """Merge the entries of an exported file; refuses (ValueError) a file of another machine or
+        build unless force.  Imported entries replace this environment's for the same problems."""
+        doc = read_document(path, None, strict=True)
+        diff = _differences(doc["environment"], self.env)
+        if diff and not force:
+            raise ValueError(f"{path} was tuned for another machine or build (differs in: {', '.join(diff)}); "
+                             "its timings do not hold here (force=True / --force imports it anyway)")
+        entries = doc["entries"]  # they replace entries of any rigor: shipped on purpose
+        with self._lock:
+            self.load()
+            if not self._persist(lambda on_disk: {**on_disk, **entries}):
+                self.entries.update(entries)
+            return len(entries)
+
+
+_caches: dict = {}
+_caches_lock = threading.Lock()
+
+
+def current(threads: int) -> TuningCache:
+    """The cache of this process's environment at the given thread count, in the current
+    cache directory (FASTCONV_CACHE_DIR is read on every call: it may change, e.g. in tests)."""
+    directory = cache_dir()
+    with _caches_lock:
+        cache = _caches.get((directory, threads))
+        if cache is None:
+            cache = _caches[(directory, threads)] = TuningCache(directory, threads)
+        return cache
+
+
+def files(directory: str | None = None) -> list[str]:
+    """Every tuning file in the directory, of any environment."""
+    return sorted(glob.glob(os.path.join(directory or cache_dir(), PREFIX + "*.json")))
+
+
+def clear(directory: str | None = None) -> list[str]:
+    """Delete every tuning file (all environments) and its lock; forget what was loaded."""
+    directory = directory or cache_dir()
+    removed = []
+    for path in files(directory):
+        for p in (path, path + ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        removed.append(path)
+    for tmp in glob.glob(os.path.join(directory, ".tmp-*.json")):  # left by a process killed mid-write
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    with _caches_lock:
+        for (d, _), cache in list(_caches.items()):
+            if d == directory:
+                with cache._lock:
+                    cache.entries, cache._loaded = {}, True
+    return removed
+
+
+def forget() -> None:
+    """Drop every in-memory cache object (the files stay): the next use recomputes the
+    environment, reads the files again, and reports a problem with them again."""
+    global _static_env
+    with _caches_lock:
+        _caches.clear()
+        _static_env = None
+    with _warn_lock:
+        _warned.clear()
+
+
+__all__ = ["TuningCache", "current", "cache_dir", "user_cache_dir", "environment", "env_key", "files",
+           "clear", "forget", "read_document", "kernel_sources_hash"]

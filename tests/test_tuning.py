@@ -1,0 +1,483 @@
+"""The measuring dispatcher and its tuning cache: measured choice, the cache file's life (round
+trip, corruption, foreign files, concurrent writers, read-only directories), explain, tune,
+frozen mode, export/import and the heuristic.
+
+Most tests inject fake kernels through the registry (the NumPy reference's run, optionally made
+slow) so that which kernel is fastest is known, and timing them is quick."""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import dispatch, measure, registry, threads, tuning_cache
+from fastconv.registry import Kernel
+from fastconv.spec import ConvSpec
+
+SHAPES = ((1, 2, 6, 6), (3, 2, 3, 3))  # a tiny problem: the reference runs it in microseconds
+SLOW_S = 0.004
+
+
+def fake(name, op="conv2d.fwd", delay=0.0, why_not=None, rtol=None, wrong=False):
+    """A kernel computing the reference's result (optionally late, or wrong)."""
+    ref = registry.kernels(op)[-1].run
+
+    def run(spec, *args):
+        if delay:
+            time.sleep(delay)
+        out = ref(spec, *args)
+        return out + 1 if wrong else out
+    extra = {"rtol": rtol} if rtol else {}
+    return Kernel(name, op, run, **({"why_not": why_not} if why_not else {}), **extra)
+
+
+def install(monkeypatch, *kernels, op="conv2d.fwd"):
+    """Replace op's kernels by these (the reference stays last)."""
+    keep = tuple(k for k in registry.KERNELS if k.op != op or k.backend == "numpy")
+    monkeypatch.setattr(registry, "KERNELS", tuple(kernels) + keep)
+
+
+def spec_of(x_shape=SHAPES[0], w_shape=SHAPES[1], **kw):
+    return ConvSpec.from_shapes(x_shape, w_shape, **kw)
+
+
+def choose(spec, op="conv2d.fwd", **kw):
+    return dispatch.choose(op, spec, caller="test", **kw)
+
+
+def cache_file():
+    return tuning_cache.current(threads.get_num_threads()).path
+
+
+@pytest.fixture
+def slow_and_fast(monkeypatch, measuring):
+    """c.im2col_slow (the heuristic's pick: family im2col, C first) sleeps; numba.direct_fast
+    does not."""
+    slow, quick = fake("c.im2col_slow", delay=SLOW_S), fake("numba.direct_fast")
+    install(monkeypatch, slow, quick)
+    return slow, quick
+
+
+def count_measurements(monkeypatch):
+    calls = []
+    real = measure.run
+
+    def counting(*a, **kw):
+        calls.append(a[:2])
+        return real(*a, **kw)
+    monkeypatch.setattr(measure, "run", counting)
+    return calls
+
+
+def forbid_measuring(monkeypatch):
+    def boom(*a, **kw):
+        raise AssertionError("measured in a mode that must not")
+    monkeypatch.setattr(measure, "run", boom)
+
+
+# ----------------------------------------------------------------------------- measured choice
+
+def test_the_choice_is_the_measured_best_not_the_heuristic(slow_and_fast, monkeypatch):
+    slow, quick = slow_and_fast
+    spec = spec_of()
+    assert dispatch.heuristic("conv2d.fwd", spec, [slow, quick]) is slow
+    calls = count_measurements(monkeypatch)
+    assert choose(spec) is quick
+    assert choose(spec) is quick and len(calls) == 1  # then a dict lookup
+    plan = fc.explain(*SHAPES)
+    assert plan.chosen == quick.name and plan.source == "measured now" and plan.heuristic == slow.name
+    assert plan.candidate(slow.name).median_s >= SLOW_S > plan.candidate(quick.name).median_s
+    # the other way round, in a fresh cache: the choice follows the clock, not the names
+    install(monkeypatch, fake("c.im2col_slow"), fake("numba.direct_fast", delay=SLOW_S))
+    tuning_cache.clear()
+    assert choose(spec).name == "c.im2col_slow"
+
+
+def test_the_reference_is_a_candidate_only_when_nothing_else_is(slow_and_fast):
+    plan = fc.explain(*SHAPES)
+    assert "numpy.reference: the reference serves only when no other kernel can" in plan.refused
+    assert "numpy.reference" not in [c.name for c in plan.candidates]
+    assert choose(spec_of(), algo="reference").backend == "numpy"
+
+
+def test_measuring_uses_its_own_inputs(slow_and_fast):
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (SHAPES[0], SHAPES[1], (3,)))
+    before = [a.copy() for a in (x, w, b)]
+    y = fc.conv2d(x, w, b)
+    for a, a0 in zip((x, w, b), before):
+        np.testing.assert_array_equal(a, a0)
+        assert not np.shares_memory(y, a)
+    np.testing.assert_allclose(y, fc.reference.conv2d(x, w, b), rtol=1e-5)
+
+
+def test_a_kernel_far_over_its_error_bound_is_excluded(monkeypatch, measuring):
+    install(monkeypatch, fake("c.im2col_wrong", wrong=True), fake("numba.direct_ok", delay=0.001))
+    plan = fc.explain(*SHAPES)
+    assert plan.chosen == "numba.direct_ok"
+    assert "excluded: measured error" in plan.candidate("c.im2col_wrong").note
+
+
+def test_backward_passes_are_tuned_separately(measuring):
+    gy = np.ones((1, 3, 4, 4), np.float32)
+    fc.conv2d_backward(gy, np.ones(SHAPES[0], np.float32), np.ones(SHAPES[1], np.float32), backend="c")
+    ops = {e["op"] for e in json.load(open(cache_file()))["entries"].values()}
+    assert ops == {"conv2d.bwd_data", "conv2d.bwd_weight"}
+
+
+def test_thread_count_is_part_of_the_key(measuring):
+    if threads.max_threads() < 2:
+        pytest.skip("one thread only")
+    assert tuning_cache.current(1).path != tuning_cache.current(2).path
+    n = threads.get_num_threads()
+    try:
+        threads.set_num_threads(1)
+        one = fc.explain(*SHAPES)
+        threads.set_num_threads(2)
+        two = fc.explain(*SHAPES)
+    finally:
+        threads.set_num_threads(n)
+    assert (one.threads, two.threads) == (1, 2) and one.cache_file != two.cache_file
+    assert one.source == two.source == "measured now"
+
+
+def test_patient_trusts_only_patient_entries(slow_and_fast, monkeypatch):
+    calls = count_measurements(monkeypatch)
+    spec = spec_of()
+    choose(spec)
+    dispatch.set_tuning("patient")
+    choose(spec)
+    choose(spec)
+    assert len(calls) == 2
+    assert json.load(open(cache_file()))["entries"][dispatch.problem_key("conv2d.fwd", spec)]["rigor"] == "patient"
+
+
+def test_measuring_stays_within_its_budget(monkeypatch, measuring):
+    install(monkeypatch, fake("c.im2col_a", delay=0.02), fake("numba.direct_b", delay=0.02))
+    dispatch.set_tuning(budget_s=0.1)
+    t0 = time.perf_counter()
+    plan = fc.explain(*SHAPES)
+    # compile (untimed) + reference + probes (two calls each): rounds are cut to fit; here none do
+    assert time.perf_counter() - t0 < 0.6
+    assert all(c.runs == measure.PROBE_CALLS for c in plan.candidates)
+
+
+# ----------------------------------------------------------------------------- the cache file
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import fastconv as fc
+    x = np.ones((1, 2, {h}, 6), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+    fc.conv2d(x, w, backend="c")  # the C kernels only: no Numba kernel to load in every process
+    p = fc.explain(x.shape, w.shape, backend="c")
+    print(json.dumps([p.chosen, p.source, p.cache_file]))
+""")
+
+
+def run_script(code, cache_dir, **env):
+    env = {**os.environ, "FASTCONV_CACHE_DIR": str(cache_dir), "FASTCONV_TUNING": "measure",
+           "FASTCONV_TUNE_BUDGET_S": "0.3", **env}
+    env.pop("FASTCONV_AUTOTUNE", None)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+PUT = textwrap.dedent("""
+    import sys
+    from fastconv import tuning_cache
+    c = tuning_cache.current(int(sys.argv[2]))
+    for i in range(20):
+        c.put(f"p{sys.argv[1]}-{i}", {"op": "x", "rigor": "measure", "times": {"k.a": {"median": 1.0}}})
+    print('"ok"')
+""")
+
+
+def test_cache_round_trip_and_concurrent_writers(measuring):
+    x, w = np.ones((1, 2, 6, 6), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    fc.conv2d(x, w, backend="c")  # measured here, read back by a fresh process below
+    plan = fc.explain(x.shape, w.shape, backend="c")
+    first = [plan.chosen, plan.source, plan.cache_file]
+    assert first[1] == "measured now" and os.path.isfile(first[2])
+    # at once: a process reading what the first stored, two measuring new problems, and two
+    # hammering the same file with writes -- merge-on-write keeps every entry of every process
+    n = str(threads.get_num_threads())
+    env = {**os.environ, "FASTCONV_CACHE_DIR": str(measuring)}
+    puts = [subprocess.Popen([sys.executable, "-c", PUT, str(i), n], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    again, *others = [finish(p) for p in [run_script(SCRIPT.format(h=h), measuring) for h in (6, 7, 8)]]
+    assert all(finish(p) == "ok" for p in puts)
+    # (a different file here means the kernels' sources changed during the test: a new environment)
+    assert again == [first[0], "cache", first[2]], (first, again)
+    assert [o[1] for o in others] == ["measured now"] * 2 and {o[2] for o in others} == {first[2]}
+    entries = json.load(open(first[2]))["entries"]
+    assert sorted(k.split("h=")[1].split(",")[0] for k in entries if k.startswith("conv2d")) == ["6", "7", "8"]
+    assert {f"p{i}-{j}" for i in range(2) for j in range(20)} <= set(entries)
+
+
+def _entry(best, others=(), rigor="measure"):
+    times = {best: {"median": 1e-9, "q1": 1e-9, "q3": 1e-9, "min": 1e-9, "max": 1e-9, "runs": 5}}
+    times.update({o: {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0, "runs": 5} for o in others})
+    return {"op": "conv2d.fwd", "rigor": rigor, "times": times, "errors": {}, "failed": {}, "best": best}
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _valid_doc(spec, best, others=(), **env_changes):
+    cache = tuning_cache.current(threads.get_num_threads())
+    return {"format": 1, "env_key": cache.key, "environment": {**cache.env, **env_changes},
+            "entries": {dispatch.problem_key("conv2d.fwd", spec): _entry(best, others)}}
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage", "corrupt or truncated"),
+    ("truncated", "corrupt or truncated"),
+    ("not-a-cache", "not a fastconv tuning file"),
+    ("foreign-machine", "another machine or build (differs in: cpu)"),
+    ("other-version", "another machine or build (differs in: fastconv, kernels)"),
+])
+def test_damaged_or_foreign_files_are_reported_once_and_rebuilt(slow_and_fast, damage, message):
+    slow, quick = slow_and_fast
+    spec = spec_of()
+    path = cache_file()
+    good = json.dumps(_valid_doc(spec, slow.name, [quick.name]))  # a lie: slow would be "fastest"
+    text = {"garbage": "\x00\xffnot json", "truncated": good[: len(good) // 2], "not-a-cache": "[1, 2, 3]",
+            "foreign-machine": json.dumps(_valid_doc(spec, slow.name, [quick.name], cpu="Some Other CPU")),
+            "other-version": json.dumps(_valid_doc(spec, slow.name, [quick.name], fastconv="0.0.1",
+                                                   kernels="0123456789abcdef")),
+            }[damage]
+    _write(path, text)
+    with pytest.warns(RuntimeWarning, match=re.escape(message)):
+        assert choose(spec) is quick  # measured: the damaged file's entry is never trusted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        choose(spec_of((1, 2, 7, 7)))
+    doc = json.load(open(path))  # rebuilt: ours, valid, with both measured problems
+    assert doc["environment"] == tuning_cache.current(threads.get_num_threads()).env and len(doc["entries"]) == 2
+
+
+def test_an_entry_naming_a_kernel_no_longer_registered_is_not_trusted(slow_and_fast):
+    slow, quick = slow_and_fast
+    spec = spec_of()
+    _write(cache_file(), json.dumps(_valid_doc(spec, "numba.gone", [slow.name])))
+    assert choose(spec) is quick
+
+
+def test_a_valid_entry_is_used_without_measuring(slow_and_fast, monkeypatch):
+    slow, quick = slow_and_fast
+    spec = spec_of()
+    _write(cache_file(), json.dumps(_valid_doc(spec, slow.name, [quick.name])))
+    forbid_measuring(monkeypatch)
+    assert choose(spec) is slow  # the file says so (the lie is ours: the file is trusted)
+    plan = fc.explain(*SHAPES)
+    assert plan.source == "cache" and cache_file() in plan.detail and plan.key in plan.detail
+
+
+def test_unwritable_directory_degrades_to_memory(slow_and_fast, monkeypatch, tmp_path):
+    _, quick = slow_and_fast
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker / "cache"))  # a directory that cannot exist
+    calls = count_measurements(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="kept in memory only"):
+        assert choose(spec_of()) is quick
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose(spec_of((1, 2, 7, 7))) is quick
+        dispatch.forget()
+        assert choose(spec_of()) is quick  # from the in-memory entries
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_directory_degrades_to_memory(slow_and_fast, measuring):
+    _, quick = slow_and_fast
+    measuring.mkdir()
+    measuring.chmod(0o555)
+    try:
+        with pytest.warns(RuntimeWarning, match="kept in memory only"):
+            assert choose(spec_of()) is quick
+    finally:
+        measuring.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- explain
+
+def test_explain_says_why(monkeypatch, measuring):
+    picky = fake("c.winograd_f4k3",
+                 why_not=lambda s: None if s.stride == (1, 1) else f"needs stride 1, got {s.stride[0]}")
+    loose = fake("numba.winograd_f2k3", rtol={"float32": 1e-3, "float64": 1e-9})
+    install(monkeypatch, picky, fake("c.im2col_slow", delay=SLOW_S), fake("numba.direct_fast"), loose)
+    plan = fc.explain((1, 2, 7, 7), (3, 2, 3, 3), stride=2, rtol=1e-4)
+    assert "c.winograd_f4k3: needs stride 1, got 2" in plan.refused
+    assert any(r.startswith("numba.winograd_f2k3:") and "over the rtol=0.0001 budget" in r for r in plan.refused)
+    assert plan.chosen == "numba.direct_fast" and plan.source == "measured now"
+    fast = plan.candidate("numba.direct_fast")
+    assert fast.median_s > 0 and fast.spread_s[0] <= fast.median_s <= fast.spread_s[1]
+    assert fast.gflops > 0 and fast.error == 0.0 and fast.bound == 1e-5
+    assert plan.tuning_cost_s > 0 and plan.saving_per_call_s >= SLOW_S * 0.5
+    text = str(plan)
+    for piece in ("chosen: numba.direct_fast", "median ms", "GFLOP/s", "not candidates:", "needs stride 1, got 2",
+                  "tuning cost", "heuristic: c.im2col_slow"):
+        assert piece in text
+    json.dumps(plan.to_dict())
+    dispatch.forget()  # a new process would read it from the cache file
+    again = fc.explain((1, 2, 7, 7), (3, 2, 3, 3), stride=2, rtol=1e-4)
+    assert again.source == "cache" and again.chosen == plan.chosen and again.key in again.detail
+
+
+def test_explain_repro_runs_and_errors_name_the_argument():
+    plan = fc.explain((1, 3, 8, 8), (4, 3, 3, 3), padding=1, op="conv2d.bwd_data")
+    assert plan.source in ("heuristic", "only candidate")
+    exec(plan.repro(), {})
+    with pytest.raises(ValueError, match="op='conv2d.sideways'"):
+        fc.explain((1, 3, 8, 8), (4, 3, 3, 3), op="conv2d.sideways")
+    with pytest.raises(ValueError, match="groups=2 does not divide in_channels=3"):
+        fc.explain((1, 3, 8, 8), (4, 3, 3, 3), groups=2)
+
+
+# ----------------------------------------------------------------------------- modes
+
+def test_frozen_mode_never_changes_a_choice(slow_and_fast, monkeypatch):
+    slow, quick = slow_and_fast
+    spec, other = spec_of(), spec_of((1, 2, 7, 7))
+    assert choose(spec) is quick  # measured, in the file
+    dispatch.set_tuning("frozen")
+    forbid_measuring(monkeypatch)
+    assert choose(spec) is quick  # from the cache
+    plan = fc.explain(*SHAPES)
+    assert plan.source == "cache"
+    assert choose(other) is slow  # no entry: the heuristic, not timed
+    assert "mode frozen" in fc.explain((1, 2, 7, 7), SHAPES[1]).detail
+    # another process rewrites the file: this one's choices stay as they were
+    _write(cache_file(), json.dumps(_valid_doc(spec, slow.name, [quick.name])))
+    dispatch.forget()
+    assert choose(spec) is quick and choose(other) is slow
+
+
+def test_budget_zero_and_estimate_never_time(slow_and_fast, monkeypatch):
+    slow, quick = slow_and_fast
+    forbid_measuring(monkeypatch)
+    dispatch.set_tuning("measure", budget_s=0)
+    assert choose(spec_of()) is slow
+    assert fc.explain(*SHAPES).detail == "tuning budget 0, no cache entry for it"
+    dispatch.set_tuning("estimate", budget_s=5)
+    assert choose(spec_of()) is slow and fc.explain(*SHAPES).source == "heuristic"
+    assert not os.path.exists(cache_file())
+
+
+def test_settings_from_the_environment(monkeypatch):
+    for env, expected in [({"FASTCONV_TUNING": "frozen"}, ("frozen", 10.0)),
+                          ({"FASTCONV_AUTOTUNE": "0"}, ("estimate", 10.0)),
+                          ({"FASTCONV_TUNING": "patient", "FASTCONV_TUNE_BUDGET_S": "2.5"}, ("patient", 2.5))]:
+        for name in ("FASTCONV_TUNING", "FASTCONV_AUTOTUNE", "FASTCONV_TUNE_BUDGET_S"):
+            monkeypatch.delenv(name, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert dispatch._settings_from_environment() == expected
+    monkeypatch.setenv("FASTCONV_TUNING", "sloppy")
+    with pytest.warns(RuntimeWarning, match="ignoring FASTCONV_TUNING='sloppy'"):
+        dispatch._settings_from_environment()
+    with pytest.raises(ValueError, match="mode='sloppy'"):
+        fc.set_tuning("sloppy")
+    with pytest.raises(ValueError, match="budget_s=-1"):
+        fc.set_tuning(budget_s=-1)
+
+
+def test_cache_directory_follows_the_platform(monkeypatch):
+    monkeypatch.delenv("FASTCONV_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    if sys.platform.startswith("linux"):
+        assert tuning_cache.cache_dir() == "/somewhere/fastconv"
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", "/elsewhere")
+    assert tuning_cache.cache_dir() == "/elsewhere"
+
+
+# ----------------------------------------------------------------------------- export / import, tune
+
+def test_export_then_import(slow_and_fast, monkeypatch, tmp_path):
+    slow, quick = slow_and_fast
+    spec = spec_of()
+    choose(spec)
+    cache = tuning_cache.current(threads.get_num_threads())
+    shipped = tmp_path / "shipped.json"
+    assert cache.export(str(shipped)) == 1
+    tuning_cache.clear()
+    dispatch.forget()
+    assert cache.import_(str(shipped)) == 1
+    forbid_measuring(monkeypatch)
+    assert choose(spec) is quick and fc.explain(*SHAPES).source == "cache"
+    doc = json.load(open(shipped))
+    doc["environment"]["cpu"] = "Another CPU"
+    shipped.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"another machine or build \(differs in: cpu\)"):
+        cache.import_(str(shipped))
+    assert cache.import_(str(shipped), force=True) == 1
+    shipped.write_text("{truncated")
+    with pytest.raises(ValueError, match="corrupt"):
+        cache.import_(str(shipped))
+
+
+def test_tune_fills_the_cache_with_a_progress_bar(slow_and_fast, monkeypatch):
+    import io
+
+    from fastconv import nets
+
+    slow, quick = slow_and_fast
+    bar = io.StringIO()
+    specs = [spec_of(), spec_of((1, 2, 7, 7)), spec_of()]  # the duplicate is tuned once
+    plans = fc.tune(specs, progress=bar)
+    assert [p.chosen for p in plans] == [quick.name] * 2 and all(p.source == "measured now" for p in plans)
+    assert "2/2" in bar.getvalue() and bar.getvalue().endswith("\n")
+    assert all(p.heuristic == slow.name and p.heuristic_ratio > 1 for p in plans)
+    forbid_measuring(monkeypatch)
+    assert [p.source for p in fc.tune(specs, progress=False)] == ["cache"] * 2
+    # a net's layers: every op of the requested passes, each distinct shape once
+    todo = dispatch._problems(None, "resnet18", 1, "float32", ("fwd", "bwd"))
+    ops = [op for _, op, _ in todo]
+    layers = nets.get("resnet18")
+    convs = sum(layer.kind == "conv" for layer in layers)
+    assert ops.count("conv2d.fwd") == ops.count("conv2d.bwd_data") == ops.count("conv2d.bwd_weight") == convs
+    assert ops.count("maxpool2d.fwd") == ops.count("maxpool2d.bwd") == len(layers) - convs
+    with pytest.raises(ValueError, match="unknown net"):
+        fc.tune(net="lenet9")
+
+
+# ----------------------------------------------------------------------------- the heuristic
+
+def test_heuristic_rule(monkeypatch):
+    kernels = [fake("c.direct"), fake("c.im2col"), fake("numba.im2col"), fake("numba.direct"),
+               fake("c.winograd_f4k3"), fake("numba.winograd_f2k3")]
+    install(monkeypatch, *kernels)
+
+    def pick(x, w, op="conv2d.fwd", **kw):
+        spec = spec_of(x, w, **kw)
+        return dispatch.heuristic(op, spec, dispatch.eligible(op, spec, caller="t")[0]).name
+
+    assert pick((1, 64, 56, 56), (64, 64, 3, 3), padding=1) == "c.winograd_f4k3"    # the largest tile
+    assert pick((1, 64, 56, 56), (64, 64, 3, 3), padding=1, stride=2) == "c.im2col"
+    assert pick((1, 3, 224, 224), (64, 3, 3, 3), padding=1) == "c.im2col"             # too few channels
+    assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_data") == "c.winograd_f4k3"
+    assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_weight") == "c.im2col"
+    assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, op="conv2d.bwd_weight") == "c.direct"  # depthwise
+    # in estimate mode (the test session's) auto follows it, and C falls back to Numba
+    x, w = np.ones((1, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    assert choose(ConvSpec.from_args(x, w)).name == "c.im2col"
+    assert choose(ConvSpec.from_args(x, w), backend="numba").name == "numba.im2col"
