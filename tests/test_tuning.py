@@ -186,8 +186,9 @@ def run_script(code, cache_dir, **env):
     env = {**os.environ, "FASTCONV_CACHE_DIR": str(cache_dir), "FASTCONV_TUNING": "measure",
            "FASTCONV_TUNE_BUDGET_S": "0.3", **env}
     env.pop("FASTCONV_AUTOTUNE", None)
+    # cwd: not the checkout, whose fastconv/ (no built extension) would shadow the installed package
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, cwd=cache_dir)
 
 
 def finish(proc):
@@ -217,7 +218,7 @@ def test_cache_round_trip_and_concurrent_writers(measuring):
     n = str(threads.get_num_threads())
     env = {**os.environ, "FASTCONV_CACHE_DIR": str(measuring)}
     puts = [subprocess.Popen([sys.executable, "-c", PUT, str(i), n], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+                             stderr=subprocess.PIPE, text=True, cwd=measuring) for i in range(2)]
     again, *others = [finish(p) for p in [run_script(SCRIPT.format(h=h), measuring) for h in (6, 7, 8)]]
     assert all(finish(p) == "ok" for p in puts)
     # (a different file here means the kernels' sources changed during the test: a new environment)

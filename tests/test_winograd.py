@@ -357,7 +357,7 @@ def test_the_matrices_compute_f_m_3_exactly(m, points):
 
 
 def test_the_generated_c_header_is_current():
-    header = Path(winograd_points.__file__).resolve().parent.parent / "csrc" / "winograd_matrices.h"
+    header = Path(__file__).resolve().parents[1] / "csrc" / "winograd_matrices.h"  # the checkout's, not site-packages
     assert header.read_text() == winograd_points.c_header(), \
         "csrc/winograd_matrices.h is stale: run `python -m fastconv.winograd_points`"
 
