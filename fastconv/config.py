@@ -1,4 +1,5 @@
-"""Process-wide settings other than threads: the workspace budget of the im2col kernels.
+"""Process-wide settings other than threads: the workspace budget of the im2col kernels, and the
+reading of byte budgets from the environment (also the Winograd filter cache's bound).
 
 The column matrix of a large layer (VGG-16's first layers: over 100 MB per image) is unfolded in
 chunks of output rows so that the buffers of all threads together stay within this budget
@@ -13,22 +14,23 @@ import warnings
 DEFAULT_BYTES = 64 << 20
 
 
-def _from_environment() -> int:
-    value = os.environ.get("FASTCONV_WORKSPACE_MB")
+def mb_from_environment(name: str, default: int) -> int:
+    """Bytes from the environment variable name, given in MiB; default when unset or invalid."""
+    value = os.environ.get(name)
     if value is None:
-        return DEFAULT_BYTES
+        return default
     try:
         mb = float(value)
         if mb <= 0:
             raise ValueError
         return int(mb * (1 << 20))
     except ValueError:
-        warnings.warn(f"fastconv: ignoring FASTCONV_WORKSPACE_MB={value!r}: expected a positive number",
+        warnings.warn(f"fastconv: ignoring {name}={value!r}: expected a positive number",
                       RuntimeWarning, stacklevel=2)
-        return DEFAULT_BYTES
+        return default
 
 
-_workspace_bytes = _from_environment()
+_workspace_bytes = mb_from_environment("FASTCONV_WORKSPACE_MB", DEFAULT_BYTES)
 
 
 def workspace_bytes() -> int:

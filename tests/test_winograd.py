@@ -259,6 +259,37 @@ def test_weights_changed_in_place_are_never_stale(kernel, filters, rng):
     assert filters.misses == 4 and filters.hits == 0 and len(filters) == 1  # one entry per address
 
 
+@pytest.mark.parametrize("kernel", BACKWARD)
+def test_grad_of_input_keeps_the_weights_not_their_transposed_view(kernel, filters, rng):
+    """Both backends key the backward's transform by the OIHW weights (contiguous: a fast compare),
+    apart from the forward's, and see an in-place update."""
+    w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((1, 6, 10, 10)).astype(np.float32)
+    spec = ConvSpec.from_shapes((1, 8, 10, 10), w.shape, 1, 1)
+    usable(kernel, spec)
+    for _ in range(2):
+        gx = kernel.run(spec, gy, w)
+        assert rel_err(gx, reference.conv2d_backward(gy, np.zeros(spec.input_shape, np.float32), w,
+                                                     padding=1)[0]) <= kernel.rtol["float32"]
+    assert (filters.misses, filters.hits) == (1, 1)
+    (key, (kept, _)), = filters._entries.items()
+    assert key[0].endswith("(transposed)") and kept.flags.c_contiguous
+    np.testing.assert_array_equal(kept.reshape(w.shape), w)
+    w[0, 0, 0, 0] += 1.0
+    gx = kernel.run(spec, gy, w)
+    assert rel_err(gx, reference.conv2d_backward(gy, np.zeros(spec.input_shape, np.float32), w,
+                                                 padding=1)[0]) <= kernel.rtol["float32"]
+    assert filters.misses == 2
+
+
+def test_the_cache_bound_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FASTCONV_FILTER_CACHE_MB", "1.5")
+    assert config.mb_from_environment("FASTCONV_FILTER_CACHE_MB", 7) == 3 << 19
+    monkeypatch.setenv("FASTCONV_FILTER_CACHE_MB", "-1")
+    with pytest.warns(RuntimeWarning, match="FASTCONV_FILTER_CACHE_MB"):
+        assert config.mb_from_environment("FASTCONV_FILTER_CACHE_MB", 7) == 7
+
+
 @pytest.mark.parametrize("kernel", FORWARD)
 def test_layers_of_one_shape_keep_their_own_transforms(kernel, filters, rng):
     """VGG-16's conv5_1..conv5_3 share a weight shape: alternating them transforms each once."""

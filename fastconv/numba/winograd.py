@@ -9,7 +9,7 @@ tiles_w = ceil(out_w / m) per image, numbered across the batch (image, tile row,
 outside the input).  With xi = (r, s) one of the alpha^2 transformed positions (stored as
 s*alpha + r, see input_tiles), the phases are:
   transform_filter  U[g][xi][o][c] = (G w[g*og + o, c] G^T)[xi], summed in float64 and rounded
-                    once; once per weight values: fastconv.winograd.FILTERS keeps U.
+                    once; once per weight values: fastconv.winograd.transformed keeps U.
   Per task (group g, a block of T <= LANES consecutive tiles, a share of the output channels),
   on buffers private to the thread:
   transform_input   V[c][xi][t] = (BT d_{c,t} B)[xi] for the block's tiles, every channel of g;
@@ -401,13 +401,10 @@ class Variant:
         _transform_filter(wt, u, self._g, tmp)
         return u
 
-    def conv2d_forward(self, spec, x, w, bias, out=None):
-        # OIHW viewed as (G, O/G, C/G, 3, 3), so the key (the shape) carries the groups U depends
-        # on; the backward's transposed views get their own key (as c.winograd)
+    def conv2d_forward(self, spec, x, w, bias, out=None, source=None):
+        """source: for grad of input, the OIHW weights the transposed view w is made of."""
         m, a = self.m, self.alpha
-        G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
-        key = self.name if w.ndim == 4 else self.name + " (transposed)"
-        u = winograd.FILTERS.get(key, w.reshape(G, og, cg, 3, 3) if w.ndim == 4 else w, self.transform_filter)
+        u = winograd.transformed(self.name, spec, w, self.transform_filter, source)
         x = np.ascontiguousarray(x)
         y = np.empty(spec.output_shape, spec.dtype) if out is None else out
         bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
@@ -430,7 +427,10 @@ class Variant:
         return y
 
     def conv2d_backward_data(self, spec, grad_y, w):
-        return transpose.backward_data(self.conv2d_forward, spec, grad_y, w)
+        def forward(sub, gy, w_t, bias, out):
+            return self.conv2d_forward(sub, gy, w_t, bias, out, source=w)
+
+        return transpose.backward_data(forward, spec, grad_y, w)
 
 
 F2K3 = Variant(2)
