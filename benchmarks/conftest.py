@@ -1,14 +1,24 @@
-"""pytest-benchmark suite (not under testpaths): `pytest benchmarks/ --benchmark-group-by=group`.
+"""pytest-benchmark suite (not under testpaths): `pytest benchmarks/ --benchmark-group-by=param:layer`.
 
 Speed lives here and in `fastconv bench`, never in tests.  Machine info records what a figure
-depends on, so saved runs (--benchmark-autosave / --benchmark-compare) stay comparable."""
+depends on, so saved runs (--benchmark-autosave / --benchmark-compare) stay comparable.
+
+With --benchmark-disable (CI) every contender runs once and is checked, nothing is timed: so
+`auto` does not time either (the dispatcher's heuristic decides, the tuning cache is not touched)."""
+import importlib.metadata
+import importlib.util
+
 import numba
 import numpy as np
 import pytest
 
-from fastconv import __version__, bench
+from fastconv import __version__, bench, dispatch
 from fastconv.c import _lib
 from fastconv.threads import get_num_threads
+
+# The torch contenders of bench_conv_layers.py are simply not generated without torch; this one
+# module is all torch, so it is not collected (rather than reported as skipped).
+collect_ignore = [] if importlib.util.find_spec("torch") else ["bench_torch_step.py"]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -19,6 +29,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["threads"] = get_num_threads()
     machine_info["numba"] = numba.__version__
     machine_info["numpy"] = np.__version__
+    if importlib.util.find_spec("torch"):
+        machine_info["torch"] = importlib.metadata.version("torch")
+
+
+def pytest_configure(config):
+    if config.getoption("benchmark_disable", default=False):
+        dispatch.set_tuning("estimate")
 
 
 def pytest_addoption(parser):
