@@ -633,7 +633,8 @@ def tune(problems=None, *, net: Optional[str] = None, batch: int = 1, dtype: str
 
 
 def verify(plans, seed: int = 1, progress=None) -> list:
-    """Re-time every plan's candidates afresh (new random inputs, the same rules) and report, per
+    """Re-time every plan's candidates afresh (new random inputs, PATIENT rigor: every candidate
+    timed to the end, 14 rounds, so the yardstick is steadier than the choice) and report, per
     plan, how its choice holds up: {"fastest": name, "ratio": time of the choice / time of the
     fastest} by medians, and the same by best times ("fastest_min", "ratio_min"), which a busy
     machine's stalls spoil least.  Stores nothing."""
@@ -645,7 +646,7 @@ def verify(plans, seed: int = 1, progress=None) -> list:
         bar.step(plan.label or plan.describe())
         names = {c.name for c in plan.candidates}
         kernels = [k for k in registry.kernels(plan.op) if k.name in names]
-        res = measure.run(plan.op, plan.spec, kernels, registry.kernels(plan.op)[-1],
+        res = measure.run(plan.op, plan.spec, kernels, registry.kernels(plan.op)[-1], rigor="patient",
                           cap_s=_budget_s or DEFAULT_BUDGET_S, seed=seed)
         row = {"fastest": None, "ratio": None, "fastest_min": None, "ratio_min": None}
         mine = res.times.get(plan.chosen)

@@ -6,23 +6,33 @@ not be modified or aliased).  Phases:
 1. compile: one untimed call per contender (the JIT compiles; the output is compared with the
    reference's on the same inputs: a kernel far over its error bound, or one that raises, is
    excluded with the reason);
-2. probe: two timed calls each, after a pause.  In MEASURE mode a contender whose faster call
-   is over 3x the fastest cannot win and is not timed further;
+2. probe: after a pause and one untimed call, two timed calls each.  In MEASURE mode a
+   contender whose faster call is over 3x the fastest cannot win and is not timed further;
 3. rounds: the remaining contenders run interleaved as fastconv.bench does -- in every round
    each one gets a pause, one untimed call, then ``k`` timed calls (k makes a timed run last
    ~1 ms, so tiny problems are not timer noise).  A contender's figure is the median of its
    probe calls and its rounds.  In MEASURE mode, from the second round on, a contender whose
-   median is over 1.5x the leader's stops (racing); the choice is made among those that finish.
+   median is over 1.5x the leader's stops (racing); the choice is made among those that finish;
+4. runoff (MEASURE mode): when the two best medians are within 15% of each other, up to 4 more
+   rounds of just those two (a near tie is where a few noisy samples decide wrongly; with it,
+   re-timing on new inputs agreed with the stored choice within 10% on more layers).
 
 Budget: what the probes plus the mode's rounds (4 for measure, 14 for patient, which neither
-drops nor races) cost at the probed speeds -- so it scales with the problem: ~0.1 s for a tiny
-one, a few seconds for a VGG layer -- but never more than ``cap_s`` (``FASTCONV_TUNE_BUDGET_S``,
-default 10 s per problem): rounds stop when the next would not fit, down to none (then the probes
-decide).  Compilation and the reference
+drops nor races; plus a runoff's) cost at the probed speeds -- so it scales with the problem:
+~0.1 s for a tiny one, a few seconds for a VGG layer -- but never more than ``cap_s``
+(``FASTCONV_TUNE_BUDGET_S``, default 10 s per problem): rounds stop when the next would not fit,
+down to none (then the probes decide).  Compilation and the reference
 call are not counted (the first call pays the JIT anyway); the reference is skipped, and errors
 left unmeasured, when it would take more than a quarter of the cap.
 The pause lets the thread pools of the previous contender (OpenMP, Numba) stop spinning before
 the next one runs; it scales with the problem (10 x the fastest probe, between 5 and 50 ms).
+Nothing is timed right after a pause: on this kind of machine (a VM whose idle cores halt) the
+first call after 50 ms of idleness took 6-8 ms whatever the kernel (a 0.1 ms one included), and
+after 5 ms still 2-3x its time, so every timed run follows an untimed call.  And the first probe
+waits until SPIN_S after the reference: the reference's GEMM runs on numpy's OpenBLAS, whose
+threads busy-wait ~0.1 s after it returns, and an OpenMP team sharing the cores with them ran
+20-50x slow (VGG-16-sized pauses were shorter than that, so a fast kernel could be dropped after
+a ruined probe; GoogLeNet's 1x1 layers lost c.im2col that way).
 """
 from __future__ import annotations
 
@@ -35,9 +45,12 @@ import numpy as np
 
 from .spec import ConvSpec
 
-# rigor -> (rounds after the probe, drop ratio after the probe, racing ratio after each round)
-RIGOR = {"measure": (4, 3.0, 1.5), "patient": (14, math.inf, math.inf)}
+# rigor -> (rounds after the probe, drop ratio after the probe, racing ratio after each round,
+#           runoff rounds of the two best when they are within RUNOFF)
+RIGOR = {"measure": (4, 3.0, 1.5, 4), "patient": (14, math.inf, math.inf, 0)}
+RUNOFF = 1.15
 PROBE_CALLS = 2
+SPIN_S = 0.15  # how long OpenBLAS's threads busy-wait after a call (~0.1 s), with a margin
 RACE_AFTER = 4  # samples (the probe's two and two rounds) before racing judges a median
 PAUSE_MIN_S, PAUSE_MAX_S = 0.005, 0.05
 TIMED_RUN_S = 1e-3  # a timed run repeats the call until it lasts about this long
@@ -108,12 +121,13 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         seed: int = 0, clock=time.perf_counter, sleep=time.sleep) -> Result:
     """Time contenders (registry kernels, all eligible for spec) on random inputs; see the module
     docstring for the phases and the budget.  reference: the kernel that defines the result."""
-    max_rounds, drop, race = RIGOR[rigor]
+    max_rounds, drop, race, runoff_rounds = RIGOR[rigor]
     t_start = clock()
     args = inputs(op, spec, np.random.default_rng(seed))
     res = Result()
     work = flops(op, spec)
     ref_out = reference.run(spec, *args) if work is None or work / REFERENCE_FLOPS < cap_s / 4 else None
+    t_reference = clock()
 
     # 1. compile (untimed) and check the result against the reference
     live, out = [], None
@@ -132,12 +146,17 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
                                       f"{bound:.0e}")
                 continue
         live.append(k)
+    spinning = ref_out is not None  # numpy's OpenBLAS ran the reference's GEMM
     del ref_out, out
 
-    # 2. probe: two timed calls each, after a pause; the faster one judges (noise only adds)
+    # 2. probe: two timed calls each, after a pause and an untimed call; the faster one judges
+    #    (noise only adds).  The first waits out the reference's spinning OpenBLAS threads.
     samples, probe = {}, {}
+    if spinning:
+        sleep(max(0.0, SPIN_S - (clock() - t_reference)))
     for k in live:
         sleep(_pause(min(probe.values())) if probe else PAUSE_MAX_S)
+        k.run(spec, *args)
         samples[k.name] = []
         for _ in range(PROBE_CALLS):
             t0 = clock()
@@ -148,7 +167,8 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         fastest = min(probe.values())
         pause = _pause(fastest)
         kept = [k for k in live if probe[k.name] <= drop * fastest]
-        spent = sum(map(sum, samples.values())) + pause * len(probe)
+        # the probes, each contender's untimed call (about one probe call) and the pauses
+        spent = sum(map(sum, samples.values())) * (PROBE_CALLS + 1) / PROBE_CALLS + pause * len(probe)
 
         # 3. interleaved rounds while the budget lasts (at most max_rounds); once there are
         #    RACE_AFTER samples, a contender whose median is over race x the leader's stops
@@ -156,12 +176,9 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
 
         def round_cost(ks):
             return sum(pause + (1 + reps[k.name]) * probe[k.name] for k in ks)
-        res.budget_s = min(cap_s, spent + max_rounds * round_cost(kept))
-        for _ in range(max_rounds):
-            if spent + round_cost(kept) > res.budget_s:
-                break
+        def one_round(ks) -> float:
             t_round = clock()
-            for k in kept:
+            for k in ks:
                 sleep(pause)
                 k.run(spec, *args)
                 n = reps[k.name]
@@ -169,11 +186,31 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
                 for _ in range(n):
                     k.run(spec, *args)
                 samples[k.name].append((clock() - t0) / n)
-            spent += clock() - t_round
+            return clock() - t_round
+
+        def medians(ks) -> dict:
+            return {k.name: statistics.median(samples[k.name]) for k in ks}
+
+        res.budget_s = min(cap_s, spent + max_rounds * round_cost(kept))
+        for _ in range(max_rounds):
+            if spent + round_cost(kept) > res.budget_s:
+                break
+            spent += one_round(kept)
             if len(samples[kept[0].name]) >= RACE_AFTER:
-                medians = {k.name: statistics.median(samples[k.name]) for k in kept}
-                leader = min(medians.values())
-                kept = [k for k in kept if medians[k.name] <= race * leader]
+                med = medians(kept)
+                leader = min(med.values())
+                kept = [k for k in kept if med[k.name] <= race * leader]
+
+        # 4. runoff: when the two best medians are within RUNOFF of each other, rounds of just
+        #    those two decide (a near tie is where a few noisy samples pick wrong)
+        med = medians(kept)
+        top = sorted(kept, key=lambda k: med[k.name])[:2]
+        if runoff_rounds and len(top) == 2 and med[top[1].name] <= RUNOFF * med[top[0].name]:
+            res.budget_s = min(cap_s, max(res.budget_s, spent) + runoff_rounds * round_cost(top))
+            for _ in range(runoff_rounds):
+                if spent + round_cost(top) > res.budget_s:
+                    break
+                spent += one_round(top)
         finished = {k.name for k in kept}
         res.times = {name: _summary(s, name not in finished) for name, s in samples.items()}
     res.cost_s = clock() - t_start

@@ -159,6 +159,34 @@ def test_patient_trusts_only_patient_entries(slow_and_fast, monkeypatch):
     assert json.load(open(cache_file()))["entries"][dispatch.problem_key("conv2d.fwd", spec)]["rigor"] == "patient"
 
 
+def test_a_near_tie_gets_a_runoff_and_the_probes_follow_an_untimed_call():
+    """Timing on a fake clock: each kernel's call advances it by its own cost; so the samples, the
+    rounds each kernel got and its untimed calls are exactly known."""
+    now = [0.0]
+    calls = {}
+
+    ref = registry.kernels("conv2d.fwd")[-1]
+
+    def kernel(name, cost):
+        def run(spec, *args):
+            calls[name] = calls.get(name, 0) + 1
+            now[0] += cost
+            return ref.run(spec, *args)
+        return Kernel(name, "conv2d.fwd", run)
+    tied = [kernel("c.im2col_a", 1e-3), kernel("numba.direct_b", 1.1e-3)]
+    slow = kernel("c.direct_c", 1.4e-3)  # within the racing ratio, but not in the runoff
+    res = measure.run("conv2d.fwd", spec_of(), tied + [slow], ref, clock=lambda: now[0],
+                      sleep=lambda s: now.__setitem__(0, now[0] + s))
+    rounds, runoff = measure.RIGOR["measure"][0], measure.RIGOR["measure"][3]
+    assert res.times["c.im2col_a"]["runs"] == res.times["numba.direct_b"]["runs"] == \
+        measure.PROBE_CALLS + rounds + runoff
+    assert res.times["c.direct_c"]["runs"] == measure.PROBE_CALLS + rounds
+    assert res.best() == "c.im2col_a" and res.times["c.im2col_a"]["median"] == pytest.approx(1e-3)
+    # compile, probe (one untimed + two timed), and per round one untimed + one timed (1 ms each)
+    assert calls["c.direct_c"] == 1 + 1 + measure.PROBE_CALLS + 2 * rounds
+    assert res.cost_s <= res.budget_s + measure.SPIN_S + 0.1
+
+
 def test_measuring_stays_within_its_budget(monkeypatch, measuring):
     install(monkeypatch, fake("c.im2col_a", delay=0.02), fake("numba.direct_b", delay=0.02))
     dispatch.set_tuning(budget_s=0.1)
