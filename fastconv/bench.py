@@ -6,9 +6,17 @@ thread pools that spin for ~0.1 s after a call; without the pause the next conte
 them).  A contender's figure is the median of its rounds; speed is quoted as ratios of medians
 from the same run.  With pass "bwd" a row is one kernel name's input + weight + bias gradients,
 and its forward runs in the same rounds, so bwd/fwd is such a ratio too.
+
+Contenders per layer: every registered kernel that serves it; ``auto``, the public call
+(``fastconv.conv2d(..., algo="auto")`` and friends) whose first, untimed call makes the
+dispatcher's choice (tuning it in measure mode), its row naming the kernel chosen; optionally
+``torch`` (its CPU conv2d / max_pool2d, and the formulas its autograd runs for the backward), for
+the "vs torch" ratio; and the NumPy reference, for "vs ref".  ``totals`` sums a net's rows, each
+layer weighted by how often its shape occurs; ``plot`` charts GFLOP/s per conv layer.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -19,13 +27,14 @@ from functools import partial
 
 import numpy as np
 
-from . import api, reference, registry
+from . import api, dispatch, reference, registry
 from .c import _lib
 from .spec import ConvSpec, PoolBackwardSpec
 from .threads import get_num_threads
 
 PAUSE_S = 0.1
 REFERENCE_BUDGET_S = 3.0  # the reference is timed once only when a call takes longer than this
+AUTO, TORCH = "auto", "torch"  # contenders that are not registered kernels (names have no dot)
 
 
 def cpu_model() -> str:
@@ -81,7 +90,7 @@ PASSES = {
 class Row:
     layer: str
     shape: str
-    kernel: str
+    kernel: str                  # a registered kernel, AUTO or TORCH
     ms: float
     gflops: float | None
     vs_reference: float | None
@@ -89,6 +98,15 @@ class Row:
     runs: int
     fwd_ms: float | None = None  # pass "bwd": the same kernel's forward, timed in the same rounds
     extra: dict = field(default_factory=dict)
+    vs_torch: float | None = None  # torch's time / this row's, same rounds (--compare torch)
+    chosen: dict | None = None     # AUTO: {op: the kernel the dispatcher chose}
+    count: int = 1                 # how often the layer's shape occurs in the net (Layer.count)
+
+    @property
+    def label(self) -> str:
+        """The kernel column: auto says what it chose, the input gradient's kernel first for
+        "bwd" (the pass's own order): auto (c.winograd_f4k3), auto (c.winograd_f4k3 + c.im2col)."""
+        return f"{self.kernel} ({' + '.join(dict.fromkeys(self.chosen.values()))})" if self.chosen else self.kernel
 
 
 def problems(spec, rng) -> dict:
@@ -122,6 +140,45 @@ def _job(name: str, ops, probs):
     return lambda: [call() for call in calls]
 
 
+def _auto_jobs(layer, probs) -> dict:
+    """{pass: call} of fastconv's public functions with algo="auto" on the layer's data, returning
+    what the kernel jobs of that pass return."""
+    hyper = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+    if layer.kind == "conv":
+        x, w, b = probs["conv2d.fwd"][1]
+        grad_y = probs["conv2d.bwd_data"][1][0]
+        return {"fwd": lambda: [api.conv2d(x, w, b, groups=layer.groups, **hyper)],
+                "bwd": lambda: list(api.conv2d_backward(grad_y, x, w, groups=layer.groups, **hyper))}
+    (x,), (grad_y, indices) = probs["maxpool2d.fwd"][1], probs["maxpool2d.bwd"][1]
+    return {"fwd": lambda: [api.max_pool2d(x, layer.kernel, ceil_mode=layer.ceil_mode, **hyper)],
+            "bwd": lambda: [api.max_pool2d_backward(grad_y, indices, x.shape)]}
+
+
+def _torch_jobs(layer, probs) -> dict:
+    """{pass: call} of torch's CPU functions on the same data (tensors sharing the arrays' memory):
+    F.conv2d and F.max_pool2d(return_indices=True); for "bwd" what its autograd runs, the conv's
+    input and weight gradients (torch.nn.grad) and bias sum, or the pool's index scatter."""
+    import torch
+    import torch.nn.functional as F
+
+    hyper = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+    if layer.kind == "conv":
+        x, w, b = map(torch.from_numpy, probs["conv2d.fwd"][1])
+        grad_y = torch.from_numpy(probs["conv2d.bwd_data"][1][0])
+        hyper["groups"] = layer.groups
+        return {"fwd": lambda: [F.conv2d(x, w, b, **hyper).numpy()],
+                "bwd": lambda: [torch.nn.grad.conv2d_input(x.shape, w, grad_y, **hyper).numpy(),
+                                torch.nn.grad.conv2d_weight(x, w.shape, grad_y, **hyper).numpy(),
+                                grad_y.sum((0, 2, 3)).numpy()]}
+    x = torch.from_numpy(probs["maxpool2d.fwd"][1][0])
+    grad_y, indices = map(torch.from_numpy, probs["maxpool2d.bwd"][1])
+    pool_bwd = torch.ops.aten.max_pool2d_with_indices_backward
+    return {"fwd": lambda: [tuple(t.numpy() for t in F.max_pool2d(x, layer.kernel, ceil_mode=layer.ceil_mode,
+                                                                  return_indices=True, **hyper))],
+            "bwd": lambda: [pool_bwd(grad_y, x, layer.kernel, layer.stride, layer.padding, layer.dilation,
+                                     layer.ceil_mode, indices).numpy()]}
+
+
 def _rel_error(outputs, expected) -> float:
     """The largest max |out - exp| / max |exp| over a job's outputs (pool values, not indices)."""
     errors = [0.0]
@@ -133,23 +190,30 @@ def _rel_error(outputs, expected) -> float:
 
 
 def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_reference: bool, rng,
-                pass_: str = "fwd"):
+                pass_: str = "fwd", with_torch: bool = False):
+    """The layer's rows.  kernel_names: registered names and/or AUTO (empty: every kernel and AUTO)."""
     spec = layer.spec(batch, dtype)
     probs = problems(spec, rng)
-    ops, fwd_ops = PASSES[pass_][layer.kind], PASSES["fwd"][layer.kind]
+    ops = PASSES[pass_][layer.kind]
+    passes = {"fwd": PASSES["fwd"][layer.kind], pass_: ops}  # a "bwd" row also times its forward
     ref_name = registry.kernels(ops[0])[-1].name
     names = [k.name for k in registry.kernels(ops[0]) if k.backend != "numpy"
-             and (not kernel_names or k.name in kernel_names)] + ([ref_name] if with_reference else [])
-    contenders = {}  # (name, pass) -> call; a "bwd" row also times its forward in the same rounds
-    for name in names:
-        jobs = {p: _job(name, o, probs) for p, o in {"fwd": fwd_ops, pass_: ops}.items()}
-        if all(jobs.values()):
-            contenders.update(((name, p), job) for p, job in jobs.items())
+             and (not kernel_names or k.name in kernel_names)]
+    jobs = {name: {p: _job(name, o, probs) for p, o in passes.items()} for name in names}
+    if not kernel_names or AUTO in kernel_names:
+        jobs[AUTO] = _auto_jobs(layer, probs)
+    if with_torch:
+        jobs[TORCH] = _torch_jobs(layer, probs)
+    if with_reference:
+        jobs[ref_name] = {p: _job(ref_name, o, probs) for p, o in passes.items()}
+    contenders = {(name, p): job[p] for name, job in jobs.items() if all(job[p] for p in passes) for p in passes}
     expected = _job(ref_name, ops, probs)()  # also the correctness check of every contender
-    outputs = {key: fn() for key, fn in contenders.items()}  # compiles the JIT kernels
+    outputs = {key: fn() for key, fn in contenders.items()}  # compiles the JIT kernels; auto chooses
+    # what auto's first call chose: the dispatcher's memo, under the key api's call used
+    chosen = {op: dispatch.choose(op, probs[op][0], caller="bench").name for op in ops} if AUTO in jobs else None
     times = time_interleaved(contenders, repeats)
     medians = {key: statistics.median(t) for key, t in times.items()}
-    ref_time = medians.get((ref_name, pass_))
+    ref_time, torch_time = medians.get((ref_name, pass_)), medians.get((TORCH, pass_))
     # Both backward ops do the forward's multiply-adds (the bias gradient is negligible).
     flops = spec.flops * len(ops) if layer.kind == "conv" else None
     rows = []
@@ -159,7 +223,8 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
         fwd_ms = medians[(name, "fwd")] * 1e3 if pass_ != "fwd" else None
         rows.append(Row(layer.name, _describe(spec), name, t * 1e3, flops / t / 1e9 if flops else None,
                         ref_time / t if ref_time else None, _rel_error(outputs[(name, p)], expected),
-                        len(times[(name, p)]), fwd_ms))
+                        len(times[(name, p)]), fwd_ms, vs_torch=torch_time / t if torch_time else None,
+                        chosen=chosen if name == AUTO else None, count=layer.count))
     return rows
 
 
@@ -180,9 +245,11 @@ def machine_line(peak: float | None) -> str:
 
 def format_table(rows, peak: float | None) -> str:
     bwd = any(r.fwd_ms is not None for r in rows)
+    vs_torch = any(r.vs_torch is not None for r in rows)
+    width = max([16] + [len(r.label) for r in rows])
     times = f"{'fwd ms':>9s} {'bwd ms':>9s} {'bwd/fwd':>7s}" if bwd else f"{'ms':>9s}"
-    head = (f"{'layer':10s} {'shape':34s} {'kernel':16s} {times} {'GFLOP/s':>8s} {'%peak':>6s} "
-            f"{'vs ref':>7s} {'max err':>8s}")
+    head = (f"{'layer':10s} {'shape':34s} {'kernel':{width}s} {times} {'GFLOP/s':>8s} {'%peak':>6s} "
+            f"{'vs ref':>7s} " + (f"{'vs torch':>8s} " if vs_torch else "") + f"{'max err':>8s}")
     lines = [head, "-" * len(head)]
     last = None
     for r in rows:
@@ -192,25 +259,119 @@ def format_table(rows, peak: float | None) -> str:
         gf = f"{r.gflops:8.1f}" if r.gflops is not None else f"{'':8s}"
         pk = f"{100 * r.gflops / peak:5.0f}%" if (r.gflops is not None and peak) else f"{'':6s}"
         vs = f"{r.vs_reference:6.2f}x" if r.vs_reference is not None else f"{'':7s}"
+        vt = (f"{r.vs_torch:7.2f}x " if r.vs_torch is not None else f"{'':9s}") if vs_torch else ""
         note = "  (1 run: over the time box)" if r.runs == 1 and r.ms > REFERENCE_BUDGET_S * 1e3 else ""
-        lines.append(f"{r.layer if first else '':10s} {r.shape if first else '':34s} {r.kernel:16s} "
-                     f"{ms} {gf} {pk} {vs} {r.error:8.1e}{note}")
+        lines.append(f"{r.layer if first else '':10s} {r.shape if first else '':34s} {r.label:{width}s} "
+                     f"{ms} {gf} {pk} {vs} {vt}{r.error:8.1e}{note}")
     return "\n".join(lines)
 
 
+def _geomean(pairs) -> float | None:
+    """The geometric mean of values weighted by counts, [(value, count)]; None when a value is missing."""
+    if not pairs or any(v is None for v, _ in pairs):
+        return None
+    return math.exp(sum(c * math.log(v) for v, c in pairs) / sum(c for _, c in pairs))
+
+
+def totals(rows) -> dict:
+    """A net's figures from its rows, each layer weighted by its count: for the fastest registered
+    kernel of every layer ("best", the reference aside), for auto and for torch, the summed ms and
+    the geometric means of "vs ref" and "vs torch".  A contender missing from a layer gets no
+    entry, and a ratio missing from a layer is None."""
+    by_layer = {}
+    for r in rows:
+        by_layer.setdefault(r.layer, []).append(r)
+    fast = {k.name for k in registry.kernels() if k.backend != "numpy"}
+    picks = {"best": [], AUTO: [], TORCH: []}
+    for layer_rows in by_layer.values():
+        kernels = [r for r in layer_rows if r.kernel in fast]
+        picks["best"].append(min(kernels, key=lambda r: r.ms, default=None))
+        for name in (AUTO, TORCH):
+            picks[name].append(next((r for r in layer_rows if r.kernel == name), None))
+    out = {"layers": len(by_layer), "occurrences": sum(rs[0].count for rs in by_layer.values())}
+    for what, chosen in picks.items():
+        if chosen and None not in chosen:
+            out[what] = {"ms": sum(r.count * r.ms for r in chosen),
+                         "vs_reference": _geomean([(r.vs_reference, r.count) for r in chosen]),
+                         "vs_torch": _geomean([(r.vs_torch, r.count) for r in chosen]) if what != TORCH else None}
+    return out
+
+
+def format_totals(tot: dict) -> str:
+    shapes = f"{tot['layers']} layer shape" + ("s" if tot["layers"] != 1 else "")
+    lines = [f"totals over {shapes} = {tot['occurrences']} layers of the net (each shape "
+             f"weighted by its count); ratios are geometric means over those layers"]
+    for what, name in (("best", "best kernel per layer"), (AUTO, "auto"), (TORCH, "torch")):
+        if what in tot:
+            t = tot[what]
+            ratios = "".join(f"  {title} {t[key]:6.2f}x" for key, title in (("vs_reference", "vs ref"),
+                                                                           ("vs_torch", "vs torch"))
+                             if t[key] is not None)
+            lines.append(f"  {name:22s} {t['ms']:10.2f} ms{ratios}")
+    return "\n".join(lines)
+
+
+def plot(rows, peak: float | None, path: str, title: str) -> None:
+    """A PNG of GFLOP/s per conv layer, grouped bars per contender, with the matmul peak as a line.
+    matplotlib's Figure without pyplot renders on Agg: no display, no global backend switch."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    conv = [r for r in rows if r.gflops is not None]
+    layers = list(dict.fromkeys(r.layer for r in conv))
+    names = list(dict.fromkeys(r.kernel for r in conv))
+    width = 0.8 / max(len(names), 1)
+    colors = colormaps["tab20"]  # the default cycle has 10 colours; bench can have 11 contenders
+    bars = len(layers) * len(names)  # ~0.12 in a bar, legend aside; GoogLeNet's ~600 stay under 30 in
+    fig = Figure(figsize=(min(30.0, max(8.0, 2 + 0.12 * bars)), 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, name in enumerate(names):
+        got = {r.layer: r.gflops for r in conv if r.kernel == name}
+        at = [j for j, layer in enumerate(layers) if layer in got]
+        ax.bar([j + (i - (len(names) - 1) / 2) * width for j in at], [got[layers[j]] for j in at], width,
+               label=name, color=colors(i % 20))
+    if peak:
+        ax.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"float32 matmul peak ({peak:.0f})")
+    slanted = len(layers) > 6  # VGG-16's 13 names side by side would overlap
+    ax.set_xticks(range(len(layers)), layers, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title("\n".join([title, *machine_line(peak).split("; ", 1)]), fontsize=8)  # hardware; software
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not over them
+    fig.savefig(path, dpi=120)
+
+
 def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_reference=True,
-        measure_peak=True, progress=sys.stderr, pass_="fwd"):
+        measure_peak=True, progress=None, pass_="fwd", with_torch=False):
+    """(rows, peak).  progress: a stream (default stderr): a one-line bar on a terminal, a line per
+    layer otherwise; False for silence.  with_torch: also time torch, with fastconv's thread count."""
     if pass_ not in PASSES:
         raise ValueError(f"bench: pass_={pass_!r} must be one of {', '.join(PASSES)}")
-    peak = matmul_peak_gflops() if measure_peak else None
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, layer in enumerate(net_layers, 1):
-        if progress:
-            print(f"[{i}/{len(net_layers)}] {layer.name} ...", file=progress, flush=True)
-        rows += bench_layer(layer, batch, dtype, kernel_names, repeats, with_reference, rng, pass_)
+    if progress is None:
+        progress = sys.stderr
+    # dispatch.tune's bar on a terminal; plain lines in a log, where "\r" would garble the file
+    bar = dispatch._Progress(progress, len(net_layers)) if progress and getattr(progress, "isatty", bool)() else None
+    if with_torch:
+        import torch
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(get_num_threads())
+    try:
+        t0 = time.perf_counter()
+        peak = matmul_peak_gflops() if measure_peak else None
+        rng = np.random.default_rng(0)
+        rows = []
+        for i, layer in enumerate(net_layers, 1):
+            if bar:
+                bar.step(f"{layer.name} ({time.perf_counter() - t0:.0f} s)")
+            elif progress:
+                print(f"[{i}/{len(net_layers)}] {layer.name} ...", file=progress, flush=True)
+            rows += bench_layer(layer, batch, dtype, kernel_names, repeats, with_reference, rng, pass_, with_torch)
+        if bar:
+            bar.done()
+    finally:
+        if with_torch:
+            torch.set_num_threads(torch_threads)
     return rows, peak
 
 
-__all__ = ["run", "format_table", "machine_line", "time_interleaved", "matmul_peak_gflops", "problems",
-           "PASSES"]
+__all__ = ["run", "format_table", "format_totals", "totals", "plot", "machine_line", "time_interleaved",
+           "matmul_peak_gflops", "problems", "PASSES", "AUTO", "TORCH"]

@@ -1,15 +1,19 @@
-"""``fastconv`` command line: kernels, bench, explain, tune, cache.
+"""``fastconv`` command line: kernels, bench, nets, explain, tune, cache.
 
 Bad arguments print one line ``fastconv: error: ...`` and exit with status 2, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
+import os
 import sys
 import time
 
 import numba
+import numpy as np
 
 from . import __version__, bench, dispatch, nets, registry, threads, tuning_cache
 from .c import _lib
@@ -35,6 +39,15 @@ def _kernels(args) -> int:
     return 0
 
 
+def _require(module: str, why: str):
+    """An optional dependency, imported only when asked for, or a one-line error saying how to
+    install it (``import fastconv`` never imports torch or matplotlib)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(why) from None
+
+
 def _bench(args) -> int:
     layers = nets.get(args.net)
     if args.layers:
@@ -45,27 +58,72 @@ def _bench(args) -> int:
                              f"(layers: {', '.join(l.name for l in layers)})")
         layers = tuple(l for l in layers if l.name in wanted)
     kernel_names = tuple(s.strip() for s in args.kernels.split(",")) if args.kernels else ()
-    known = {k.name for k in registry.kernels()}
+    known = {k.name for k in registry.kernels()} | {bench.AUTO}
     if set(kernel_names) - known:
         raise ValueError(f"--kernels: {', '.join(sorted(set(kernel_names) - known))} not registered "
-                         f"(see `fastconv kernels`)")
+                         f"(see `fastconv kernels`; 'auto' is fastconv's own choice)")
     if args.batch < 1 or args.repeats < 1:
         raise ValueError("--batch and --repeats must be positive")
     if args.pass_ not in bench.PASSES:  # checked here, not by argparse, for a one-line error
         raise ValueError(f"--pass={args.pass_!r} must be one of {', '.join(bench.PASSES)}")
+    # Everything that can fail is checked before the timing starts, which may take minutes.
+    torch = _require("torch", "--compare torch needs torch: pip install torch") if args.compare == "torch" else None
+    if args.plot:
+        _require("matplotlib", '--plot needs matplotlib: pip install "fastconv[plot]"')
+    for path in (args.json, args.plot):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{path}: no such directory")
     rows, peak = bench.run(layers, args.batch, args.dtype, kernel_names, args.repeats,
-                           with_reference=not args.no_reference, pass_=args.pass_)
+                           with_reference=not args.no_reference, pass_=args.pass_, with_torch=torch is not None)
+    title = f"net {args.net}, batch {args.batch}, {args.dtype}, pass {args.pass_}"
     print(bench.machine_line(peak))
-    print(f"net {args.net}, batch {args.batch}, {args.dtype}, pass {args.pass_}; median of {args.repeats} "
-          f"interleaved runs; 'vs ref' = NumPy reference time / kernel time")
+    print(f"{title}; median of {args.repeats} interleaved runs; 'vs ref' = NumPy reference time / kernel time"
+          + (f"; 'vs torch' = torch {torch.__version__} time / kernel time" if torch else ""))
     if args.pass_ == "bwd":
         print("bwd = grad input + grad weight + grad bias (pool: max_pool2d_backward); "
               "'bwd/fwd' = bwd time / the same kernel's forward time in the same rounds")
     print(bench.format_table(rows, peak))
+    totals = bench.totals(rows)
+    print()
+    print(bench.format_totals(totals))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": bench.machine_line(peak), "peak_gflops": peak, "pass": args.pass_,
-                       "rows": [r.__dict__ for r in rows]}, f, indent=2)
+            json.dump({"machine": bench.machine_line(peak), "peak_gflops": peak, "net": args.net,
+                       "batch": args.batch, "dtype": args.dtype, "pass": args.pass_,
+                       "torch": torch.__version__ if torch else None,
+                       "rows": [dict(r.__dict__, label=r.label) for r in rows], "totals": totals}, f, indent=2)
+    if args.plot:
+        bench.plot(rows, peak, args.plot, f"fastconv bench: {title}")
+        print(f"chart: {args.plot}")
+    return 0
+
+
+def _nets(args) -> int:
+    if args.name:
+        rows, totals = nets.table(args.name)  # an unknown name: ValueError, exit 2
+        if args.json:
+            print(json.dumps({"net": args.name, "dtype": args.dtype, "rows": [dataclasses.asdict(r) for r in rows],
+                              "totals": totals}, indent=2))
+        else:
+            print(nets.format_table(args.name, args.dtype))
+        return 0
+    summary = []
+    for name, layers in nets.NETS.items():
+        _, totals = nets.table(name)
+        summary.append(dict(net=name, shapes=len(layers), layers=sum(l.count for l in layers), **totals))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    size = np.dtype(args.dtype).itemsize
+    print(f"per image, {args.dtype}; 'layers' counts every occurrence of a row's shape; activations include the "
+          f"input; weights exclude biases; FLOPs count 2 per multiply-add (the table: fastconv nets NAME)")
+    head = (f"{'net':12s} {'shapes':>6s} {'layers':>6s} {'activations':>13s} {'MB':>7s} {'weights':>12s} "
+            f"{'FLOPs':>16s}")
+    print(head)
+    print("-" * len(head))
+    for s in summary:
+        print(f"{s['net']:12s} {s['shapes']:6d} {s['layers']:6d} {s['activations']:13,d} "
+              f"{s['activations'] * size / 1e6:7.1f} {s['weights']:12,d} {s['flops']:16,d}")
     return 0
 
 
@@ -218,14 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="comma-separated layer names (default: all)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--kernels", help="comma-separated kernel names (default: every eligible one)")
+    p.add_argument("--kernels", help="comma-separated kernel names, 'auto' among them for fastconv's own "
+                                     "choice (default: every eligible kernel and auto)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per kernel (median)")
     p.add_argument("--pass", dest="pass_", default="fwd", metavar="{fwd,bwd}",
                    help="fwd: the forward kernels; bwd: backward (input + weight + bias gradients) beside "
                         "the same kernel's forward (default fwd)")
     p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
-    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--compare", choices=["torch"],
+                   help="also time torch's CPU conv2d / max_pool2d in the same rounds ('vs torch' column)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows and totals as JSON")
+    p.add_argument("--plot", metavar="PATH",
+                   help="also write a PNG chart of GFLOP/s per conv layer and kernel (needs matplotlib)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("nets", help="the built-in networks, or one network's layer table")
+    p.add_argument("name", nargs="?", help=f"a network ({', '.join(nets.NETS)}); none: list them")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="for activation bytes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_nets)
 
     p = sub.add_parser("explain", help="which kernel algo='auto' picks for a conv2d shape, and why")
     p.add_argument("--input", required=True, metavar="N,C,H,W", help="input shape")

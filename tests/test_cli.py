@@ -1,6 +1,9 @@
-"""`fastconv` in-process: the bench, explain, tune and cache commands, and their one-line errors
-(exit status 2)."""
+"""`fastconv` in-process: the bench, nets, explain, tune and cache commands, and their one-line
+errors (exit status 2)."""
 import json
+import math
+import re
+import sys
 
 import pytest
 
@@ -15,9 +18,10 @@ def no_peak(monkeypatch):
 
 
 def _rows(out: str) -> list[str]:
-    """The table's body: the lines after the dashed rule."""
+    """The table's body: the lines after the dashed rule, up to the blank line before the totals."""
     lines = out.splitlines()
-    return lines[next(i for i, l in enumerate(lines) if set(l) == {"-"}) + 1:]
+    body = lines[next(i for i, l in enumerate(lines) if set(l) == {"-"}) + 1:]
+    return body[:body.index("")] if "" in body else body
 
 
 def test_bench_backward_rows(capsys, no_peak):
@@ -31,13 +35,19 @@ def test_bench_backward_rows(capsys, no_peak):
                                 for op in ("conv2d.fwd", "conv2d.bwd_data", "conv2d.bwd_weight")))
     names = [word for row in rows for word in row.split() if word in {k.name for k in registry.kernels()}]
     assert sorted(names) == sorted(served)
+    # and fastconv's own choice, naming its input-gradient and weight-gradient kernels (one if the same)
+    auto = [row for row in rows if " auto (" in row]
+    assert len(auto) == 1
+    chosen = re.search(r"auto \((.*?)\)", auto[0]).group(1).split(" + ")
+    assert chosen[0] in {k.name for k in registry.kernels("conv2d.bwd_data")}
+    assert chosen[-1] in {k.name for k in registry.kernels("conv2d.bwd_weight")}
 
 
 def test_bench_pool_backward(capsys, no_peak):
     argv = ["bench", "--net", "resnet18", "--layers", "pool1", "--pass", "bwd", "--repeats", "1", "--no-reference"]
     assert cli.main(argv) == 0
     rows = _rows(capsys.readouterr().out)
-    assert len(rows) == len([k for k in registry.kernels("maxpool2d.bwd") if k.backend != "numpy"])
+    assert len(rows) == len([k for k in registry.kernels("maxpool2d.bwd") if k.backend != "numpy"]) + 1  # auto
 
 
 def test_bench_backward_follows_the_registry(capsys, no_peak, monkeypatch):
@@ -58,11 +68,121 @@ def test_bench_backward_follows_the_registry(capsys, no_peak, monkeypatch):
     (["bench", "--pass", "sideways"], "--pass='sideways' must be one of fwd, bwd"),
     (["bench", "--net", "lenet9"], "unknown net 'lenet9'"),
     (["bench", "--net", "resnet18", "--layers", "conv9"], "--layers: conv9 not in resnet18"),
+    (["bench", "--kernels", "c.auto"], "--kernels: c.auto not registered"),
+    (["bench", "--compare", "tensorflow"], "argument --compare: invalid choice: 'tensorflow'"),
+    (["bench", "--json", "/nonexistent/dir/out.json"], "/nonexistent/dir/out.json: no such directory"),
+    (["nets", "vgg99"], "unknown net 'vgg99'"),
 ])
 def test_bench_bad_arguments(capsys, argv, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fastconv: error: ") and message in err
+
+
+def test_bench_auto_row_json_and_totals(capsys, no_peak, tmp_path):
+    """The auto row names the kernel it ran; the totals printed are those of the JSON, which are
+    the rows' sums and geometric means, every layer weighted by its count (conv5_x occurs 3 times)."""
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--net", "resnet18", "--layers", "conv5_x,conv5_ds", "--repeats", "1",
+            "--kernels", "c.im2col,numba.im2col,auto", "--json", str(path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    autos = [r for r in doc["rows"] if r["kernel"] == "auto"]
+    assert len(autos) == 2
+    for r in autos:
+        assert r["chosen"]["conv2d.fwd"] in {k.name for k in registry.kernels("conv2d.fwd")}
+        assert r["label"] == f"auto ({r['chosen']['conv2d.fwd']})" and r["label"] in out
+    counts = {l.name: l.count for l in fastconv_nets.get("resnet18")}
+    assert {r["layer"]: r["count"] for r in doc["rows"]} == {"conv5_x": 3, "conv5_ds": 1}
+    best = {}
+    for r in doc["rows"]:
+        if r["kernel"] in ("c.im2col", "numba.im2col") and r["ms"] < best.get(r["layer"], {"ms": math.inf})["ms"]:
+            best[r["layer"]] = r
+    for what, picked in (("best", best.values()), ("auto", autos)):
+        total = sum(counts[r["layer"]] * r["ms"] for r in picked)
+        geo = math.exp(sum(counts[r["layer"]] * math.log(r["vs_reference"]) for r in picked) / 4)
+        assert doc["totals"][what]["ms"] == pytest.approx(total)
+        assert doc["totals"][what]["vs_reference"] == pytest.approx(geo)
+        assert doc["totals"][what]["vs_torch"] is None and "torch" not in doc["totals"]
+    assert "2 layer shapes = 4 layers" in out
+    line, auto = next(l for l in out.splitlines() if l.startswith("  auto ")), doc["totals"]["auto"]
+    assert line.split()[1] == f"{auto['ms']:.2f}" and f"{auto['vs_reference']:.2f}x" in line
+
+
+def test_bench_plot_writes_a_png(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(bench, "matmul_peak_gflops", lambda: 100.0)  # a peak, for its line on the chart
+    path = tmp_path / "chart.png"
+    argv = ["bench", "--net", "lenet5", "--layers", "conv1,pool1,conv3", "--repeats", "1", "--plot", str(path)]
+    assert cli.main(argv) == 0
+    assert f"chart: {path}" in capsys.readouterr().out
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+
+
+def test_bench_plot_without_matplotlib(capsys, monkeypatch, tmp_path):
+    """The missing extra is reported before any timing starts (which may take minutes)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setattr(bench, "run", lambda *a, **kw: pytest.fail("timed before checking the extra"))
+    assert cli.main(["bench", "--net", "lenet5", "--plot", str(tmp_path / "chart.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "fastconv[plot]"' in err and not (tmp_path / "chart.png").exists()
+
+
+def test_bench_compare_torch(capsys, no_peak, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--net", "lenet5", "--layers", "pool1,conv2", "--repeats", "1", "--compare", "torch",
+            "--json", str(path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "vs torch" in out and f"torch {torch.__version__}" in out
+    doc = json.loads(path.read_text())
+    assert doc["torch"] == torch.__version__
+    mine = {r["layer"]: r for r in doc["rows"] if r["kernel"] == "torch"}
+    assert set(mine) == {"pool1", "conv2"}
+    for r in doc["rows"]:  # torch's time / the row's, from the same rounds
+        assert r["vs_torch"] == pytest.approx(mine[r["layer"]]["ms"] / r["ms"])
+    assert doc["totals"]["torch"]["ms"] == pytest.approx(sum(r["ms"] for r in mine.values()))
+    assert doc["totals"]["auto"]["vs_torch"] > 0 and doc["totals"]["best"]["vs_torch"] > 0
+    assert "  torch " in out
+
+
+def test_bench_compare_torch_without_torch(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    monkeypatch.setattr(bench, "run", lambda *a, **kw: pytest.fail("timed before checking for torch"))
+    assert cli.main(["bench", "--net", "lenet5", "--compare", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert err == "fastconv: error: --compare torch needs torch: pip install torch\n"
+
+
+# ----------------------------------------------------------------------------- nets
+
+def test_nets_lists_every_net_with_its_totals(capsys):
+    assert cli.main(["nets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    body = lines[lines.index(next(l for l in lines if set(l) == {"-"})) + 1:]
+    assert [l.split()[0] for l in body] == list(fastconv_nets.NETS)
+    # VGG-16 by hand (tests/test_nets.py derives these): 14 distinct shapes, 13 convs + 5 pools,
+    # 15,228,416 activations with the input (60.9 MB in float32), 14,710,464 weights, 2 * 15,346,630,656 FLOPs
+    vgg = next(l for l in body if l.startswith("vgg16 ")).split()
+    assert vgg == ["vgg16", "14", "18", "15,228,416", "60.9", "14,710,464", f"{2 * 15_346_630_656:,}"]
+    assert cli.main(["nets", "--json"]) == 0
+    doc = {d["net"]: d for d in json.loads(capsys.readouterr().out)}
+    assert doc["vgg16"]["flops"] == 2 * 15_346_630_656 and doc["resnet18"]["layers"] == 21
+
+
+def test_nets_table(capsys):
+    assert cli.main(["nets", "VGG-16", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert out == fastconv_nets.format_table("VGG-16", "float64") + "\n"
+    total = next(l for l in out.splitlines() if l.startswith("total"))
+    assert total.split()[-5:] == ["150.5K)", "15.2M", "121.8MB", "14.7M", "30.7G"]  # 8 bytes per value
+    assert cli.main(["nets", "lenet5", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["layer"]["name"] for r in doc["rows"]] == [l.name for l in fastconv_nets.get("lenet5")]
+    assert doc["totals"]["weights"] == 6 * 25 + 16 * 6 * 25 + 120 * 16 * 25
 
 
 # ----------------------------------------------------------------------------- explain, tune, cache
