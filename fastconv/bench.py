@@ -1,9 +1,10 @@
 """Side-by-side timing of kernels on network layers (``fastconv bench``).
 
 The machine is shared and noisy, so contenders are timed *interleaved*: in every round each one
-runs once, after a short pause and one untimed call (OpenBLAS, OpenMP and Numba keep separate
-thread pools that spin for ~0.1 s after a call; without the pause the next contender pays for
-them).  A contender's figure is the median of its rounds; speed is quoted as ratios of medians
+runs once, after a short pause and a few milliseconds of untimed calls (OpenBLAS, OpenMP and
+Numba keep separate thread pools that spin for ~0.1 s after a call, so without the pause the
+next contender pays for them; and after the pause this VM's idle cores need a few ms of work to
+come back to speed, see measure.warm_up).  A contender's figure is the median of its rounds; speed is quoted as ratios of medians
 from the same run.  With pass "bwd" a row is one kernel name's input + weight + bias gradients,
 and its forward runs in the same rounds, so bwd/fwd is such a ratio too.
 
@@ -27,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from . import api, dispatch, reference, registry
+from . import api, dispatch, measure, reference, registry
 from .c import _lib
 from .spec import ConvSpec, PoolBackwardSpec
 from .threads import get_num_threads
@@ -63,18 +64,23 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def time_interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> dict:
-    """{name: [seconds per round]}: every round runs every contender once, each after a pause and
-    an untimed call.  A contender whose single call exceeds REFERENCE_BUDGET_S runs only once."""
+    """{name: [seconds per round]}: every round times every contender once, each after a pause and
+    a warm-up (measure.warm_up: untimed calls for a few ms; one was not enough after a pause on
+    this VM).  A contender whose single call exceeds REFERENCE_BUDGET_S runs only once."""
     times = {name: [] for name in contenders}
     for round_ in range(repeats):
         for name, fn in contenders.items():
             if round_ and times[name] and times[name][0] > REFERENCE_BUDGET_S:
                 continue
             time.sleep(pause)
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            measure.warm_up(fn)
+            # a timed run lasts at least measure.TIMED_RUN_S, so sub-millisecond layers are not
+            # one call's jitter; its figure is the time per call
+            calls, t0 = 0, time.perf_counter()
+            while not calls or time.perf_counter() - t0 < measure.TIMED_RUN_S:
+                fn()
+                calls += 1
+            times[name].append((time.perf_counter() - t0) / calls)
     return times
 
 

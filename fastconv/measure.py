@@ -6,10 +6,10 @@ not be modified or aliased).  Phases:
 1. compile: one untimed call per contender (the JIT compiles; the output is compared with the
    reference's on the same inputs: a kernel far over its error bound, or one that raises, is
    excluded with the reason);
-2. probe: after a pause and one untimed call, two timed calls each.  In MEASURE mode a
+2. probe: after a pause and a warm-up (untimed calls), two timed calls each.  In MEASURE mode a
    contender whose faster call is over 3x the fastest cannot win and is not timed further;
 3. rounds: the remaining contenders run interleaved as fastconv.bench does -- in every round
-   each one gets a pause, one untimed call, then ``k`` timed calls (k makes a timed run last
+   each one gets a pause, a warm-up, then ``k`` timed calls (k makes a timed run last
    ~1 ms, so tiny problems are not timer noise).  A contender's figure is the median of its
    probe calls and its rounds.  In MEASURE mode, from the second round on, a contender whose
    median is over 1.5x the leader's stops (racing); the choice is made among those that finish;
@@ -26,9 +26,10 @@ call are not counted (the first call pays the JIT anyway); the reference is skip
 left unmeasured, when it would take more than a quarter of the cap.
 The pause lets the thread pools of the previous contender (OpenMP, Numba) stop spinning before
 the next one runs; it scales with the problem (10 x the fastest probe, between 5 and 50 ms).
-Nothing is timed right after a pause: on this kind of machine (a VM whose idle cores halt) the
-first call after 50 ms of idleness took 6-8 ms whatever the kernel (a 0.1 ms one included), and
-after 5 ms still 2-3x its time, so every timed run follows an untimed call.  And the first probe
+Nothing is timed right after a pause (warm_up): on this kind of machine (a VM whose idle cores
+halt) the first two calls after 0.1 s of idleness took a whole scheduler tick or two (4-8 ms)
+whatever the kernel (a 0.25 ms one included), and only a few milliseconds of work brought it back
+to speed, so every timed run follows WARM_S of untimed calls.  And the first probe
 waits until SPIN_S after the reference: the reference's GEMM runs on numpy's OpenBLAS, whose
 threads busy-wait ~0.1 s after it returns, and an OpenMP team sharing the cores with them ran
 20-50x slow (VGG-16-sized pauses were shorter than that, so a fast kernel could be dropped after
@@ -50,6 +51,7 @@ from .spec import ConvSpec
 RIGOR = {"measure": (4, 3.0, 1.5, 4), "patient": (14, math.inf, math.inf, 0)}
 RUNOFF = 1.15
 PROBE_CALLS = 2
+WARM_S = 0.005  # untimed calls before timing, at least this long (and at least two calls)
 SPIN_S = 0.15  # how long OpenBLAS's threads busy-wait after a call (~0.1 s), with a margin
 RACE_AFTER = 4  # samples (the probe's two and two rounds) before racing judges a median
 PAUSE_MIN_S, PAUSE_MAX_S = 0.005, 0.05
@@ -149,14 +151,14 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
     spinning = ref_out is not None  # numpy's OpenBLAS ran the reference's GEMM
     del ref_out, out
 
-    # 2. probe: two timed calls each, after a pause and an untimed call; the faster one judges
+    # 2. probe: two timed calls each, after a pause and a warm-up; the faster one judges
     #    (noise only adds).  The first waits out the reference's spinning OpenBLAS threads.
     samples, probe = {}, {}
     if spinning:
         sleep(max(0.0, SPIN_S - (clock() - t_reference)))
     for k in live:
         sleep(_pause(min(probe.values())) if probe else PAUSE_MAX_S)
-        k.run(spec, *args)
+        warm_up(lambda: k.run(spec, *args), clock=clock)
         samples[k.name] = []
         for _ in range(PROBE_CALLS):
             t0 = clock()
@@ -167,20 +169,20 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         fastest = min(probe.values())
         pause = _pause(fastest)
         kept = [k for k in live if probe[k.name] <= drop * fastest]
-        # the probes, each contender's untimed call (about one probe call) and the pauses
-        spent = sum(map(sum, samples.values())) * (PROBE_CALLS + 1) / PROBE_CALLS + pause * len(probe)
+        # the probes, each contender's warm-up and the pauses
+        spent = sum(sum(s) + warm_calls(probe[n]) * probe[n] for n, s in samples.items()) + pause * len(probe)
 
         # 3. interleaved rounds while the budget lasts (at most max_rounds); once there are
         #    RACE_AFTER samples, a contender whose median is over race x the leader's stops
         reps = {k.name: max(1, math.ceil(TIMED_RUN_S / max(probe[k.name], 1e-9))) for k in kept}
 
         def round_cost(ks):
-            return sum(pause + (1 + reps[k.name]) * probe[k.name] for k in ks)
+            return sum(pause + (warm_calls(probe[k.name]) + reps[k.name]) * probe[k.name] for k in ks)
         def one_round(ks) -> float:
             t_round = clock()
             for k in ks:
                 sleep(pause)
-                k.run(spec, *args)
+                warm_up(lambda: k.run(spec, *args), clock=clock)
                 n = reps[k.name]
                 t0 = clock()
                 for _ in range(n):
@@ -215,6 +217,21 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         res.times = {name: _summary(s, name not in finished) for name, s in samples.items()}
     res.cost_s = clock() - t_start
     return res
+
+
+def warm_up(fn, seconds: float = WARM_S, clock=time.perf_counter) -> None:
+    """Untimed calls of fn for at least `seconds`, and at least two.  GoogLeNet's 3a_1x1 by
+    c.im2col (0.27 ms steady) after a 0.1 s pause: with one untimed call the timed one took
+    4.0 ms, with three 0.44, with ten 0.28."""
+    t0, n = clock(), 0
+    while n < 2 or clock() - t0 < seconds:
+        fn()
+        n += 1
+
+
+def warm_calls(call_s: float) -> int:
+    """How many calls warm_up makes of a call taking call_s, one more (a budget errs long)."""
+    return max(2, math.ceil(WARM_S / max(call_s, 1e-9))) + 1
 
 
 def _pause(fastest_s: float) -> float:

@@ -5,6 +5,7 @@ frozen mode, export/import and the heuristic.
 Most tests inject fake kernels through the registry (the NumPy reference's run, optionally made
 slow) so that which kernel is fastest is known, and timing them is quick."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -159,7 +160,7 @@ def test_patient_trusts_only_patient_entries(slow_and_fast, monkeypatch):
     assert json.load(open(cache_file()))["entries"][dispatch.problem_key("conv2d.fwd", spec)]["rigor"] == "patient"
 
 
-def test_a_near_tie_gets_a_runoff_and_the_probes_follow_an_untimed_call():
+def test_a_near_tie_gets_a_runoff_and_every_timed_run_follows_a_warm_up():
     """Timing on a fake clock: each kernel's call advances it by its own cost; so the samples, the
     rounds each kernel got and its untimed calls are exactly known."""
     now = [0.0]
@@ -182,8 +183,10 @@ def test_a_near_tie_gets_a_runoff_and_the_probes_follow_an_untimed_call():
         measure.PROBE_CALLS + rounds + runoff
     assert res.times["c.direct_c"]["runs"] == measure.PROBE_CALLS + rounds
     assert res.best() == "c.im2col_a" and res.times["c.im2col_a"]["median"] == pytest.approx(1e-3)
-    # compile, probe (one untimed + two timed), and per round one untimed + one timed (1 ms each)
-    assert calls["c.direct_c"] == 1 + 1 + measure.PROBE_CALLS + 2 * rounds
+    # compile; the probe's warm-up (WARM_S of calls, at least two) and two timed calls; per round a
+    # warm-up and one timed call (1.4 ms each)
+    warm = max(2, math.ceil(measure.WARM_S / 1.4e-3))
+    assert calls["c.direct_c"] == 1 + (1 + rounds) * warm + measure.PROBE_CALLS + rounds
     assert res.cost_s <= res.budget_s + measure.SPIN_S + 0.1
 
 
