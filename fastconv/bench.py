@@ -325,7 +325,10 @@ def plot(rows, peak: float | None, path: str, title: str) -> None:
 
     conv = [r for r in rows if r.gflops is not None]
     layers = list(dict.fromkeys(r.layer for r in conv))
-    names = list(dict.fromkeys(r.kernel for r in conv))
+    # one order (so one colour per contender) in every chart: the registry's kernels, auto, torch,
+    # the reference last -- not the order of first appearance, which depends on the first layer
+    order = [k.name for k in registry.kernels() if k.backend != "numpy"] + [AUTO, TORCH]
+    names = sorted(dict.fromkeys(r.kernel for r in conv), key=lambda n: order.index(n) if n in order else len(order))
     width = 0.8 / max(len(names), 1)
     colors = colormaps["tab20"]  # the default cycle has 10 colours; bench can have 11 contenders
     bars = len(layers) * len(names)  # ~0.12 in a bar, legend aside; GoogLeNet's ~600 stay under 30 in
