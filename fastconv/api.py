@@ -13,7 +13,7 @@ from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
 _c = np.ascontiguousarray  # no copy when the array already is C-contiguous
 
 # Specs of argument signatures already validated: a repeated call (a network's layer, every step)
-# skips ConvSpec.from_args, whose checks cost more than the dispatch itself (numpy's dtype.name
+# skips the spec's from_args (conv and pool alike), whose checks cost more than the dispatch itself (numpy's dtype.name
 # alone is ~3 us).  The signature holds everything the spec and its checks depend on, with the
 # exact types of the hyper-parameters (stride=True must still be refused), so a hit returns what
 # from_args would.  Anything else (lists, numpy ints, ndarray subclasses) takes the full path.
@@ -26,21 +26,41 @@ def _plain(v) -> bool:
     return t is int or t is str or (t is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int)
 
 
+def _memo(sig, build):
+    """build(), or the spec it returned for the same signature before; sig None: always build."""
+    spec = _SPECS.get(sig) if sig is not None else None
+    if spec is None:
+        spec = build()
+        if sig is not None:
+            if len(_SPECS) >= _SPECS_MAX:
+                _SPECS.clear()
+            _SPECS[sig] = spec
+    return spec
+
+
 def _conv_spec(x, w, bias, stride, padding, dilation, groups, op: str) -> ConvSpec:
     sig = None
     if type(x) is np.ndarray and type(w) is np.ndarray and (bias is None or type(bias) is np.ndarray) \
             and _plain(stride) and _plain(padding) and _plain(dilation) and type(groups) is int:
-        sig = (x.shape, x.dtype, w.shape, w.dtype, None if bias is None else (bias.shape, bias.dtype),
+        sig = ("conv", x.shape, x.dtype, w.shape, w.dtype, None if bias is None else (bias.shape, bias.dtype),
                stride, padding, dilation, groups)
-        spec = _SPECS.get(sig)
-        if spec is not None:
-            return spec
-    spec = ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups, op=op)
-    if sig is not None:
-        if len(_SPECS) >= _SPECS_MAX:
-            _SPECS.clear()
-        _SPECS[sig] = spec
-    return spec
+    return _memo(sig, lambda: ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups, op=op))
+
+
+def _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolSpec:
+    sig = None
+    if type(x) is np.ndarray and _plain(kernel_size) and (stride is None or _plain(stride)) and _plain(padding) \
+            and _plain(dilation) and type(ceil_mode) is bool:
+        sig = ("pool", x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode)
+    return _memo(sig, lambda: PoolSpec.from_args(x, kernel_size, stride, padding, dilation, ceil_mode))
+
+
+def _pool_backward_spec(grad_y, indices, input_shape) -> PoolBackwardSpec:
+    sig = None
+    if type(grad_y) is np.ndarray and type(indices) is np.ndarray and type(input_shape) is tuple \
+            and all(type(v) is int for v in input_shape):
+        sig = ("pool_bwd", grad_y.shape, grad_y.dtype, indices.shape, indices.dtype, input_shape)
+    return _memo(sig, lambda: PoolBackwardSpec.from_args(grad_y, indices, input_shape))
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -79,7 +99,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                return_indices=True, *, backend="auto"):
     """torch.nn.functional.max_pool2d; returns (y, indices) or y.  Indices are int64 flat
     offsets into each (H, W) input plane."""
-    spec = PoolSpec.from_args(x, kernel_size, stride, padding, dilation, ceil_mode)
+    spec = _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
     kernel = dispatch.choose("maxpool2d.fwd", spec, "auto", backend, caller="max_pool2d")
     y, indices = kernel.run(spec, _c(x))
     return (y, indices) if return_indices else y
@@ -87,6 +107,6 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 def max_pool2d_backward(grad_y, indices, input_shape, *, backend="auto"):
     """Route every gradient to its argmax (overlapping windows accumulate)."""
-    spec = PoolBackwardSpec.from_args(grad_y, indices, input_shape)
+    spec = _pool_backward_spec(grad_y, indices, input_shape)
     kernel = dispatch.choose("maxpool2d.bwd", spec, "auto", backend, caller="max_pool2d_backward")
     return kernel.run(spec, _c(grad_y), _c(indices))

@@ -7,7 +7,7 @@ import fastconv as fc
 from fastconv import dispatch, registry
 from fastconv.c import _lib
 from fastconv.registry import Kernel
-from fastconv.spec import ConvSpec
+from fastconv.spec import ConvSpec, PoolBackwardSpec, PoolSpec
 
 from conftest import rel_err
 
@@ -102,7 +102,7 @@ def test_repeated_calls_reuse_the_spec_but_never_skip_a_check():
     from fastconv import api
 
     y = fc.conv2d(X, W, stride=1, padding=(1, 1))
-    sig = next(k for k, v in api._SPECS.items() if k[0] == X.shape and k[5:] == (1, (1, 1), 1, 1))
+    sig = next(k for k in api._SPECS if k[:2] == ("conv", X.shape) and k[6:] == (1, (1, 1), 1, 1))
     assert api._SPECS[sig] == ConvSpec.from_args(X, W, None, 1, (1, 1))
     np.testing.assert_array_equal(fc.conv2d(X, W, stride=1, padding=(1, 1)), y)
     # arguments equal to a cached signature but of another type still go through the checks
@@ -113,3 +113,24 @@ def test_repeated_calls_reuse_the_spec_but_never_skip_a_check():
     with pytest.raises(ValueError, match="bias has shape"):
         fc.conv2d(X, W, np.zeros(3, np.float32), stride=1, padding=(1, 1))
     np.testing.assert_array_equal(fc.conv2d(X, W, stride=[1, 1], padding=[1, 1]), y)  # lists: the full path
+
+
+def test_repeated_pool_calls_reuse_the_spec_but_never_skip_a_check():
+    from fastconv import api
+
+    y, idx = fc.max_pool2d(X, 2)
+    key = ("pool", X.shape, X.dtype, 2, None, 0, 1, False)
+    assert api._SPECS[key] == PoolSpec.from_args(X, 2)
+    np.testing.assert_array_equal(fc.max_pool2d(X, 2)[0], y)
+    with pytest.raises(ValueError, match="padding"):
+        fc.max_pool2d(X, 2, padding=2)  # more than half the window
+    with pytest.raises(TypeError):
+        fc.max_pool2d(X.astype(np.int32), 2)  # same shape, another dtype: another signature
+    gx = fc.max_pool2d_backward(np.ones_like(y), idx, X.shape)
+    bkey = ("pool_bwd", y.shape, y.dtype, idx.shape, idx.dtype, X.shape)
+    assert api._SPECS[bkey] == PoolBackwardSpec.from_args(np.ones_like(y), idx, X.shape)
+    np.testing.assert_array_equal(fc.max_pool2d_backward(np.ones_like(y), idx, X.shape), gx)
+    with pytest.raises(TypeError, match="int64"):
+        fc.max_pool2d_backward(np.ones_like(y), idx.astype(np.int32), X.shape)
+    with pytest.raises(ValueError, match="differ in"):
+        fc.max_pool2d_backward(np.ones_like(y), idx, (X.shape[0], X.shape[1] + 1) + X.shape[2:])
