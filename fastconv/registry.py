@@ -65,25 +65,31 @@ class Kernel:
         return f"{self.name}: {reason}" if reason else None
 
 
+def _winograd(name: str, op: str, m: int, run: Callable, fallback: Callable) -> Kernel:
+    """A Winograd F(m x m, 3 x 3) kernel: its eligibility and error bound, and inputs holding inf
+    or NaN handed to fallback, the backend's im2col (winograd.keeping_nonfinite_local)."""
+    return Kernel(name, op, winograd.keeping_nonfinite_local(run, fallback), winograd.why_not, rtol=winograd.RTOL[m])
+
+
 KERNELS: tuple[Kernel, ...] = (
     # conv2d forward
     Kernel("c.direct", "conv2d.fwd", c_direct.conv2d_forward),
     Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward),
-    Kernel("c.winograd_f2k3", "conv2d.fwd", c_winograd.conv2d_forward_f2k3, winograd.why_not, rtol=winograd.RTOL[2]),
-    Kernel("c.winograd_f4k3", "conv2d.fwd", c_winograd.conv2d_forward_f4k3, winograd.why_not, rtol=winograd.RTOL[4]),
+    _winograd("c.winograd_f2k3", "conv2d.fwd", 2, c_winograd.conv2d_forward_f2k3, c_im2col.conv2d_forward),
+    _winograd("c.winograd_f4k3", "conv2d.fwd", 4, c_winograd.conv2d_forward_f4k3, c_im2col.conv2d_forward),
     Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward),
-    Kernel("numba.winograd_f2k3", "conv2d.fwd", nb_winograd.F2K3.conv2d_forward, winograd.why_not, rtol=winograd.RTOL[2]),
-    Kernel("numba.winograd_f4k3", "conv2d.fwd", nb_winograd.F4K3.conv2d_forward, winograd.why_not, rtol=winograd.RTOL[4]),
+    _winograd("numba.winograd_f2k3", "conv2d.fwd", 2, nb_winograd.F2K3.conv2d_forward, nb_im2col.conv2d_forward),
+    _winograd("numba.winograd_f4k3", "conv2d.fwd", 4, nb_winograd.F4K3.conv2d_forward, nb_im2col.conv2d_forward),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
     # conv2d backward: input gradient and weight gradient are chosen separately; the direct
     # kernels run their forward engine on the transposed problems of transpose.py
     Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data),
-    Kernel("c.winograd_f2k3", "conv2d.bwd_data", c_winograd.conv2d_backward_data_f2k3, winograd.why_not, rtol=winograd.RTOL[2]),
-    Kernel("c.winograd_f4k3", "conv2d.bwd_data", c_winograd.conv2d_backward_data_f4k3, winograd.why_not, rtol=winograd.RTOL[4]),
+    _winograd("c.winograd_f2k3", "conv2d.bwd_data", 2, c_winograd.conv2d_backward_data_f2k3, c_im2col.conv2d_backward_data),
+    _winograd("c.winograd_f4k3", "conv2d.bwd_data", 4, c_winograd.conv2d_backward_data_f4k3, c_im2col.conv2d_backward_data),
     Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data),
-    Kernel("numba.winograd_f2k3", "conv2d.bwd_data", nb_winograd.F2K3.conv2d_backward_data, winograd.why_not, rtol=winograd.RTOL[2]),
-    Kernel("numba.winograd_f4k3", "conv2d.bwd_data", nb_winograd.F4K3.conv2d_backward_data, winograd.why_not, rtol=winograd.RTOL[4]),
+    _winograd("numba.winograd_f2k3", "conv2d.bwd_data", 2, nb_winograd.F2K3.conv2d_backward_data, nb_im2col.conv2d_backward_data),
+    _winograd("numba.winograd_f4k3", "conv2d.bwd_data", 4, nb_winograd.F4K3.conv2d_backward_data, nb_im2col.conv2d_backward_data),
     Kernel("c.direct", "conv2d.bwd_data", c_direct.conv2d_backward_data),
     Kernel("numba.direct", "conv2d.bwd_data", nb_direct.conv2d_backward_data),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),

@@ -282,6 +282,30 @@ def test_grad_of_input_keeps_the_weights_not_their_transposed_view(kernel, filte
     assert filters.misses == 2
 
 
+@pytest.mark.parametrize("kernel", FORWARD + BACKWARD)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_inf_and_nan_inputs_stay_where_pytorch_puts_them(kernel, bad, rng):
+    """A Winograd tile mixes its pixels (inf - inf = NaN over the whole tile): such inputs are
+    computed by the backend's im2col, so inf, -inf and NaN land exactly where the oracle's do."""
+    x = rng.standard_normal((2, 4, 11, 13)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    spec = ConvSpec.from_args(x, w, None, 1, 1)
+    usable(kernel, spec)
+    if kernel.op == "conv2d.fwd":
+        x[1, 2, 5, 6] = bad
+        got, want = kernel.run(spec, x, w, None), reference.conv2d(x, w, None, 1, 1)
+    else:
+        gy = rng.standard_normal(spec.output_shape).astype(np.float32)
+        gy[0, 1, 4, 7] = bad
+        got, want = kernel.run(spec, gy, w), reference.conv2d_backward(gy, x, w, padding=1)[0]
+    assert np.isnan(want).any() or np.isinf(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    ok = np.isfinite(want)
+    assert rel_err(got[ok], want[ok]) <= kernel.rtol["float32"]
+
+
 def test_the_cache_bound_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("FASTCONV_FILTER_CACHE_MB", "1.5")
     assert config.mb_from_environment("FASTCONV_FILTER_CACHE_MB", 7) == 3 << 19
