@@ -37,7 +37,7 @@ QUICK = ("vgg16.conv1_1", "vgg16.conv2_2", "vgg16.conv3_2", "vgg16.conv5_1", "vg
 def layer_ops(layer):
     """[(op, spec)] of a layer's forward and backward ops, from its shape alone (collection time)."""
     spec = layer.spec()
-    return [(op, dispatch._pool_backward_spec(spec) if op == "maxpool2d.bwd" else spec)
+    return [(op, spec.backward_spec() if op == "maxpool2d.bwd" else spec)
             for p in ("fwd", "bwd") for op in bench.PASSES[p][layer.kind]]
 
 

@@ -86,10 +86,7 @@ def time_interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> 
 
 # The ops one row times, per layer kind and pass.  A kernel name registered for every op of the
 # pass (and, for "bwd", for the forward op too, whose time the row quotes) forms a row.
-PASSES = {
-    "fwd": {"conv": ("conv2d.fwd",), "pool": ("maxpool2d.fwd",)},
-    "bwd": {"conv": ("conv2d.bwd_data", "conv2d.bwd_weight"), "pool": ("maxpool2d.bwd",)},
-}
+PASSES = dispatch.PASS_OPS
 
 
 @dataclass
@@ -358,7 +355,7 @@ def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_r
     if progress is None:
         progress = sys.stderr
     # dispatch.tune's bar on a terminal; plain lines in a log, where "\r" would garble the file
-    bar = dispatch._Progress(progress, len(net_layers)) if progress and getattr(progress, "isatty", bool)() else None
+    bar = dispatch.Progress(progress, len(net_layers)) if progress and getattr(progress, "isatty", bool)() else None
     if with_torch:
         import torch
         torch_threads = torch.get_num_threads()

@@ -552,12 +552,9 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, dtype="
 
 # ----------------------------------------------------------------------------- tune
 
+# The ops of each pass, per layer kind (tune's passes, bench's rows).
 PASS_OPS = {"fwd": {"conv": ("conv2d.fwd",), "pool": ("maxpool2d.fwd",)},
             "bwd": {"conv": ("conv2d.bwd_data", "conv2d.bwd_weight"), "pool": ("maxpool2d.bwd",)}}
-
-
-def _pool_backward_spec(spec: PoolSpec) -> PoolBackwardSpec:
-    return PoolBackwardSpec(spec.n, spec.c, spec.h, spec.w, spec.out_h, spec.out_w, spec.dtype)
 
 
 def _problems(problems, net, batch, dtype, passes) -> list:
@@ -585,7 +582,7 @@ def _problems(problems, net, batch, dtype, passes) -> list:
             kind = "conv" if isinstance(spec, ConvSpec) else "pool" if isinstance(spec, PoolSpec) else None
             if kind is None:
                 raise TypeError(f"tune: {p!r} is not a ConvSpec, PoolSpec, nets.Layer or (op, spec) pair")
-            pairs = [(op, spec if op != "maxpool2d.bwd" else _pool_backward_spec(spec))
+            pairs = [(op, spec if op != "maxpool2d.bwd" else spec.backward_spec())
                      for ps in passes for op in PASS_OPS[ps][kind]]
         for op, spec in pairs:
             if op not in registry.OPS:
@@ -614,7 +611,7 @@ def tune(problems=None, *, net: Optional[str] = None, batch: int = 1, dtype: str
     todo = _problems(problems, net, batch, dtype, (passes,) if isinstance(passes, str) else tuple(passes))
     if progress is None:
         progress = sys.stderr if sys.stderr is not None and sys.stderr.isatty() else False
-    bar = _Progress(progress, len(todo))
+    bar = Progress(progress, len(todo))
     n_threads = threads.get_num_threads()
     plans = []
     budget = budget_s if budget_s is not None else (_budget_s or DEFAULT_BUDGET_S)
@@ -640,7 +637,7 @@ def verify(plans, seed: int = 1, progress=None) -> list:
     machine's stalls spoil least.  Stores nothing."""
     if progress is None:
         progress = sys.stderr if sys.stderr is not None and sys.stderr.isatty() else False
-    bar = _Progress(progress, len(plans))
+    bar = Progress(progress, len(plans))
     out = []
     for plan in plans:
         bar.step(plan.label or plan.describe())
@@ -660,7 +657,7 @@ def verify(plans, seed: int = 1, progress=None) -> list:
     return out
 
 
-class _Progress:
+class Progress:
     """A one-line progress bar on a terminal: [#####.....] 7/18 conv3_2."""
 
     def __init__(self, stream, total: int):
@@ -679,5 +676,5 @@ class _Progress:
             self.stream.flush()
 
 
-__all__ = ["choose", "decide", "eligible", "heuristic", "family_order", "explain", "explain_spec", "tune",
+__all__ = ["choose", "decide", "eligible", "heuristic", "family_order", "explain", "explain_spec", "tune", "Progress",
            "Plan", "Candidate", "set_tuning", "get_tuning", "forget", "problem_key", "verify", "MODES"]

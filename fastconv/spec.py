@@ -256,6 +256,10 @@ class PoolSpec:
                 f"kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}")
         return spec
 
+    def backward_spec(self) -> "PoolBackwardSpec":
+        """The max_pool2d_backward problem of this pool (gradients and indices of its output)."""
+        return PoolBackwardSpec(self.n, self.c, self.h, self.w, self.out_h, self.out_w, self.dtype)
+
     @classmethod
     def from_args(cls, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   *, op: str = "max_pool2d") -> "PoolSpec":

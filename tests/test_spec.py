@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv.spec import ConvSpec, PoolSpec, conv_out_size, pool_out_size
+from fastconv.spec import ConvSpec, PoolBackwardSpec, PoolSpec, conv_out_size, pool_out_size
 
 X = np.zeros((1, 4, 8, 8), np.float32)
 W = np.zeros((6, 4, 3, 3), np.float32)
@@ -105,3 +105,10 @@ def test_bad_input_is_refused_with_a_message_naming_it(call, exc, words):
 
 def test_pool_stride_defaults_to_kernel_size():
     assert PoolSpec.from_shape((1, 1, 8, 8), (2, 3)).stride == (2, 3)
+
+
+def test_a_pool_names_its_backward_problem():
+    x = np.zeros((2, 3, 9, 8), np.float32)
+    spec = PoolSpec.from_args(x, 3, 2, 1, ceil_mode=True)
+    grad_y = np.zeros((2, 3, spec.out_h, spec.out_w), np.float32)
+    assert spec.backward_spec() == PoolBackwardSpec.from_args(grad_y, grad_y.astype(np.int64), x.shape)
