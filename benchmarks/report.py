@@ -49,7 +49,8 @@ def net_section(name: str, rows, peak, chart: str, batch: int) -> list[str]:
         auto = next(r for r in rs if r.kernel == bench.AUTO)
         fastest = min((r for r in rs if r.kernel in kernels and not r.kernel.startswith("numpy.")), key=lambda r: r.ms)
         torch = next((r for r in rs if r.kernel == bench.TORCH), None)
-        cells = [layer, f"`{auto.shape}`", str(auto.count), f"`{auto.label[len('auto ('):-1]}`", f"{auto.ms:.2f}",
+        chose = " + ".join(dict.fromkeys(auto.chosen.values()))  # the kernels auto ran, from the row itself
+        cells = [layer, f"`{auto.shape}`", str(auto.count), f"`{chose}`", f"{auto.ms:.2f}",
                  f"{auto.gflops:.0f}" if auto.gflops else "", f"{100 * auto.gflops / peak:.0f}" if auto.gflops else "",
                  f"`{fastest.kernel}` {fastest.ms:.2f}", f"{auto.ms / fastest.ms:.2f}"]
         cells += [f"{torch.ms:.2f}" if torch else "-", _x(auto.vs_torch)] if has_torch else []
