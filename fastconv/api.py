@@ -8,9 +8,21 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
+from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, _check_bool
 
-_c = np.ascontiguousarray  # no copy when the array already is C-contiguous
+# The canonical dtypes the kernels read.  numpy's float32/float64 descriptors are singletons, so an
+# identity check (a few ns) tells a plain native array from a variant that dtype.name hides: another
+# byte order ('>f4', as FITS, HDF5 and network-order files give; the C kernels would read its bytes
+# as native, Numba refuses it with a TypingError) or a descriptor carrying metadata.
+_F32, _F64, _I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    """a as the kernels need it: C-contiguous, aligned, native byte order; no copy when it is."""
+    d = a.dtype
+    if (d is _F32 or d is _F64 or d is _I64) and a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.require(a, np.dtype(d.name), ["C", "A"])
 
 # Specs of argument signatures already validated: a repeated call (a network's layer, every step)
 # skips the spec's from_args (conv and pool alike), whose checks cost more than the dispatch itself (numpy's dtype.name
@@ -68,6 +80,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     """torch.nn.functional.conv2d on NumPy arrays (NCHW input, OIHW weight)."""
     spec = _conv_spec(x, w, bias, stride, padding, dilation, groups, "conv2d")
     kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d")
+    if spec.n == 0:  # an empty batch, as in PyTorch: an empty output, no kernel runs
+        return np.empty(spec.output_shape, spec.dtype)
     return kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias))
 
 
@@ -78,9 +92,14 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, 
     op = "conv2d_backward"
     spec = _conv_spec(x, w, None, stride, padding, dilation, groups, op)
     spec.check_grad_output(grad_y, op)
-    grad_y = _c(grad_y)
+    if type(bias) is not bool:
+        bias = _check_bool(op, "bias", bias)
     data_kernel = dispatch.choose("conv2d.bwd_data", spec, algo, backend, rtol, caller=op)
     weight_kernel = dispatch.choose("conv2d.bwd_weight", spec, weight_algo, backend, rtol, caller=op)
+    if spec.n == 0:  # an empty batch: no gradient flows, as in PyTorch
+        return (np.empty(spec.input_shape, spec.dtype), np.zeros(spec.weight_shape, spec.dtype),
+                np.zeros(spec.c_out, spec.dtype) if bias else None)
+    grad_y = _c(grad_y)
     grad_x = data_kernel.run(spec, grad_y, _c(w))
     grad_w = weight_kernel.run(spec, grad_y, _c(x))
     grad_b = grad_bias(grad_y) if bias else None
@@ -100,8 +119,13 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """torch.nn.functional.max_pool2d; returns (y, indices) or y.  Indices are int64 flat
     offsets into each (H, W) input plane."""
     spec = _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if type(return_indices) is not bool:
+        return_indices = _check_bool("max_pool2d", "return_indices", return_indices)
     kernel = dispatch.choose("maxpool2d.fwd", spec, "auto", backend, caller="max_pool2d")
-    y, indices = kernel.run(spec, _c(x))
+    if spec.n == 0:
+        y, indices = np.empty(spec.output_shape, spec.dtype), np.empty(spec.output_shape, np.int64)
+    else:
+        y, indices = kernel.run(spec, _c(x))
     return (y, indices) if return_indices else y
 
 
@@ -109,4 +133,6 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, backend="auto"):
     """Route every gradient to its argmax (overlapping windows accumulate)."""
     spec = _pool_backward_spec(grad_y, indices, input_shape)
     kernel = dispatch.choose("maxpool2d.bwd", spec, "auto", backend, caller="max_pool2d_backward")
+    if spec.n == 0:
+        return np.empty(spec.input_shape, spec.dtype)
     return kernel.run(spec, _c(grad_y), _c(indices))

@@ -14,11 +14,19 @@ import numpy as np
 
 FLOAT_DTYPES = ("float32", "float64")
 
+# Every hyper-parameter (stride, padding, dilation, kernel_size) is at most this per axis, and every
+# size derived from them (padded input, window extent, output) at most INDEX_LIMIT, so that no
+# kernel's 64-bit index arithmetic (products of a size and a stride, offsets plus padding) can
+# overflow: stride=2**63 does not fit an int64 at all (the C wrappers raised OverflowError and
+# numba.im2col wrapped it and returned zeros).  2**31 - 1 is far beyond any real layer.
+PARAM_LIMIT = 2**31 - 1
+INDEX_LIMIT = 2**62
+
 
 # ----------------------------------------------------------------------------- helpers
 
 def _pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
-    """An int or an (h, w) pair of ints, each >= minimum."""
+    """An int or an (h, w) pair of ints, each in [minimum, PARAM_LIMIT]."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{op}: {name}={value!r} must be an int or a pair of ints")
@@ -33,14 +41,18 @@ def _pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
         if v < minimum:
             what = "positive" if minimum == 1 else "non-negative"
             raise ValueError(f"{op}: {name}={value!r} must be {what}")
+        if v > PARAM_LIMIT:
+            raise ValueError(f"{op}: {name}={value!r} is too large (at most {PARAM_LIMIT} per axis)")
         out.append(v)
     return out[0], out[1]
 
 
 def _check_array(op: str, name: str, a, ndim: int | None = None) -> None:
+    """A float32/float64 ndarray of ndim dimensions.  Any byte order passes: the api layer hands
+    the kernels native, aligned, C-contiguous copies (api.native)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype.name not in FLOAT_DTYPES:
+    if a.dtype.name not in FLOAT_DTYPES or a.dtype.fields is not None:
         raise TypeError(f"{op}: {name} has dtype {a.dtype}; expected float32 or float64")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{op}: {name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}")
@@ -77,6 +89,27 @@ def _as_shape(op: str, name: str, shape) -> tuple[int, ...]:
         return tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"{op}: {name}={shape!r} must be a sequence of ints") from None
+
+
+def _check_bool(op: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name}={value!r} must be a bool")
+    return bool(value)
+
+
+def _check_sizes(op: str, shape, what: str) -> None:
+    """An empty batch (N = 0) is valid, as in PyTorch; any other empty dimension is not."""
+    if min(shape[1:]) < 1 or shape[0] < 0:
+        raise ValueError(f"{op}: {what} has an empty dimension, shape {shape}")
+    if max(shape) > INDEX_LIMIT:
+        raise ValueError(f"{op}: {what} shape {shape} is too large (a dimension over {INDEX_LIMIT})")
+
+
+def _check_extent(op: str, name: str, value, size: int, pad_total: int, k: int, dilation: int) -> None:
+    """The padded input and the window extent of one axis fit the kernels' 64-bit arithmetic."""
+    if size + pad_total > INDEX_LIMIT or dilation * (k - 1) + 1 > INDEX_LIMIT:
+        raise ValueError(f"{op}: {name}={value!r} makes the padded input or the window too large "
+                         f"(over {INDEX_LIMIT} along an axis)")
 
 
 # ----------------------------------------------------------------------------- conv
@@ -136,9 +169,10 @@ class ConvSpec:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
         if len(ws) != 4:
             raise ValueError(f"{op}: weight must be 4-D (C_out, C_in/groups, kH, kW), got {len(ws)}-D with shape {ws}")
-        if min(xs) < 1 or min(ws) < 1:
-            bad = ("x", xs) if min(xs) < 1 else ("weight", ws)
-            raise ValueError(f"{op}: {bad[0]} has an empty dimension, shape {bad[1]}")
+        _check_sizes(op, xs, "x")
+        if min(ws) < 1 or max(ws) > INDEX_LIMIT:
+            raise ValueError(f"{op}: weight has an empty dimension, shape {ws}" if min(ws) < 1 else
+                             f"{op}: weight shape {ws} is too large (a dimension over {INDEX_LIMIT})")
         n, c_in, h, w = xs
         c_out, c_per_group, kh, kw = ws
         if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
@@ -168,6 +202,8 @@ class ConvSpec:
         else:
             ph, pw = _pair(op, "padding", padding, minimum=0)
             pads = (ph, ph, pw, pw)
+        _check_extent(op, "padding", padding, h, pads[0] + pads[1], kh, dilation[0])
+        _check_extent(op, "padding", padding, w, pads[2] + pads[3], kw, dilation[1])
         spec = cls(n, c_in, h, w, c_out, kh, kw, stride, pads, dilation, groups, dtype)
         if spec.out_h < 1 or spec.out_w < 1:
             raise ValueError(
@@ -236,8 +272,7 @@ class PoolSpec:
         xs = _as_shape(op, "input shape", input_shape)
         if len(xs) != 4:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
-        if min(xs) < 1:
-            raise ValueError(f"{op}: x has an empty dimension, shape {xs}")
+        _check_sizes(op, xs, "x")
         dtype = np.dtype(dtype).name
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{op}: dtype={dtype} is not supported; expected float32 or float64")
@@ -249,7 +284,10 @@ class PoolSpec:
         for p, k, axis in zip(padding, kernel, "hw"):
             if p > k // 2:
                 raise ValueError(f"{op}: padding={p} (along {axis}) must be at most half of kernel_size={k}")
-        spec = cls(*xs, kernel, stride, padding, dilation, bool(ceil_mode), dtype)
+        ceil_mode = _check_bool(op, "ceil_mode", ceil_mode)
+        for axis in (0, 1):
+            _check_extent(op, "kernel_size", kernel_size, xs[2 + axis], 2 * padding[axis], kernel[axis], dilation[axis])
+        spec = cls(*xs, kernel, stride, padding, dilation, ceil_mode, dtype)
         if spec.out_h < 1 or spec.out_w < 1:
             raise ValueError(
                 f"{op}: output size would be {spec.out_h}x{spec.out_w} for input {xs[2]}x{xs[3]}, "
@@ -288,13 +326,14 @@ class PoolBackwardSpec:
         _check_array(op, "grad_y", grad_y, 4)
         if not isinstance(indices, np.ndarray):
             raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
-        if indices.dtype != np.int64:
+        if indices.dtype.name != "int64" or indices.dtype.fields is not None:  # any byte order
             raise TypeError(f"{op}: indices has dtype {indices.dtype}; expected int64")
         if indices.shape != grad_y.shape:
             raise ValueError(f"{op}: indices has shape {indices.shape}; grad_y has shape {grad_y.shape}")
         xs = _as_shape(op, "input_shape", input_shape)
-        if len(xs) != 4 or min(xs) < 1:
-            raise ValueError(f"{op}: input_shape={tuple(input_shape)} must be 4 positive sizes (N, C, H, W)")
+        if len(xs) != 4 or min(xs[1:]) < 1 or xs[0] < 0 or max(xs) > INDEX_LIMIT:
+            raise ValueError(f"{op}: input_shape={tuple(input_shape)} must be 4 sizes (N, C, H, W), "
+                             "C, H and W positive")
         if xs[:2] != grad_y.shape[:2]:
             raise ValueError(f"{op}: input_shape={xs} and grad_y shape {grad_y.shape} differ in (N, C)")
         return cls(*xs, grad_y.shape[2], grad_y.shape[3], grad_y.dtype.name)
