@@ -44,7 +44,9 @@ static inline int64_t fc_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t fc_round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
 /* The outputs v in [*lo, *hi) whose tap at column v * stride + offset lies inside [0, size):
- * the rest read padding.  Used wherever a row of taps is walked along the outputs. */
+ * the rest read padding.  Used wherever a row of taps is walked along the outputs, and for the
+ * taps of a window that read the input (computed, not walked: a pool window may span 2^31 taps
+ * of padding, and a call's time must follow the taps that read the input). */
 static inline void fc_inside(int64_t offset, int64_t stride, int64_t size, int64_t outputs,
                              int64_t *lo, int64_t *hi) {
     *lo = offset >= 0 ? 0 : fc_min64((-offset + stride - 1) / stride, outputs);

@@ -32,24 +32,30 @@
 
 FC_HOT static void FC_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRICT y,
                                       int64_t *FC_RESTRICT idx, const fc_pool2d_shape *s) {
-    const int64_t H = s->h, W = s->w, sw = s->stride_w, dw = s->dilation_w;
+    const int64_t H = s->h, W = s->w, sw = s->stride_w, dh = s->dilation_h, dw = s->dilation_w;
+    /* Column taps j that some output column reads inside the row: iw0 = j * dw - pad_w must lie
+     * in [-(out_w - 1) * sw, W - 1]. */
+    int64_t j_lo, j_hi;
+    fc_inside(-s->pad_w + (s->out_w - 1) * sw, dw, W + (s->out_w - 1) * sw, s->kw, &j_lo, &j_hi);
     for (int64_t oh = 0; oh < s->out_h; oh++) {
         FC_T *yrow = y + oh * s->out_w;
         int64_t *irow = idx + oh * s->out_w;
         const int64_t ih_start = oh * s->stride_h - s->pad_h;
-        int64_t ih_first = ih_start;
-        while (ih_first < 0) ih_first += s->dilation_h;
+        int64_t i_lo, i_hi;
+        fc_inside(ih_start, dh, H, s->kh, &i_lo, &i_hi);
+        /* PyTorch's initial index: the window's start stepped by the dilation until it is no
+         * longer negative (also where no tap is inside). */
+        const int64_t ih_first = ih_start < 0 ? ih_start + (-ih_start + dh - 1) / dh * dh : ih_start;
         for (int64_t ow = 0; ow < s->out_w; ow++) {
             int64_t iw_first = ow * sw - s->pad_w;
-            while (iw_first < 0) iw_first += dw;
+            if (iw_first < 0) iw_first += (-iw_first + dw - 1) / dw * dw;
             yrow[ow] = (FC_T)-INFINITY;
             irow[ow] = ih_first * W + iw_first;
         }
-        for (int64_t i = 0; i < s->kh; i++) {
-            const int64_t ih = ih_start + i * s->dilation_h;
-            if (ih < 0 || ih >= H) continue;
+        for (int64_t i = i_lo; i < i_hi; i++) {
+            const int64_t ih = ih_start + i * dh;
             const FC_T *xrow = x + ih * W;
-            for (int64_t j = 0; j < s->kw; j++) {
+            for (int64_t j = j_lo; j < j_hi; j++) {
                 const int64_t iw0 = j * dw - s->pad_w; /* iw = ow * sw + iw0 */
                 int64_t v_lo, v_hi;
                 fc_inside(iw0, sw, W, s->out_w, &v_lo, &v_hi);

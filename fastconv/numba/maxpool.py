@@ -18,28 +18,37 @@ from ._options import driver, helper
 
 
 @helper
+def inside(offset, stride, size, outputs):
+    """The outputs v in [lo, hi) whose tap at v * stride + offset lies in [0, size) (fc_inside):
+    also the taps of a window that read the input, computed rather than walked (a window may span
+    2^31 taps of padding; a call's time must follow the taps that read the input)."""
+    lo = 0 if offset >= 0 else min((-offset + stride - 1) // stride, outputs)
+    hi = lo if offset >= size else max(lo, min(outputs, (size - 1 - offset) // stride + 1))
+    return lo, hi
+
+
+@helper
 def pool_plane(x, y, idx, n, c, kh, kw, sh, sw, ph, pw, dh, dw):
     H, W = x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
+    # column taps j that some output column reads inside the row: j * dw - pw in [-(OW-1)*sw, W-1]
+    j_lo, j_hi = inside(-pw + (OW - 1) * sw, dw, W + (OW - 1) * sw, kw)
     for oh in range(OH):
         ih_start = oh * sh - ph
-        ih_first = ih_start
-        while ih_first < 0:
-            ih_first += dh
+        i_lo, i_hi = inside(ih_start, dh, H, kh)
+        # PyTorch's initial index: the start stepped by the dilation until it is not negative
+        ih_first = ih_start + (-ih_start + dh - 1) // dh * dh if ih_start < 0 else ih_start
         for ow in range(OW):
             iw_first = ow * sw - pw
-            while iw_first < 0:
-                iw_first += dw
+            if iw_first < 0:
+                iw_first += (-iw_first + dw - 1) // dw * dw
             y[n, c, oh, ow] = -np.inf
             idx[n, c, oh, ow] = ih_first * W + iw_first
-        for i in range(kh):
+        for i in range(i_lo, i_hi):
             ih = ih_start + i * dh
-            if ih < 0 or ih >= H:
-                continue
-            for j in range(kw):
+            for j in range(j_lo, j_hi):
                 iw0 = j * dw - pw  # iw = ow * sw + iw0
-                v_lo = 0 if iw0 >= 0 else min((-iw0 + sw - 1) // sw, OW)
-                v_hi = v_lo if iw0 >= W else max(v_lo, min(OW, (W - 1 - iw0) // sw + 1))
+                v_lo, v_hi = inside(iw0, sw, W, OW)
                 for ow in range(v_lo, v_hi):
                     iw = ow * sw + iw0
                     val = x[n, c, ih, iw]
