@@ -28,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from . import api, dispatch, measure, reference, registry
+from . import api, dispatch, measure, nonfinite, reference, registry
 from .c import _lib
 from .spec import ConvSpec, PoolBackwardSpec
 from .threads import get_num_threads
@@ -266,6 +266,10 @@ def format_table(rows, peak: float | None) -> str:
         note = "  (1 run: over the time box)" if r.runs == 1 and r.ms > REFERENCE_BUDGET_S * 1e3 else ""
         lines.append(f"{r.layer if first else '':10s} {r.shape if first else '':34s} {r.label:{width}s} "
                      f"{ms} {gf} {pk} {vs} {vt}{r.error:8.1e}{note}")
+    rerouted = {name: n for name, n in nonfinite.REROUTED.items() if n}
+    if rerouted:  # calls holding inf/NaN ran on another kernel (fastconv/nonfinite.py)
+        lines.append("inf/NaN guard rerouted calls to the backend's im2col: " +
+                     ", ".join(f"{name} {n}" for name, n in sorted(rerouted.items())))
     return "\n".join(lines)
 
 

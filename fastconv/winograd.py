@@ -1,5 +1,5 @@
-"""What the Winograd kernels of both backends share: eligibility, the transformed-filter cache, and
-the exact treatment of inf and NaN inputs (keeping_nonfinite_local).
+"""What the Winograd kernels of both backends share: eligibility and the transformed-filter cache,
+which also tells whether the weights are finite (inf and NaN: fastconv/nonfinite.py).
 
 The kernels themselves are twins, fastconv/numba/winograd.py and csrc/winograd.c (phases
 transform_filter, transform_input, batched_gemm, transform_output); the matrices come from
@@ -33,6 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import config
+from .nonfinite import NonFinite, finite
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -60,33 +61,39 @@ class FilterCache:
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES, per_shape: int = DEFAULT_PER_SHAPE):
         self.max_bytes = max_bytes
         self.per_shape = per_shape  # entries kept per (kernel, shape, dtype)
-        self._entries: OrderedDict = OrderedDict()  # key -> (weights copy, transform), LRU first
+        self._entries: OrderedDict = OrderedDict()  # key -> (weights copy, transform, finite), LRU first
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, kernel: str, w: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """transform(w), or the transform kept from an earlier call with equal weights."""
+        """transform(w), or the transform kept from an earlier call with equal weights; NonFinite
+        when it holds inf or NaN (weights that do: the call must go elsewhere)."""
         kind = (kernel, w.shape, w.dtype.str)
         key = kind + (w.__array_interface__["data"][0],)
         with self._lock:
             same = [k for k in reversed(self._entries) if k[:3] == kind]  # most recent first
             same.sort(key=lambda k: k != key)  # the entry at w's address first
             for k in same:
-                copy, u = self._entries[k]
+                copy, u, ok = self._entries[k]
                 if _equal(copy, w):
                     self._entries.move_to_end(k)
                     self.hits += 1
+                    if not ok:
+                        raise NonFinite(kernel)
                     return u
         u = transform(w)
+        ok = finite(u)  # once per weight values, as the transform
         with self._lock:
             self.misses += 1
-            self._entries[key] = (np.array(w, copy=True), u)
+            self._entries[key] = (np.array(w, copy=True), u, ok)
             self._entries.move_to_end(key)
             same = [k for k in self._entries if k[:3] == kind]
             for k in same[:max(0, len(same) - self.per_shape)]:
                 del self._entries[k]
             while len(self._entries) > 1 and self.nbytes > self.max_bytes:
                 self._entries.popitem(last=False)
+        if not ok:
+            raise NonFinite(kernel)
         return u
 
     def __len__(self) -> int:
@@ -94,7 +101,7 @@ class FilterCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(w.nbytes + u.nbytes for w, u in self._entries.values())
+        return sum(w.nbytes + u.nbytes for w, u, _ in self._entries.values())
 
     def clear(self) -> None:
         with self._lock:
@@ -109,26 +116,6 @@ def _equal(kept: np.ndarray, w: np.ndarray) -> bool:
 
 
 FILTERS = FilterCache(config.mb_from_environment("FASTCONV_FILTER_CACHE_MB", DEFAULT_CACHE_BYTES))
-
-
-def finite(a: np.ndarray) -> bool:
-    """Whether a holds only finite values, from one cheap pass: its sum (inf or NaN anywhere makes
-    it non-finite; an overflow only sends a finite array the exact way too).  0.16 ms for VGG-16
-    conv3_2's input, 1.5% of its F(4x4) time."""
-    return bool(np.isfinite(a.sum()))
-
-
-def keeping_nonfinite_local(run: Callable, fallback: Callable) -> Callable:
-    """A kernel run that passes inputs holding inf or NaN to fallback (the backend's im2col).
-    A Winograd tile mixes all its input pixels (BT d B), so one inf makes inf - inf = NaN across
-    its whole tile and the tiles around it, where a direct convolution (PyTorch) gives inf or NaN
-    only in the outputs whose window reads it.  The data argument (x, or grad_y for the grad of
-    input) is checked; weights need nothing: a non-finite weight reaches every output of its
-    channel in both algorithms."""
-    def checked(spec, data, *args):
-        return run(spec, data, *args) if finite(data) else fallback(spec, data, *args)
-    checked.__doc__ = run.__doc__
-    return checked
 
 
 def transformed(kernel: str, spec, w: np.ndarray, transform: Callable[[np.ndarray], np.ndarray],

@@ -272,7 +272,8 @@ def test_grad_of_input_keeps_the_weights_not_their_transposed_view(kernel, filte
         assert rel_err(gx, reference.conv2d_backward(gy, np.zeros(spec.input_shape, np.float32), w,
                                                      padding=1)[0]) <= kernel.rtol["float32"]
     assert (filters.misses, filters.hits) == (1, 1)
-    (key, (kept, _)), = filters._entries.items()
+    (key, (kept, _, finite)), = filters._entries.items()
+    assert finite
     assert key[0].endswith("(transposed)") and kept.flags.c_contiguous
     np.testing.assert_array_equal(kept.reshape(w.shape), w)
     w[0, 0, 0, 0] += 1.0

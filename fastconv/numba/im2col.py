@@ -52,6 +52,7 @@ BLAS_ABI = "14985df2049ccfa7"  # sha256 of numba/_blas.py, first 16 hex digits
 CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses its columns
 WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
 MIN_COLUMNS = 2048  # ... and is given at least this many columns
+INT32_MAX = 2**31 - 1
 U = np.uint64  # the type of flat indices in the copy loops (see gather)
 
 
@@ -61,10 +62,15 @@ def direct_cols(spec) -> bool:
             and spec.out_h == spec.h and spec.out_w == spec.w)
 
 
-def too_big(spec) -> bool:
-    """OpenBLAS (scipy-openblas32) takes 32-bit dimensions: K, out_h*out_w and og must fit."""
-    K = spec.c_in // spec.groups * spec.kh * spec.kw
-    return max(K, spec.out_h * spec.out_w, spec.c_out // spec.groups) > np.iinfo(np.int32).max
+def why_not(spec):
+    """Why im2col (either backend) cannot serve spec, or None: OpenBLAS (scipy-openblas32) takes
+    32-bit dimensions, so K = C_in/groups * kH * kW, out_h * out_w and C_out/groups must each fit
+    (csrc/im2col.c checks the same in fc_im2col_too_big).  A 1x1 convolution of a 46341x46341 plane
+    does not: the registry's eligibility knows, so ``auto`` picks a direct kernel instead."""
+    dims = {"C_in/groups*kH*kW": spec.c_in // spec.groups * spec.kh * spec.kw,
+            "out_h*out_w": spec.out_h * spec.out_w, "C_out/groups": spec.c_out // spec.groups}
+    over = [f"{name}={v}" for name, v in dims.items() if v > INT32_MAX]
+    return f"a GEMM dimension exceeds OpenBLAS's 32-bit integers ({', '.join(over)})" if over else None
 
 
 def task_rows(spec, k, buffers, workspace_bytes, itemsize) -> int:
@@ -261,8 +267,9 @@ def _conv2d_backward_data(gy, w, gx, dcols, s, rows, direct, cb):
 
 
 def _check(spec):
-    if too_big(spec):
-        raise ValueError("numba.im2col: a GEMM dimension of this problem exceeds OpenBLAS's 32-bit integers")
+    reason = why_not(spec)
+    if reason:  # the registry refuses such a spec first; this keeps a direct call from overflowing
+        raise ValueError(f"numba.im2col: {reason}")
 
 
 def _columns(spec, buffers, k, rows):
