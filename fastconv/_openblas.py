@@ -40,6 +40,18 @@ lib = ctypes.CDLL(_library_path(), mode=os.RTLD_LOCAL)
 # pool would only oversubscribe the cores.  This copy of OpenBLAS is the scipy-openblas32 wheel's
 # (numpy and scipy vendor their own), and this build exports no thread-local setter.
 lib.scipy_openblas_set_num_threads(1)
+_get_threads = lib.scipy_openblas_get_num_threads
+
+
+def keep_single_threaded() -> None:
+    """Put the library back to one thread if another library changed it (threadpoolctl's
+    threadpool_limits reaches this copy too: fastconv/threads.py).  One C call, ~0.1 us."""
+    if _get_threads() != 1:
+        lib.scipy_openblas_set_num_threads(1)
+
+
+def num_threads() -> int:
+    return _get_threads()
 
 
 def address(symbol: str) -> int:

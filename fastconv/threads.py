@@ -3,6 +3,25 @@ and the Numba kernels (prange).  Set with set_num_threads(n) or FASTCONV_NUM_THR
 
 Numba's own set_num_threads is thread-local, so the Numba wrappers apply this count in the
 calling thread right before each launch (numba_launch_threads).
+
+Every launch goes through for_problem, which also keeps two promises:
+
+- **fork.**  GNU OpenMP is not fork-safe: a child forked after the parent ran a team hangs in its
+  next parallel region (libgomp's pool threads are gone, its barrier waits for them), and Numba's
+  OpenMP layer kills a child that launches a parallel loop once the parent has (``Terminating:
+  fork() called from a process already using GNU OpenMP``), whatever the thread count.  So a child
+  forked after this process launched a kernel (multiprocessing's default start method on Linux,
+  DataLoader workers) runs every kernel serially: the C kernels on one thread (libgomp runs a
+  team of one without its pool) and the Numba kernels as their serial twins (fastconv/numba/
+  _options.py), compiled on first use in the child.  A child of a process that launched nothing
+  keeps its threads.  (Another library's GNU OpenMP team in the parent is not seen: call
+  set_num_threads(1) in such workers.)
+- **BLAS inside parallel regions.**  The GEMMs run inside fastconv's own OpenMP/prange tasks, one
+  per thread, on a private OpenBLAS set to one thread (fastconv/_openblas.py).  Another library may
+  change that (threadpoolctl's threadpool_limits(2), as scikit-learn users and benchmark harnesses
+  call, reaches every OpenBLAS of the process): each task then ran 2 OpenBLAS threads (c.im2col on
+  a 256-channel 14x14 layer went from 1.1 to 7.9 ms) and OpenBLAS printed "Detect OpenMP Loop and
+  this application may hang" on every call.  So every launch first puts it back to one thread.
 """
 from __future__ import annotations
 
@@ -11,6 +30,8 @@ import os
 import warnings
 
 import numba
+
+from . import _openblas
 
 
 def max_threads() -> int:
@@ -60,8 +81,26 @@ def get_num_threads() -> int:
 SERIAL_WORK = 1 << 20
 
 
+_launched = False  # this process has launched a kernel (an OpenMP team, a Numba parallel loop)
+serial_only = False  # a child forked after its parent launched one: every kernel runs serially
+
+
+def _after_fork_in_child() -> None:
+    global serial_only
+    serial_only = serial_only or _launched
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def for_problem(spec=None) -> int:
-    """The threads one call on spec should use: the set count, or 1 for a small problem."""
+    """The threads one call on spec should use: the set count, or 1 for a small problem or in a
+    forked child that must run serially.  Called right before every launch (see above)."""
+    global _launched
+    _launched = True
+    _openblas.keep_single_threaded()
+    if serial_only:
+        return 1
     if spec is None:
         return _num_threads
     work = spec.flops if hasattr(spec, "flops") else 2 * math.prod(spec.input_shape)
@@ -71,5 +110,11 @@ def for_problem(spec=None) -> int:
 def numba_launch_threads(spec=None) -> None:
     """Apply the count for spec to Numba in the calling thread (its setting is thread-local)."""
     n = for_problem(spec)
-    if numba.get_num_threads() != n:
+    if not serial_only and numba.get_num_threads() != n:  # serial twins launch no team
         numba.set_num_threads(n)
+
+
+def in_force() -> dict:
+    """The thread counts in force (``fastconv kernels`` prints them)."""
+    return {"fastconv": _num_threads, "numba_pool": max_threads(), "openblas_per_task": _openblas.num_threads(),
+            "serial_only": serial_only}

@@ -8,12 +8,24 @@
   ``helper`` for the functions it calls, which must live in the same file, because Numba's cache
   only notices edits to the decorated function's own file.
 - The threading layer must survive concurrent calls from several Python threads, which Numba's
-  default ``workqueue`` layer does not (it aborts the process).  ``threadsafe`` takes OpenMP or
-  TBB, whichever is present, unless the user chose a layer through NUMBA_THREADING_LAYER.
+  ``workqueue`` layer does not (it aborts the process).  ``threadsafe`` takes OpenMP or TBB,
+  whichever is present, unless the user chose a layer through NUMBA_THREADING_LAYER.  A user's
+  choice is kept; when it ends on ``workqueue`` (asked for by name, or as what ``forksafe`` or
+  ``default`` found), fastconv's parallel launches are serialized under one lock, so concurrent
+  callers wait for each other instead of aborting the process.
+- A ``driver`` is a ``Driver``: the parallel kernel and its serial twin (the same Python function
+  compiled with ``parallel=False``, prange as range, under a qualified name of its own so the two
+  never share a cache entry), which runs in a forked child that must not launch a team
+  (fastconv/threads.py).  The twin compiles on its first call, so a process that never forks never
+  pays for it.
 """
 import os
+import threading
+import types
 
 import numba
+
+from .. import threads
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
@@ -21,8 +33,45 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "threadsafe"
 
 
+class Driver:
+    """A parallel kernel; calls go to its serial twin in a forked child that must run serially,
+    and under the workqueue layer one at a time."""
+
+    _lock = threading.Lock()
+    _serialize = None  # unknown until the first launch tells the layer; then True (workqueue) or False
+
+    def __init__(self, fn):
+        self.py_func = fn
+        self.parallel = numba.njit(parallel=True, cache=True, nogil=True, fastmath=set(FASTMATH))(fn)
+        self._serial = None
+        self.__name__, self.__qualname__, self.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+
+    @property
+    def serial(self):
+        if self._serial is None:
+            fn = self.py_func
+            twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+            twin.__qualname__ = fn.__qualname__ + "__serial"  # its own cache file
+            self._serial = numba.njit(parallel=False, cache=True, nogil=True, fastmath=set(FASTMATH))(twin)
+        return self._serial
+
+    def __call__(self, *args):
+        if threads.serial_only:
+            return self.serial(*args)
+        if Driver._serialize is False:
+            return self.parallel(*args)
+        with Driver._lock:  # the first launches, and every launch under workqueue
+            out = self.parallel(*args)
+            if Driver._serialize is None:
+                Driver._serialize = numba.threading_layer() == "workqueue"
+            return out
+
+    def __getattr__(self, name):  # the dispatcher's own attributes (stats, signatures, ...)
+        return getattr(self.parallel, name)
+
+
 def driver(fn):
-    return numba.njit(parallel=True, cache=True, nogil=True, fastmath=set(FASTMATH))(fn)
+    return Driver(fn)
 
 
 def helper(fn):
