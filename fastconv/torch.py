@@ -10,6 +10,10 @@ Tensors cross without copies: contiguous CPU tensors are viewed as NumPy arrays
 than float32/float64, and ``padding_mode`` other than ``'zeros'`` are refused with a ValueError by
 the functions, and left on torch's own implementation by ``patch``, which says so.
 
+Higher derivatives (``autograd.grad(..., create_graph=True)`` twice, Hessian-vector products,
+``gradgradcheck``) run on fastconv too: the backward is recorded as a differentiable Function
+only when grad mode is on during backward, so a plain ``.backward()`` costs what it did.
+
 torch is an optional extra (``pip install fastconv[torch]``): ``import fastconv`` never imports it.
 """
 from __future__ import annotations
@@ -49,6 +53,18 @@ def _tensor(a) -> torch.Tensor:
     return torch.from_numpy(a)  # fastconv returns new C-contiguous arrays: no copy
 
 
+def _conv_backward(grad_y, x, w, has_bias, args):
+    """(gx, gw, gb) of conv2d on fastconv, as tensors; gb is None without a bias."""
+    gx, gw, gb = fastconv.conv2d_backward(_numpy(grad_y, "grad_output", "conv2d"), _numpy(x, "input", "conv2d"),
+                                          _numpy(w, "weight", "conv2d"), *args, bias=has_bias)
+    return _tensor(gx), _tensor(gw), None if gb is None else _tensor(gb)
+
+
+def _pool_backward(grad_y, idx, input_shape):
+    return _tensor(fastconv.max_pool2d_backward(_numpy(grad_y, "grad_output", "max_pool2d"), idx.numpy(),
+                                                input_shape))
+
+
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
@@ -62,11 +78,48 @@ class _Conv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, w = ctx.saved_tensors
-        gx, gw, gb = fastconv.conv2d_backward(_numpy(grad_y, "grad_output", "conv2d"), x.detach().numpy(),
-                                              w.detach().numpy(), *ctx.args, bias=ctx.has_bias)
+        if torch.is_grad_enabled():  # create_graph=True: record the backward so it can be differentiated
+            gx, gw, gb = _Conv2dBackward.apply(grad_y, x, w, ctx.has_bias, *ctx.args)
+        else:  # first order: straight to fastconv, nothing recorded
+            gx, gw, gb = _conv_backward(grad_y, x, w, ctx.has_bias, ctx.args)
         need = ctx.needs_input_grad
-        return (_tensor(gx) if need[0] else None, _tensor(gw) if need[1] else None,
-                _tensor(gb) if ctx.has_bias and need[2] else None, None, None, None, None)
+        return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
+                None, None, None, None)
+
+
+class _Conv2dBackward(torch.autograd.Function):
+    """conv2d's first backward, (grad_y, x, w) -> (gx, gw, gb), as a differentiable function.
+
+    gx = bwd_data(grad_y, w), gw = bwd_weight(grad_y, x), gb = sum(grad_y) are each linear in
+    grad_y and in one of x, w, so the backward is convolutions again.  It is written with conv2d and
+    this Function itself, hence is differentiable in turn: every order works."""
+
+    @staticmethod
+    def forward(ctx, grad_y, x, w, has_bias, stride, padding, dilation, groups):
+        ctx.set_materialize_grads(False)  # outputs nobody used (often gb, gx) come back None: no work
+        ctx.save_for_backward(grad_y, x, w)
+        ctx.args = (stride, padding, dilation, groups)
+        return _conv_backward(grad_y, x, w, has_bias, ctx.args)
+
+    @staticmethod
+    def backward(ctx, ggx, ggw, ggb):
+        grad_y, x, w = ctx.saved_tensors
+        args, need = ctx.args, ctx.needs_input_grad
+        g_grad_y = g_x = g_w = None
+        if need[0]:
+            terms = []
+            if ggx is not None:
+                terms.append(conv2d(ggx, w, None, *args))
+            if ggw is not None:
+                terms.append(conv2d(x, ggw, None, *args))
+            if ggb is not None:
+                terms.append(ggb.reshape(1, -1, 1, 1).expand(grad_y.shape))
+            g_grad_y = sum(terms[1:], terms[0]) if terms else None
+        if need[1] and ggw is not None:  # adjoint of x -> gw: the input gradient, ggw as the weight
+            g_x = _Conv2dBackward.apply(grad_y, x, ggw, False, *args)[0]
+        if need[2] and ggx is not None:  # adjoint of w -> gx: the weight gradient, ggx as the input
+            g_w = _Conv2dBackward.apply(grad_y, ggx, w, False, *args)[1]
+        return g_grad_y, g_x, g_w, None, None, None, None, None
 
 
 class _MaxPool2d(torch.autograd.Function):
@@ -83,17 +136,40 @@ class _MaxPool2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_idx):
         (idx,) = ctx.saved_tensors
-        gx = fastconv.max_pool2d_backward(_numpy(grad_y, "grad_output", "max_pool2d"), idx.numpy(), ctx.input_shape)
-        return _tensor(gx), None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: record the backward so it can be differentiated
+            gx = _MaxPool2dBackward.apply(grad_y, idx, ctx.input_shape)
+        else:
+            gx = _pool_backward(grad_y, idx, ctx.input_shape)
+        return gx, None, None, None, None, None
+
+
+class _MaxPool2dBackward(torch.autograd.Function):
+    """max_pool2d's backward, grad_y -> gx: a scatter of grad_y to the argmax indices, linear in
+    grad_y, so its own backward is the gather of ggx at those indices (torch's gather, which
+    autograd differentiates further)."""
+
+    @staticmethod
+    def forward(ctx, grad_y, idx, input_shape):
+        ctx.save_for_backward(idx)
+        ctx.input_shape = input_shape
+        return _pool_backward(grad_y, idx, input_shape)
+
+    @staticmethod
+    def backward(ctx, ggx):
+        (idx,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        # sizes spelled out, not -1: reshaping an empty (N = 0) tensor cannot infer a dimension
+        planes = idx.reshape(n, c, idx.shape[2] * idx.shape[3])
+        return ggx.reshape(n, c, h * w).gather(2, planes).reshape(idx.shape), None, None
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """torch.nn.functional.conv2d on fastconv's kernels, differentiable in input, weight and bias."""
+    """torch.nn.functional.conv2d on fastconv's kernels, differentiable (any order) in input, weight, bias."""
     return _Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    """torch.nn.functional.max_pool2d on fastconv's kernels; indices as torch's (int64, per plane)."""
+    """torch.nn.functional.max_pool2d on fastconv's kernels; indices as torch's (int64, per plane); any order."""
     y, idx = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
     return (y, idx) if return_indices else y
 

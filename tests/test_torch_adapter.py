@@ -39,6 +39,117 @@ def test_max_pool2d_gradcheck(args):
     assert torch.equal(idx, tidx)
 
 
+GRADGRAD_ARGS = [dict(), dict(stride=2, padding=1), dict(dilation=2), dict(groups=2, padding=1),
+                 dict(padding="same")]
+
+
+def _conv_inputs(groups=1, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, 7, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    return x, w, b
+
+
+def _distinct(*shape, seed=1):
+    # distinct values: no ties, and finite differences cannot move the argmax
+    n = torch.Size(shape).numel()
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).double().reshape(shape).requires_grad_()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("args", GRADGRAD_ARGS, ids=str)
+def test_conv2d_gradgradcheck(args, bias):
+    x, w, b = _conv_inputs(args.get("groups", 1))
+    inputs = (x, w, b) if bias else (x, w)
+    assert torch.autograd.gradgradcheck(lambda *t: fct.conv2d(*t, **args), inputs)
+
+
+@pytest.mark.parametrize("args", [dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=(3, 2), stride=1, dilation=(2, 1), ceil_mode=True)], ids=str)
+def test_max_pool2d_gradgradcheck(args):
+    assert torch.autograd.gradgradcheck(lambda t: fct.max_pool2d(t, **args), (_distinct(2, 3, 9, 8),))
+
+
+def _derivatives(f, inputs, order):
+    """The first `order` derivatives of a scalar built from f(*inputs), each taken of a nonlinear
+    function of the previous ones (so every order mixes all inputs), by autograd.grad(create_graph)."""
+    out, found = f(*inputs).sin().sum(), []
+    for _ in range(order):
+        grads = torch.autograd.grad(out, inputs, create_graph=True)
+        found.append(grads)
+        out = sum(g.sin().sum() for g in grads)
+    return found
+
+
+@pytest.mark.parametrize("args", GRADGRAD_ARGS, ids=str)
+def test_conv2d_second_and_third_derivatives_match_native(args):
+    # the double backward is built of fct.conv2d and itself, so every order runs on fastconv
+    inputs = _conv_inputs(args.get("groups", 1))
+    ours = _derivatives(lambda *t: fct.conv2d(*t, **args), inputs, 3)
+    native = _derivatives(lambda *t: F.conv2d(*t, **args), inputs, 3)
+    for order, (got, want) in enumerate(zip(ours, native), 1):
+        for name, a, e in zip("xwb", got, want):
+            torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11 * e.abs().max().item(), msg=f"{order} {name}")
+
+
+@pytest.mark.parametrize("args", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2)], ids=str)
+def test_max_pool2d_second_and_third_derivatives_match_native(args):
+    x = _distinct(2, 3, 9, 8)
+    scale = lambda t: t / 100  # keeps sin() away from saturation: non-trivial derivatives
+    ours = _derivatives(lambda t: fct.max_pool2d(scale(t), **args), (x,), 3)
+    native = _derivatives(lambda t: F.max_pool2d(scale(t), **args), (x,), 3)
+    for order, (got, want) in enumerate(zip(ours, native), 1):
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-14, msg=f"order {order}")
+
+
+def test_first_order_backward_does_not_build_the_differentiable_path(monkeypatch):
+    # plain .backward() must go straight to fastconv, without the double-backward Functions' graph
+    def refuse(*_):
+        raise AssertionError("double-backward path taken without create_graph")
+    monkeypatch.setattr(fct._Conv2dBackward, "apply", refuse)
+    monkeypatch.setattr(fct._MaxPool2dBackward, "apply", refuse)
+    x, w, b = _conv_inputs()
+    fct.max_pool2d(fct.conv2d(x, w, b, padding=1), 2).sum().backward()
+    assert x.grad is not None and w.grad is not None and b.grad is not None
+    assert not x.grad.requires_grad
+
+
+def test_hessian_vector_product_through_a_patched_model_matches_native():
+    def model():
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(3, stride=2, padding=1),
+                             nn.Conv2d(4, 4, 3, groups=2, bias=False), nn.Tanh(), nn.Flatten(),
+                             nn.Linear(4 * 3 * 3, 2)).double()
+    torch.manual_seed(0)
+    native = model()
+    patched = fct.patch(model())
+    patched.load_state_dict(native.state_dict())
+    assert len(patched.fastconv_patch.swapped) == 3
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    vs = [torch.randn_like(p) for p in native.parameters()]
+
+    def hvp(m):
+        params = list(m.parameters())
+        grads = torch.autograd.grad(m(x).square().sum(), params, create_graph=True)
+        return torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs)), params)
+
+    for (name, _), got, want in zip(native.named_parameters(), hvp(patched), hvp(native)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_batch_of_zero_forward_and_backward_match_native():
+    # needs the core's N = 0 support (API.md: empty outputs, zero weight and bias gradients)
+    x, w, b = _conv_inputs(groups=2, n=0)
+    results = []
+    for f in (fct, F):
+        y = f.max_pool2d(f.conv2d(x, w, b, 1, "same", 1, 2), 3, 2, 1)
+        grads = torch.autograd.grad(y.square().sum(), (x, w, b), create_graph=True)
+        results.append((y, *grads, *torch.autograd.grad(sum(g.square().sum() for g in grads), (x, w, b))))
+    for name, got, want in zip(["y", "gx", "gw", "gb", "ggx", "ggw", "ggb"], *results):
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got, want, msg=name)
+
+
 def _model():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.ReLU(),
