@@ -1,6 +1,8 @@
 """``fastconv`` command line: kernels, bench, nets, explain, tune, cache.
 
-Bad arguments print one line ``fastconv: error: ...`` and exit with status 2, never a traceback.
+Bad arguments print one line ``fastconv: error: ...`` and exit with status 2, never a traceback;
+every message names the option and its value.  Any other exception is a bug and keeps its
+traceback (``main``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,38 @@ import numpy as np
 
 from . import __version__, bench, dispatch, nets, registry, threads, tuning_cache
 from .c import _lib
+from .spec import INDEX_LIMIT, PARAM_LIMIT
+
+
+class UsageError(Exception):
+    """A bad command-line argument found by the CLI itself: one line, exit 2."""
+
+
+def _names(text: str, option: str, what: str) -> list:
+    """A comma-separated option: its names, blanks dropped; one at least ("," names nothing)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise UsageError(f"{option}={text!r} names no {what}")
+    return names
+
+
+def _net(name: str, option: str) -> tuple:
+    """The layers of a built-in network, or a UsageError naming the option."""
+    try:
+        return nets.get(name)
+    except ValueError as exc:  # nets.get's one refusal: an unknown name (it lists the known ones)
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _count(text: str) -> int:
+    """argparse type of --batch, --repeats, --groups: a positive int (argparse names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= INDEX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range (1..{INDEX_LIMIT})")
+    return value
 
 
 def _kernels(args) -> int:
@@ -24,18 +58,25 @@ def _kernels(args) -> int:
     for k in registry.kernels():
         status = "ok" if not (k.backend == "c" and _lib.UNAVAILABLE) else _lib.UNAVAILABLE
         rows.append({"name": k.name, "op": k.op, "backend": k.backend, "algo": k.algo,
-                     "rtol_float32": k.rtol["float32"], "rtol_float64": k.rtol["float64"], "status": status})
+                     "rtol_float32": k.rtol["float32"], "rtol_float64": k.rtol["float64"],
+                     "deterministic": k.deterministic, "nonfinite_to": k.nonfinite, "status": status})
+    force = threads.in_force()
     info = {"version": __version__, "c_extension": _lib.build_info() if _lib.lib is not None else _lib.UNAVAILABLE,
-            "openmp": _lib.has_openmp(), "threads": threads.get_num_threads(),
+            "openmp": _lib.has_openmp(), "threads": force["fastconv"], "numba_pool": force["numba_pool"],
+            "openblas_threads_per_task": force["openblas_per_task"], "serial_only": force["serial_only"],
             "numba": numba.__version__, "numba_threading_layer": numba.config.THREADING_LAYER}
     if args.json:
         print(json.dumps({"build": info, "kernels": rows}, indent=2))
         return 0
     print(f"fastconv {__version__}; C extension: {info['c_extension']}; OpenMP: {'yes' if info['openmp'] else 'no'}; "
-          f"threads: {info['threads']}; numba {info['numba']} (threading layer: {info['numba_threading_layer']})")
-    print(f"{'kernel':18s} {'op':18s} {'rtol f32':>9s} {'rtol f64':>9s}  status")
+          f"numba {info['numba']} (threading layer: {info['numba_threading_layer']})")
+    print(f"threads: {info['threads']} per call (Numba pool {info['numba_pool']}; OpenBLAS "
+          f"{info['openblas_threads_per_task']} inside each task)"
+          + ("; serial: forked after the parent ran kernels" if info["serial_only"] else ""))
+    print(f"{'kernel':20s} {'op':18s} {'rtol f32':>9s} {'rtol f64':>9s} {'determ.':>7s}  {'inf/NaN to':14s} status")
     for r in rows:
-        print(f"{r['name']:18s} {r['op']:18s} {r['rtol_float32']:9.0e} {r['rtol_float64']:9.0e}  {r['status']}")
+        print(f"{r['name']:20s} {r['op']:18s} {r['rtol_float32']:9.0e} {r['rtol_float64']:9.0e} "
+              f"{'yes' if r['deterministic'] else 'no':>7s}  {r['nonfinite_to'] or '-':14s} {r['status']}")
     return 0
 
 
@@ -45,34 +86,32 @@ def _require(module: str, why: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ValueError(why) from None
+        raise UsageError(why) from None
 
 
 def _bench(args) -> int:
-    layers = nets.get(args.net)
-    if args.layers:
-        wanted = [s.strip() for s in args.layers.split(",") if s.strip()]
+    layers = _net(args.net, "--net")
+    if args.layers is not None:
+        wanted = _names(args.layers, "--layers", "layer")
         unknown = [w for w in wanted if w not in {l.name for l in layers}]
         if unknown:
-            raise ValueError(f"--layers: {', '.join(unknown)} not in {args.net} "
+            raise UsageError(f"--layers: {', '.join(unknown)} not in {args.net} "
                              f"(layers: {', '.join(l.name for l in layers)})")
         layers = tuple(l for l in layers if l.name in wanted)
-    kernel_names = tuple(s.strip() for s in args.kernels.split(",")) if args.kernels else ()
+    kernel_names = tuple(_names(args.kernels, "--kernels", "kernel")) if args.kernels is not None else ()
     known = {k.name for k in registry.kernels()} | {bench.AUTO}
     if set(kernel_names) - known:
-        raise ValueError(f"--kernels: {', '.join(sorted(set(kernel_names) - known))} not registered "
+        raise UsageError(f"--kernels: {', '.join(sorted(set(kernel_names) - known))} not registered "
                          f"(see `fastconv kernels`; 'auto' is fastconv's own choice)")
-    if args.batch < 1 or args.repeats < 1:
-        raise ValueError("--batch and --repeats must be positive")
     if args.pass_ not in bench.PASSES:  # checked here, not by argparse, for a one-line error
-        raise ValueError(f"--pass={args.pass_!r} must be one of {', '.join(bench.PASSES)}")
+        raise UsageError(f"--pass={args.pass_!r} must be one of {', '.join(bench.PASSES)}")
     # Everything that can fail is checked before the timing starts, which may take minutes.
     torch = _require("torch", "--compare torch needs torch: pip install torch") if args.compare == "torch" else None
     if args.plot:
         _require("matplotlib", '--plot needs matplotlib: pip install "fastconv[plot]"')
     for path in (args.json, args.plot):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"{path}: no such directory")
+            raise UsageError(f"{path}: no such directory")
     rows, peak = bench.run(layers, args.batch, args.dtype, kernel_names, args.repeats,
                            with_reference=not args.no_reference, pass_=args.pass_, with_torch=torch is not None)
     title = f"net {args.net}, batch {args.batch}, {args.dtype}, pass {args.pass_}"
@@ -100,7 +139,8 @@ def _bench(args) -> int:
 
 def _nets(args) -> int:
     if args.name:
-        rows, totals = nets.table(args.name)  # an unknown name: ValueError, exit 2
+        _net(args.name, "nets NAME")
+        rows, totals = nets.table(args.name)
         if args.json:
             print(json.dumps({"net": args.name, "dtype": args.dtype, "rows": [dataclasses.asdict(r) for r in rows],
                               "totals": totals}, indent=2))
@@ -127,27 +167,33 @@ def _nets(args) -> int:
     return 0
 
 
-def _ints(text: str, name: str, count=None) -> tuple:
-    """'1,64,56,56' -> (1, 64, 56, 56); count: the number of values required (a tuple: allowed)."""
+def _ints(text: str, name: str, count=None, low: int = 0, high: int = INDEX_LIMIT) -> tuple:
+    """'1,64,56,56' -> (1, 64, 56, 56); count: the number of values required (a tuple: allowed).
+    Each value in [low, high] (the spec's own bounds), so that an error names the option: past
+    here, the spec would name its field ("x shape") instead."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"{name}={text!r} must be comma-separated integers") from None
+        raise UsageError(f"{name}={text!r} must be comma-separated integers") from None
     allowed = (count,) if isinstance(count, int) else count
     if allowed and len(values) not in allowed:
-        raise ValueError(f"{name}={text!r} must have {' or '.join(map(str, allowed))} values, got {len(values)}")
+        raise UsageError(f"{name}={text!r} must have {' or '.join(map(str, allowed))} values, got {len(values)}")
+    bad = [v for v in values if not low <= v <= high]
+    if bad:
+        raise UsageError(f"{name}={text!r}: {bad[0]} is out of range ({low}..{high})")
     return values
 
 
-def _hw(text: str, name: str):
-    values = _ints(text, name, (1, 2))
+def _hw(text: str, name: str, low: int):
+    values = _ints(text, name, (1, 2), low, PARAM_LIMIT)
     return values[0] if len(values) == 1 else values
 
 
 def _explain(args) -> int:
-    padding = args.padding if args.padding in ("same", "valid") else _hw(args.padding, "--padding")
-    plan = dispatch.explain(_ints(args.input, "--input", 4), _ints(args.weight, "--weight", 4),
-                            _hw(args.stride, "--stride"), padding, _hw(args.dilation, "--dilation"), args.groups,
+    padding = args.padding if args.padding in ("same", "valid") else _hw(args.padding, "--padding", 0)
+    # N may be 0 (an empty batch); every other size, stride and dilation at least 1
+    plan = dispatch.explain(_ints(args.input, "--input", 4, 0), _ints(args.weight, "--weight", 4, 1),
+                            _hw(args.stride, "--stride", 1), padding, _hw(args.dilation, "--dilation", 1), args.groups,
                             args.dtype, op=args.op, algo=args.algo, backend=args.backend, rtol=args.rtol,
                             rigor=args.rigor)
     if args.json:
@@ -161,10 +207,13 @@ def _explain(args) -> int:
 
 def _tune(args) -> int:
     if args.pass_ not in ("fwd", "bwd", "all"):
-        raise ValueError(f"--pass={args.pass_!r} must be one of fwd, bwd, all")
+        raise UsageError(f"--pass={args.pass_!r} must be one of fwd, bwd, all")
     passes = ("fwd", "bwd") if args.pass_ == "all" else (args.pass_,)
+    names = _names(args.net, "--net", "network")
+    for name in names:
+        _net(name, "--net")
     t0 = time.perf_counter()
-    plans = dispatch.tune(net=args.net, batch=args.batch, dtype=args.dtype, passes=passes, rigor=args.rigor,
+    plans = dispatch.tune(net=names, batch=args.batch, dtype=args.dtype, passes=passes, rigor=args.rigor,
                           force=args.force, budget_s=args.budget, progress=None if not args.json else False)
     elapsed = time.perf_counter() - t0
     ratios = [p.heuristic_ratio for p in plans if p.heuristic_ratio is not None]
@@ -217,9 +266,14 @@ def _cache(args) -> int:
         print(f"removed {len(removed)} tuning file(s) from {cache.directory}")
         return 0
     if args.action in ("export", "import") and not args.file:
-        raise ValueError(f"cache {args.action} needs a FILE")
+        raise UsageError(f"cache {args.action} needs a FILE")
     if args.action == "export":
-        n = cache.export(args.file)
+        directory = os.path.dirname(os.path.abspath(args.file))
+        if not os.path.isdir(directory):
+            raise UsageError(f"cache export: cannot write {args.file}: directory {directory} does not exist")
+        if not os.access(directory, os.W_OK):
+            raise UsageError(f"cache export: cannot write {args.file}: directory {directory} is not writable")
+        n = cache.export(args.file)  # a failure past these checks is an OSError naming args.file
         print(f"exported {n} entries to {args.file}")
         return 0
     if args.action == "import":
@@ -229,14 +283,11 @@ def _cache(args) -> int:
         return 0
     cache.reload()
     rows = []
+    # the entries were validated on load (tuning_cache._entry_problem): every field read here is there
     for key, e in sorted(cache.entries.items()):
-        spec = dispatch.spec_from_json(e.get("spec", {}))
-        best = e.get("best")
-        t = e["times"].get(best, {}) if best else {}
-        rows.append({"key": key, "op": e.get("op", key.split(" ", 1)[0]),
-                     "shape": dispatch.describe(e.get("op"), spec) if spec is not None else key.split(" ", 1)[-1],
-                     "best": best, "median_ms": t.get("median", float("nan")) * 1e3 if t else None,
-                     "rigor": e.get("rigor"), "kernels": len(e["times"])})
+        t = e["times"].get(e.get("best"), {})
+        rows.append({"key": key, "op": e["op"], "shape": _describe_entry(key, e), "best": e.get("best"),
+                     "median_ms": t["median"] * 1e3 if t else None, "rigor": e["rigor"], "kernels": len(e["times"])})
     others = [f for f in tuning_cache.files(cache.directory) if f != cache.path]
     if args.json:
         print(json.dumps({"path": cache.path, "env_key": cache.key, "environment": cache.env,
@@ -257,6 +308,15 @@ def _cache(args) -> int:
     return 0
 
 
+def _describe_entry(key: str, entry: dict) -> str:
+    """An entry's problem in one line; the key's text for a spec of the right fields and types whose
+    values make no sense (a hand-edited groups=0): the spec's properties divide by them."""
+    try:
+        return dispatch.describe(entry["op"], dispatch.spec_from_json(entry["spec"]))
+    except (ArithmeticError, LookupError, TypeError, ValueError):
+        return key.split(" ", 1)[-1]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage block): ``fastconv: error: ...``, exit status 2."""
 
@@ -274,11 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time every kernel on a network's layers against the NumPy reference")
     p.add_argument("--net", default="vgg16", help="network layer table (default vgg16)")
     p.add_argument("--layers", help="comma-separated layer names (default: all)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_count, default=1)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--kernels", help="comma-separated kernel names, 'auto' among them for fastconv's own "
                                      "choice (default: every eligible kernel and auto)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per kernel (median)")
+    p.add_argument("--repeats", type=_count, default=5, help="interleaved timed runs per kernel (median)")
     p.add_argument("--pass", dest="pass_", default="fwd", metavar="{fwd,bwd}",
                    help="fwd: the forward kernels; bwd: backward (input + weight + bias gradients) beside "
                         "the same kernel's forward (default fwd)")
@@ -302,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", default="1", metavar="S|SH,SW")
     p.add_argument("--padding", default="0", metavar="P|PH,PW|same|valid")
     p.add_argument("--dilation", default="1", metavar="D|DH,DW")
-    p.add_argument("--groups", type=int, default=1)
+    p.add_argument("--groups", type=_count, default=1)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--op", choices=list(dispatch.CONV_OPS), default="conv2d.fwd",
                    help="the pass: forward, grad of input, grad of weight (default conv2d.fwd)")
@@ -318,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="time every eligible kernel on a network's layers and cache the winners")
     p.add_argument("--net", required=True,
                    help=f"network layer table(s), comma-separated ({', '.join(nets.NETS)})")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_count, default=1)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--pass", dest="pass_", default="fwd", metavar="{fwd,bwd,all}",
                    help="fwd: forward ops; bwd: grad of input and of weight, tuned separately; all: both")
@@ -340,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# fastconv's argument checks start their messages with the checking function ("tune: batch=0 ...",
+# "conv2d: groups=3 ...", "explain: ..."); the commands reach these.
+_CHECKERS = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "explain", "tune", "bench",
+             "kernels", "set_tuning", "set_num_threads")
+
+
+def _bad_argument(exc: BaseException) -> bool:
+    """Whether exc reports a bad argument (exit 2) rather than a bug (a traceback): the CLI's own
+    checks, a tuning FILE that cannot be used, or fastconv's argument validation."""
+    if isinstance(exc, (UsageError, tuning_cache.CacheFileError)):
+        return True
+    return isinstance(exc, (ValueError, TypeError)) and str(exc).split(": ", 1)[0] in _CHECKERS
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -348,7 +422,9 @@ def main(argv=None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, TypeError) as exc:
+    except (UsageError, ValueError, TypeError) as exc:
+        if not _bad_argument(exc):
+            raise
         print(f"fastconv: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a FILE that cannot be read or written

@@ -14,18 +14,21 @@ trusted (a copied file, another release): it is reported once and rebuilt.
 The file::
 
     {"format": 1, "env_key": "...", "environment": {...},
-     "entries": {"<op> <spec repr>": {"op": ..., "rigor": "measure", "best": "c.im2col",
+     "entries": {"<op> <spec repr>": {"op": ..., "spec": {"type": "ConvSpec", <its fields>},
+                                        "rigor": "measure", "best": "c.im2col",
                                         "times": {kernel: {"median": s, "q1": s, "q3": s, "min": s,
                                                            "max": s, "runs": n, "dropped": bool}},
                                         "errors": {kernel: max rel. error vs the reference},
-                                        "failed": {kernel: why it was excluded},
+                                        "failed": {kernel: "<kernel>: why it was excluded"},
                                         "cost_s": wall seconds of the measurement, "created": iso}}}
 
 How: writes are atomic (a temporary file in the same directory, then ``os.replace``) and merge
 what is on disk (re-read, merge, replace, under an ``fcntl`` lock where there is one), so
 processes tuning at once keep each other's entries.  A corrupt, truncated, unreadable or foreign
-file is reported once as a RuntimeWarning and rebuilt; a directory that cannot be written
-degrades to in-memory tuning (reported once).  Nothing here ever raises into a conv2d call.
+file is reported once as a RuntimeWarning and rebuilt; an entry lacking a field that a reader uses,
+holding one of the wrong type, or whose spec is not its key's problem, is reported once and
+dropped (``_entry_problem``); a directory that cannot be written degrades to in-memory tuning
+(reported once).  Nothing here ever raises into a conv2d call.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -178,21 +182,71 @@ def _locked(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _valid_entry(entry) -> bool:
-    if not isinstance(entry, dict) or not isinstance(entry.get("times"), dict):
-        return False
-    for t in entry["times"].values():
-        if not isinstance(t, dict) or not isinstance(t.get("median"), (int, float)) or t["median"] < 0:
-            return False
-    return isinstance(entry.get("failed", {}), dict) and isinstance(entry.get("rigor", "measure"), str)
+class CacheFileError(ValueError):
+    """A tuning file asked for by name (import) that cannot be used: corrupt, malformed, or of
+    another machine.  The CLI reports it as a bad argument (exit 2)."""
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _seconds(v) -> bool:
+    return _number(v) and 0 <= v < math.inf  # also refuses NaN
+
+
+def _entry_problem(key: str, entry) -> str | None:
+    """What is wrong with one entry, or None.  Every field a reader uses (dispatch._pick and
+    plan_of, `fastconv cache show`) is checked with its type here, so the readers need not
+    guard: a hand-edited or half-written entry is dropped on load instead of raising in explain()."""
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not an object"
+    rigor = entry.get("rigor")
+    if not isinstance(rigor, str) or rigor not in RIGOR_RANK:
+        return f"rigor={rigor!r} is not one of {', '.join(RIGOR_RANK)}"
+    times = entry.get("times")
+    if not isinstance(times, dict):
+        return "times is not an object"
+    for name, t in times.items():
+        if not isinstance(t, dict) or not all(_seconds(t.get(f)) for f in ("median", "q1", "q3")):
+            return f"times[{name!r}] lacks a median, q1 or q3 in seconds"
+        if not isinstance(t.get("runs"), int) or isinstance(t["runs"], bool) or t["runs"] < 1:
+            return f"times[{name!r}] runs={t.get('runs')!r} is not a positive count"
+        if not isinstance(t.get("dropped", False), bool):
+            return f"times[{name!r}] dropped={t['dropped']!r} is not a bool"
+    errors, failed = entry.get("errors", {}), entry.get("failed", {})
+    if not isinstance(errors, dict) or not all(_number(e) for e in errors.values()):
+        return "errors is not an object of numbers"
+    # plan_of prints a reason without its leading "<kernel>: ", as measure.run writes it
+    if not isinstance(failed, dict) or not all(isinstance(r, str) and r.startswith(f"{n}: ")
+                                               for n, r in failed.items()):
+        return "failed is not an object of '<kernel>: <reason>' strings"
+    if not isinstance(entry.get("best"), (str, type(None))):
+        return f"best={entry['best']!r} is not a kernel name"
+    for f in ("cost_s", "budget_s"):
+        if entry.get(f) is not None and not _seconds(entry[f]):
+            return f"{f}={entry[f]!r} is not a number of seconds"
+    # the spec must be the key's problem: `cache show` describes it, and an entry filed under
+    # another problem's key would hand that problem foreign timings
+    from .dispatch import problem_key, spec_from_json  # dispatch imports this module
+    op = entry.get("op")
+    try:
+        spec = spec_from_json(entry.get("spec")) if isinstance(op, str) else None
+        same = spec is not None and problem_key(op, spec) == key
+    except RecursionError:  # absurdly nested values
+        same = False
+    if not same:
+        return "op and spec are missing or are not the problem of its key"
+    return None
 
 
 def read_document(path: str, env: dict | None, *, strict: bool = False) -> dict:
     """The entries of a cache file.  A missing file is empty; a corrupt, unreadable or (when env
-    is given) foreign one is reported once and treated as empty, or raises ValueError if strict."""
+    is given) foreign one is reported once and treated as empty, and malformed entries are
+    reported once and dropped; if strict, any of these raises CacheFileError instead."""
     def bad(kind: str, message: str) -> dict:
         if strict:
-            raise ValueError(message)
+            raise CacheFileError(message)
         _warn_once(path, kind, message + "; ignoring it (it will be rebuilt)")
         return {}
 
@@ -207,8 +261,11 @@ def read_document(path: str, env: dict | None, *, strict: bool = False) -> dict:
         return bad("unreadable", f"cannot read the tuning cache {path} ({exc.strerror or exc})")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return bad("corrupt", f"the tuning cache {path} is corrupt or truncated ({exc})")
+    # ValueError: bad UTF-8 or JSON, or an integer of thousands of digits; RecursionError: a file
+    # of '[[[[...'; MemoryError: a file too large to hold.  All are just a corrupt file.
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return bad("corrupt", f"the tuning cache {path} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict) \
             or not isinstance(doc.get("environment"), dict):
         return bad("corrupt", f"the tuning cache {path} is not a fastconv tuning file of format {FORMAT}")
@@ -216,13 +273,17 @@ def read_document(path: str, env: dict | None, *, strict: bool = False) -> dict:
         diff = ", ".join(_differences(doc["environment"], env))
         return bad("foreign", f"the tuning cache {path} was written for another machine or build "
                               f"(differs in: {diff})")
-    entries = {k: e for k, e in doc["entries"].items() if _valid_entry(e)}
-    if len(entries) != len(doc["entries"]):
+    problems = {k: _entry_problem(k, e) for k, e in doc["entries"].items()}
+    bad_keys = [k for k, why in problems.items() if why]
+    if bad_keys:
+        example = f"entry {bad_keys[0]!r}: {problems[bad_keys[0]]}"
         if strict:
-            raise ValueError(f"{path}: {len(doc['entries']) - len(entries)} malformed entries")
-        _warn_once(path, "entries", f"the tuning cache {path} holds malformed entries; ignoring them")
-    doc["entries"] = entries
-    return doc if strict else entries
+            raise CacheFileError(f"{path}: {len(bad_keys)} malformed entries ({example})")
+        # dropped here; the next write rewrites the file without them
+        _warn_once(path, "entries", f"the tuning cache {path} holds {len(bad_keys)} malformed entries "
+                                    f"({example}); ignoring them")
+    doc["entries"] = {k: e for k, e in doc["entries"].items() if not problems[k]}
+    return doc if strict else doc["entries"]
 
 
 def _merge(into: dict, new: dict) -> dict:
@@ -235,9 +296,12 @@ def _merge(into: dict, new: dict) -> dict:
 
 
 def _write_atomically(path: str, doc: dict) -> None:
+    """Write doc to path through a temporary file in its directory; an OSError names path (the
+    file asked for), never the temporary file."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o644)  # mkstemp's 0600 would make an exported file unreadable to others
         with os.fdopen(fd, "w") as f:
@@ -245,9 +309,12 @@ def _write_atomically(path: str, doc: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
         raise
 
 
@@ -328,8 +395,8 @@ class TuningCache:
         doc = read_document(path, None, strict=True)
         diff = _differences(doc["environment"], self.env)
         if diff and not force:
-            raise ValueError(f"{path} was tuned for another machine or build (differs in: {', '.join(diff)}); "
-                             "its timings do not hold here (force=True / --force imports it anyway)")
+            raise CacheFileError(f"{path} was tuned for another machine or build (differs in: {', '.join(diff)}); "
+                                 "its timings do not hold here (force=True / --force imports it anyway)")
         entries = doc["entries"]  # they replace entries of any rigor: shipped on purpose
         with self._lock:
             self.load()
@@ -389,5 +456,5 @@ def forget() -> None:
         _warned.clear()
 
 
-__all__ = ["TuningCache", "current", "cache_dir", "user_cache_dir", "environment", "env_key", "files",
-           "clear", "forget", "read_document", "kernel_sources_hash"]
+__all__ = ["TuningCache", "CacheFileError", "current", "cache_dir", "user_cache_dir", "environment", "env_key",
+           "files", "clear", "forget", "read_document", "kernel_sources_hash"]

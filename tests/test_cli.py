@@ -268,3 +268,57 @@ def test_explain_tune_cache_bad_arguments(capsys, argv, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fastconv: error: ") and message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--net", "lenet5", "--layers", ","], "--layers=',' names no layer"),
+    (["bench", "--net", "lenet5", "--layers", ""], "--layers='' names no layer"),
+    (["bench", "--net", "lenet5", "--kernels", ","], "--kernels=',' names no kernel"),
+    (["bench", "--net", "lenet5", "--kernels", "auto,,numba.nope"], "--kernels: numba.nope not registered"),
+    (["bench", "--net", "lenet5", "--batch", "0"], "argument --batch: '0' is out of range"),
+    (["bench", "--net", "lenet5", "--repeats", "x"], "argument --repeats: 'x' is not an integer"),
+    (["tune", "--net", ",,,"], "--net=',,,' names no network"),
+    (["tune", "--net", "lenet5,lenet9"], "--net: unknown net 'lenet9'"),
+    (["tune", "--net", "lenet5", "--batch", "99999999999999999999999"],
+     "argument --batch: '99999999999999999999999' is out of range"),
+    (["explain", "--input", "99999999999999999999999,1,5,5", "--weight", "1,1,3,3"],
+     "--input='99999999999999999999999,1,5,5': 99999999999999999999999 is out of range"),
+    (["explain", "--input", "1,1,5,5", "--weight", "1,1,-3,3"], "--weight='1,1,-3,3': -3 is out of range"),
+    (["explain", "--input", "1,1,5,5", "--weight", "1,1,3,3", "--stride", "99999999999999999999999"],
+     "--stride='99999999999999999999999': 99999999999999999999999 is out of range"),
+    (["explain", "--input", "1,1,5,5", "--weight", "1,1,3,3", "--padding", "1,-1"], "--padding='1,-1': -1 is out"),
+    (["explain", "--input", "1,1,5,5", "--weight", "1,1,3,3", "--dilation", "0"], "--dilation='0': 0 is out"),
+    (["explain", "--input", "1,1,5,5", "--weight", "1,1,3,3", "--groups", "99999999999999999999999"],
+     "argument --groups: '99999999999999999999999' is out of range"),
+    (["cache", "export", "/nonexistent/dir/x.json"],
+     "cannot write /nonexistent/dir/x.json: directory /nonexistent/dir does not exist"),
+])
+def test_every_list_and_number_option_is_checked_and_named(capsys, argv, message):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fastconv: error: ") and message in err
+    assert ".tmp-" not in err
+
+
+def test_export_names_the_file_it_cannot_write(capsys, measuring, tmp_path):
+    target = tmp_path / "is-a-directory"
+    target.mkdir()
+    assert cli.main(["cache", "export", str(target)]) == 2  # past the directory checks: the OSError
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(target) in err and ".tmp-" not in err
+
+
+def test_only_fastconv_argument_errors_exit_2(capsys, monkeypatch):
+    def failing(exc):
+        def command(args):
+            raise exc
+        monkeypatch.setattr(cli, "_kernels", command)
+
+    failing(ValueError("tune: batch=0 must be a positive int"))  # fastconv's own check: one line
+    assert cli.main(["kernels"]) == 2
+    assert capsys.readouterr().err == "fastconv: error: tune: batch=0 must be a positive int\n"
+    for bug in (TypeError("'NoneType' object is not subscriptable"), ValueError("math domain error"),
+                KeyError("q1")):
+        failing(bug)
+        with pytest.raises(type(bug)):  # a bug keeps its traceback
+            cli.main(["kernels"])

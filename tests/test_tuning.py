@@ -4,6 +4,7 @@ frozen mode, export/import and the heuristic.
 
 Most tests inject fake kernels through the registry (the NumPy reference's run, optionally made
 slow) so that which kernel is fastest is known, and timing them is quick."""
+import dataclasses
 import json
 import math
 import os
@@ -229,12 +230,18 @@ def finish(proc):
 
 
 PUT = textwrap.dedent("""
-    import sys
-    from fastconv import tuning_cache
+    import json, sys
+    from fastconv import dispatch, tuning_cache
+    from fastconv.spec import PoolSpec
     c = tuning_cache.current(int(sys.argv[2]))
-    for i in range(20):
-        c.put(f"p{sys.argv[1]}-{i}", {"op": "x", "rigor": "measure", "times": {"k.a": {"median": 1.0}}})
-    print('"ok"')
+    t = {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0, "runs": 1}
+    keys = []
+    for i in range(20):  # complete entries (a malformed one would be dropped by the next reader)
+        spec = PoolSpec.from_shape((1, 1, 2, 2 + 100 * int(sys.argv[1]) + i), 2)
+        keys.append(dispatch.problem_key("maxpool2d.fwd", spec))
+        c.put(keys[-1], {"op": "maxpool2d.fwd", "spec": dispatch.spec_to_json(spec), "rigor": "measure",
+                         "times": {"k.a": t}, "errors": {}, "failed": {}, "best": "k.a"})
+    print(json.dumps(keys))
 """)
 
 
@@ -251,19 +258,20 @@ def test_cache_round_trip_and_concurrent_writers(measuring):
     puts = [subprocess.Popen([sys.executable, "-c", PUT, str(i), n], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=measuring) for i in range(2)]
     again, *others = [finish(p) for p in [run_script(SCRIPT.format(h=h), measuring) for h in (6, 7, 8)]]
-    assert all(finish(p) == "ok" for p in puts)
+    put = [key for p in puts for key in finish(p)]
     # (a different file here means the kernels' sources changed during the test: a new environment)
     assert again == [first[0], "cache", first[2]], (first, again)
     assert [o[1] for o in others] == ["measured now"] * 2 and {o[2] for o in others} == {first[2]}
     entries = json.load(open(first[2]))["entries"]
     assert sorted(k.split("h=")[1].split(",")[0] for k in entries if k.startswith("conv2d")) == ["6", "7", "8"]
-    assert {f"p{i}-{j}" for i in range(2) for j in range(20)} <= set(entries)
+    assert len(put) == 40 and set(put) <= set(entries)
 
 
-def _entry(best, others=(), rigor="measure"):
+def _entry(spec, best, others=(), rigor="measure"):
     times = {best: {"median": 1e-9, "q1": 1e-9, "q3": 1e-9, "min": 1e-9, "max": 1e-9, "runs": 5}}
     times.update({o: {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0, "runs": 5} for o in others})
-    return {"op": "conv2d.fwd", "rigor": rigor, "times": times, "errors": {}, "failed": {}, "best": best}
+    return {"op": "conv2d.fwd", "spec": dispatch.spec_to_json(spec), "rigor": rigor, "times": times,
+            "errors": {}, "failed": {}, "best": best}
 
 
 def _write(path, text):
@@ -275,7 +283,7 @@ def _write(path, text):
 def _valid_doc(spec, best, others=(), **env_changes):
     cache = tuning_cache.current(threads.get_num_threads())
     return {"format": 1, "env_key": cache.key, "environment": {**cache.env, **env_changes},
-            "entries": {dispatch.problem_key("conv2d.fwd", spec): _entry(best, others)}}
+            "entries": {dispatch.problem_key("conv2d.fwd", spec): _entry(spec, best, others)}}
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -320,6 +328,111 @@ def test_a_valid_entry_is_used_without_measuring(slow_and_fast, monkeypatch):
     assert choose(spec) is slow  # the file says so (the lie is ours: the file is trusted)
     plan = fc.explain(*SHAPES)
     assert plan.source == "cache" and cache_file() in plan.detail and plan.key in plan.detail
+
+
+def _set(path, value):
+    """A damage: entry[path...] = value, or deleted when value is DEL."""
+    def damage(entry):
+        *parents, last = path
+        target = entry
+        for p in parents:
+            target = target[p]
+        if value is DEL:
+            del target[last]
+        else:
+            target[last] = value
+        return entry
+    return damage
+
+
+DEL = object()
+BEST, OTHER = "c.im2col_slow", "numba.direct_fast"
+# Valid JSON of about the right shape, each lacking one field a reader uses or holding it mis-typed
+MALFORMED = {
+    "entry a list": lambda e: [e], "entry null": lambda e: None,
+    "no times": _set(["times"], DEL), "times a list": _set(["times"], [1.0]),
+    "a time a number": _set(["times", BEST], 1e-9),
+    "no median": _set(["times", BEST, "median"], DEL), "median a string": _set(["times", BEST, "median"], "1e-9"),
+    "median negative": _set(["times", BEST, "median"], -1.0),
+    "median nan": _set(["times", BEST, "median"], math.nan),
+    "median inf": _set(["times", BEST, "median"], math.inf), "median a bool": _set(["times", BEST, "median"], True),
+    "no q1": _set(["times", BEST, "q1"], DEL), "no q3": _set(["times", OTHER, "q3"], DEL),
+    "q3 a list": _set(["times", BEST, "q3"], [1.0]),
+    "no runs": _set(["times", BEST, "runs"], DEL), "runs a float": _set(["times", BEST, "runs"], 2.5),
+    "runs zero": _set(["times", BEST, "runs"], 0), "dropped a string": _set(["times", BEST, "dropped"], "no"),
+    "errors as strings": _set(["errors"], {BEST: "1e-7"}), "errors a list": _set(["errors"], [0.0]),
+    "failed a list": _set(["failed"], [OTHER]), "failed a number": _set(["failed"], {OTHER: 1}),
+    "failed without a colon": _set(["failed"], {OTHER: "too slow"}),
+    "failed of another kernel": _set(["failed"], {OTHER: "c.direct: too slow"}),
+    "best a list": _set(["best"], [BEST]), "best a number": _set(["best"], 3),
+    "no rigor": _set(["rigor"], DEL), "rigor a list": _set(["rigor"], ["measure"]),
+    "rigor unknown": _set(["rigor"], "sloppy"), "cost a string": _set(["cost_s"], "1 s"),
+    "budget negative": _set(["budget_s"], -1),
+    "no op": _set(["op"], DEL), "op of another pass": _set(["op"], "conv2d.bwd_data"),
+    "no spec": _set(["spec"], DEL), "spec a string": _set(["spec"], "ConvSpec(n=1)"),
+    "spec of another problem": _set(["spec", "h"], 7), "spec missing a field": _set(["spec", "groups"], DEL),
+    "spec of an unknown type": _set(["spec", "type"], "Conv3dSpec"),
+    "spec nested": _set(["spec", "stride"], [[[[1]]]]),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MALFORMED))
+def test_a_malformed_entry_is_dropped_and_every_reader_survives(damage, monkeypatch, capsys, measuring):
+    from fastconv import cli
+
+    slow, quick = fake(BEST), fake(OTHER)
+    install(monkeypatch, slow, quick)
+    spec, other = spec_of(), spec_of((1, 2, 7, 7))
+    doc = _valid_doc(other, quick.name, [slow.name])  # a good entry beside it stays trusted
+    doc["entries"][dispatch.problem_key("conv2d.fwd", spec)] = MALFORMED[damage](_entry(spec, slow.name, [quick.name]))
+    _write(cache_file(), json.dumps(doc))
+    dispatch.set_tuning("frozen")  # read the file, never time
+    forbid_measuring(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="holds 1 malformed entries"):
+        plan = fc.explain(*SHAPES)
+    assert plan.source == "heuristic" and plan.detail == "mode frozen, no cache entry for it"
+    str(plan), json.dumps(plan.to_dict())
+    assert fc.explain((1, 2, 7, 7), SHAPES[1]).source == "cache"
+    assert cli.main(["cache", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["entries"]
+    assert [r["key"] for r in shown] == [dispatch.problem_key("conv2d.fwd", other)]
+    assert cli.main(["cache", "show"]) == 0 and "x 1x2x7x7" in capsys.readouterr().out
+
+
+def test_cache_show_survives_a_spec_of_the_right_types_but_absurd_values(measuring, capsys):
+    from fastconv import cli
+
+    absurd = dataclasses.replace(spec_of(), groups=0)  # groups=0: weight_shape divides by it
+    _write(cache_file(), json.dumps(_valid_doc(absurd, "c.im2col")))
+    assert cli.main(["cache", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["entries"]
+    assert "groups=0" in shown[0]["shape"]  # the key's text stands in for the description
+    assert cli.main(["cache", "show"]) == 0
+
+
+@pytest.mark.parametrize("text", ["[" * 100000, '{"format": 1, "entries": {"k": ' + "[" * 100000, "1" * 5000])
+def test_an_absurd_file_is_reported_as_corrupt_and_rebuilt(slow_and_fast, capsys, text):
+    """Deep nesting raised RecursionError from json.loads (and a 5000-digit number ValueError) into
+    every auto call, and the file was never rebuilt."""
+    from fastconv import cli
+
+    _, quick = slow_and_fast
+    _write(cache_file(), text)
+    with pytest.warns(RuntimeWarning, match="corrupt or truncated"):
+        assert cli.main(["cache", "show"]) == 0
+    assert "(0 entries" in capsys.readouterr().out
+    assert choose(spec_of()) is quick  # measured, and the file rewritten
+    assert len(json.load(open(cache_file()))["entries"]) == 1
+
+
+def test_import_refuses_a_file_with_malformed_entries(measuring, tmp_path):
+    cache = tuning_cache.current(threads.get_num_threads())
+    doc = _valid_doc(spec_of(), "c.im2col")
+    next(iter(doc["entries"].values()))["times"]["c.im2col"].pop("q1")
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps(doc))
+    with pytest.raises(tuning_cache.CacheFileError, match=r"1 malformed entries .*lacks a median, q1 or q3"):
+        cache.import_(str(shipped))
 
 
 def test_unwritable_directory_degrades_to_memory(slow_and_fast, monkeypatch, tmp_path):
@@ -490,6 +603,28 @@ def test_tune_fills_the_cache_with_a_progress_bar(slow_and_fast, monkeypatch):
     assert ops.count("maxpool2d.fwd") == ops.count("maxpool2d.bwd") == len(layers) - convs
     with pytest.raises(ValueError, match="unknown net"):
         fc.tune(net="lenet9")
+
+
+def test_tune_names_what_it_cannot_tune():
+    from fastconv.spec import PoolSpec
+
+    with pytest.raises(TypeError, match=r"tune: problem \('conv2d.fwd', 3\) is not a valid \(op, spec\) pair"):
+        fc.tune(problems=[("conv2d.fwd", 3)])
+    pool = PoolSpec.from_shape((1, 1, 4, 4), 2)
+    with pytest.raises(TypeError, match="conv2d.bwd_data takes a ConvSpec, got PoolSpec"):
+        fc.tune([("conv2d.bwd_data", pool)])
+    with pytest.raises(TypeError, match="maxpool2d.bwd takes a PoolBackwardSpec, got PoolSpec"):
+        fc.tune([("maxpool2d.bwd", pool)])
+    assert set(dispatch.OP_SPEC) == set(registry.OPS)  # every op's spec type is known
+    for kw in ({}, {"net": "lenet5"}, {"problems": [spec_of()]}):
+        with pytest.raises(TypeError, match="tune: dtype=int8 is not supported; expected float32 or float64"):
+            fc.tune(dtype="int8", **kw)
+    for kw, message in (({}, "nothing to tune"), ({"problems": []}, "nothing to tune"),
+                        ({"net": ",,,"}, "net=',,,' names no network"), ({"net": []}, "net=\\[\\] names no network")):
+        with pytest.raises(ValueError, match=message):
+            fc.tune(**kw)
+    with pytest.raises(TypeError, match="problems=.* must be a sequence"):
+        fc.tune(spec_of())
 
 
 # ----------------------------------------------------------------------------- the heuristic
