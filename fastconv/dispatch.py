@@ -48,7 +48,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import measure, registry, threads, tuning_cache
+from . import measure, nonfinite, registry, threads, tuning_cache
 from .c import _lib as c_lib
 from .registry import BACKENDS, Kernel
 from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
@@ -229,6 +229,11 @@ class Decision:
 _lock = threading.RLock()
 _memo: dict = {}       # (op, spec, algo, backend, rtol, threads) -> Kernel: the hit path
 _decisions: dict = {}  # same key -> Decision (explain)
+# A Decision holds its candidates, refusals and cache entry (about 1 KB): a process meeting ever new
+# shapes (variable image sizes) must not grow without end.  When full, both are emptied (as api's
+# _SPECS): checked on the miss path only, so a hit stays one dict lookup; a forgotten choice is
+# decided again from the tuning cache, never re-timed.
+_MEMO_MAX = 4096
 _seen = (None, None)   # registry.KERNELS and c_lib.UNAVAILABLE the memo was filled under
 
 
@@ -292,10 +297,17 @@ def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budg
     entry["failed"].update(result.failed)
     entry["cost_s"] += result.cost_s
     entry["budget_s"] = result.budget_s
+    if result.not_timed:  # nothing was timed: why (explain's detail when the heuristic decides)
+        entry["not_timed"] = result.not_timed
     best = _pick(entry, [k for k in registry.kernels(op) if k.name in entry["times"]], entry["rigor"], partial=True)
     entry["best"] = best.name if best is not None else None
     entry["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    cache.put(pkey, entry)
+    # Budget exclusions ("not timed: ...": e.g. a first call that was a JIT compilation on a fresh
+    # machine) say nothing lasting about a kernel: this process's explain shows them, the file does
+    # not keep them, so the next process times those kernels again.
+    lasting = {name: why for name, why in entry["failed"].items() if ": not timed:" not in why}
+    if entry["times"]:
+        cache.put(pkey, {**entry, "failed": lasting})
     return entry
 
 
@@ -315,6 +327,8 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
             d.source = "only candidate"
         elif mode == "estimate":
             d.why_heuristic = "mode estimate"
+        elif spec.n == 0:  # the api answers an empty batch itself: nothing to time
+            d.why_heuristic = "an empty batch (N = 0) runs no kernel"
         else:
             cache = d.cache = tuning_cache.current(n_threads)
             pkey = problem_key(op, spec)
@@ -329,7 +343,9 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
                     cache.reload()
                     entry = cache.get(pkey)
                     pick = _pick(entry, candidates, need)
-                if pick is None:
+                # too large to time (its call's memory, or no probe can fit the budget): the heuristic
+                too_large = measure.not_timed(op, spec, candidates, budget) if pick is None else ""
+                if pick is None and not too_large:
                     entry = _measure(op, spec, candidates, need, cache, pkey, entry, budget)
                     pick = _pick(entry, candidates, need, partial=True)
                     source = "measured now"
@@ -340,8 +356,11 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
                 d.why_heuristic = ("mode frozen" if mode == "frozen" else "tuning budget 0") + \
                     ", no cache entry for it"
             else:
-                d.why_heuristic = "every candidate failed on the tuning inputs"
+                d.why_heuristic = too_large or (entry or {}).get("not_timed") or \
+                    "every candidate failed on the tuning inputs"
         if remember:
+            if len(_memo) >= _MEMO_MAX and key not in _memo:
+                forget()
             _memo[key] = d.kernel
             _decisions[key] = d
         return d
@@ -498,6 +517,10 @@ def plan_of(key: tuple, d: Decision) -> Plan:
             c.note = "excluded: " + failed[k.name].split(": ", 1)[1]
         if k is d.heuristic:
             c.note = (c.note + "; " if c.note else "") + "heuristic's pick"
+        if k.nonfinite:  # the guard of fastconv/nonfinite.py
+            rerouted = nonfinite.REROUTED[k.name]
+            c.note = (c.note + "; " if c.note else "") + f"inf/NaN calls go to {k.nonfinite}" + \
+                (f" ({rerouted} so far)" if rerouted else "")
         cands.append(c)
     if d.source == "cache" and d.cache is not None:
         detail = f"{d.cache.path} [{problem_key(op, spec)}], rigor {entry.get('rigor')}"
@@ -557,8 +580,15 @@ PASS_OPS = {"fwd": {"conv": ("conv2d.fwd",), "pool": ("maxpool2d.fwd",)},
             "bwd": {"conv": ("conv2d.bwd_data", "conv2d.bwd_weight"), "pool": ("maxpool2d.bwd",)}}
 
 
+# The spec type each op's kernels take: a tune() (op, spec) pair is checked against it.
+OP_SPEC = {"conv2d.fwd": ConvSpec, "conv2d.bwd_data": ConvSpec, "conv2d.bwd_weight": ConvSpec,
+           "maxpool2d.fwd": PoolSpec, "maxpool2d.bwd": PoolBackwardSpec}
+
+
 def _problems(problems, net, batch, dtype, passes) -> list:
-    """[(label, op, spec)] without duplicates."""
+    """[(label, op, spec)] without duplicates; TypeError/ValueError naming what cannot be tuned."""
+    import numpy as np
+
     from . import nets
 
     for p in passes:
@@ -566,17 +596,39 @@ def _problems(problems, net, batch, dtype, passes) -> list:
             raise ValueError(f"tune: pass {p!r} is not one of {', '.join(PASS_OPS)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"tune: batch={batch!r} must be a positive int")
+    # dtype applies to net layers; checked even without them, so a typo never passes silently
+    try:
+        dtype_name = np.dtype(dtype).name if dtype is not None else None  # np.dtype(None) is float64
+    except (TypeError, ValueError):
+        dtype_name = None
+    if dtype_name not in ("float32", "float64"):
+        raise TypeError(f"tune: dtype={dtype} is not supported; expected float32 or float64")
+    if isinstance(problems, (str, ConvSpec, PoolSpec, PoolBackwardSpec, nets.Layer)):
+        raise TypeError(f"tune: problems={problems!r} must be a sequence of problems (a list of one, for one)")
     items = []
-    names = [] if net is None else [n for n in net.split(",") if n.strip()] if isinstance(net, str) else list(net)
+    names = [] if net is None else net.split(",") if isinstance(net, str) else list(net)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"tune: net={net!r} must be a name, a comma-separated string or a sequence of names")
+    names = [n.strip() for n in names if n.strip()]
+    if net is not None and not names:
+        raise ValueError(f"tune: net={net!r} names no network; nothing to tune")
     for name in names:
-        label = f"{name.strip()}." if len(names) > 1 else ""
-        items += [(label + layer.name, layer) for layer in nets.get(name.strip())]
+        label = f"{name}." if len(names) > 1 else ""
+        items += [(label + layer.name, layer) for layer in nets.get(name)]
     for p in problems or ():
         items.append((None, p))
+    if not items:
+        raise ValueError(f"tune: nothing to tune (problems={problems!r}, net={net!r})")
     out, seen = [], set()
     for label, p in items:
         if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str):
-            pairs = [(p[0], p[1])]
+            op, spec = p
+            if op not in registry.OPS:
+                raise ValueError(f"tune: op={op!r} is not one of {', '.join(registry.OPS)}")
+            if not isinstance(spec, OP_SPEC[op]):
+                raise TypeError(f"tune: problem {p!r} is not a valid (op, spec) pair: "
+                                f"{op} takes a {OP_SPEC[op].__name__}, got {type(spec).__name__}")
+            pairs = [(op, spec)]
         else:
             spec = p.spec(batch, dtype) if isinstance(p, nets.Layer) else p
             kind = "conv" if isinstance(spec, ConvSpec) else "pool" if isinstance(spec, PoolSpec) else None
@@ -585,8 +637,6 @@ def _problems(problems, net, batch, dtype, passes) -> list:
             pairs = [(op, spec if op != "maxpool2d.bwd" else spec.backward_spec())
                      for ps in passes for op in PASS_OPS[ps][kind]]
         for op, spec in pairs:
-            if op not in registry.OPS:
-                raise ValueError(f"tune: op={op!r} is not one of {', '.join(registry.OPS)}")
             if (op, spec) not in seen:
                 seen.add((op, spec))
                 out.append((label or _describe(op, spec), op, spec))
@@ -602,7 +652,8 @@ def tune(problems=None, *, net: Optional[str] = None, batch: int = 1, dtype: str
     list or a sequence of names (their layers at ``batch``);
     passes: "fwd" and/or "bwd" (grad of input and of weight, tuned separately); force: re-measure
     what the cache already holds.  progress: a stream for a progress bar (default: stderr when it
-    is a terminal)."""
+    is a terminal).  A problem that is not one of these, a dtype other than float32/float64, or
+    nothing to tune at all (no problems, a net string of only commas) raise TypeError/ValueError."""
     if rigor not in ("measure", "patient"):
         raise ValueError(f"tune: rigor={rigor!r} must be 'measure' or 'patient'")
     if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))

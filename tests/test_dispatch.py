@@ -134,3 +134,21 @@ def test_repeated_pool_calls_reuse_the_spec_but_never_skip_a_check():
         fc.max_pool2d_backward(np.ones_like(y), idx.astype(np.int32), X.shape)
     with pytest.raises(ValueError, match="differ in"):
         fc.max_pool2d_backward(np.ones_like(y), idx, (X.shape[0], X.shape[1] + 1) + X.shape[2:])
+
+
+def test_the_memo_stays_bounded_and_its_choices_right():
+    """Every distinct shape added a Decision (~1 KB) to the memo, forever."""
+    bound = getattr(dispatch, "_MEMO_MAX", 4096)
+    dispatch.forget()
+    specs = [ConvSpec.from_shapes((1, 3, 5, 5 + i), (4, 3, 3, 3)) for i in range(bound + 50)]
+    sizes = []
+    for spec in specs:
+        dispatch.choose("conv2d.fwd", spec, caller="t")
+        sizes.append((len(dispatch._memo), len(dispatch._decisions)))
+    assert max(max(s) for s in sizes) <= bound
+    # an evicted choice is decided again, a kept one is a hit: both the heuristic's (estimate mode)
+    for spec in specs[:20] + specs[-20:]:
+        expected = dispatch.heuristic("conv2d.fwd", spec, dispatch.eligible("conv2d.fwd", spec, caller="t")[0])
+        assert dispatch.choose("conv2d.fwd", spec, caller="t") is expected
+        assert fc.explain(spec.input_shape, spec.weight_shape).chosen == expected.name
+    dispatch.forget()
