@@ -18,11 +18,13 @@ _F32, _F64, _I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64
 
 
 def _c(a: np.ndarray) -> np.ndarray:
-    """a as the kernels need it: C-contiguous, aligned, native byte order; no copy when it is."""
-    d = a.dtype
-    if (d is _F32 or d is _F64 or d is _I64) and a.flags.c_contiguous and a.flags.aligned:
+    """a as the kernels need it: C-contiguous, aligned, native byte order and writeable; no copy
+    when it is.  (Read-only arrays are copied: Numba compiles a separate version of a kernel for
+    every combination of read-only arguments, 13-70 s each, where the copy costs one pass.)"""
+    d, f = a.dtype, a.flags
+    if (d is _F32 or d is _F64 or d is _I64) and f.c_contiguous and f.aligned and f.writeable:
         return a
-    return np.require(a, np.dtype(d.name), ["C", "A"])
+    return np.require(a, np.dtype(d.name), ["C", "A", "W"])
 
 # Specs of argument signatures already validated: a repeated call (a network's layer, every step)
 # skips the spec's from_args (conv and pool alike), whose checks cost more than the dispatch itself (numpy's dtype.name

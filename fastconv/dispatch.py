@@ -51,7 +51,7 @@ from typing import Optional
 from . import measure, nonfinite, registry, threads, tuning_cache
 from .c import _lib as c_lib
 from .registry import BACKENDS, Kernel
-from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
+from .spec import PARAM_LIMIT, ConvSpec, PoolBackwardSpec, PoolSpec
 
 MODES = ("estimate", "measure", "patient", "frozen")
 DEFAULT_BUDGET_S = 10.0
@@ -133,14 +133,16 @@ def eligible(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Opt
     """(kernels that may serve, reasons of those that may not), or ValueError when none may."""
     if not isinstance(backend, str) or backend not in ("auto",) + BACKENDS:
         raise ValueError(f"{caller}: backend={backend!r} is not one of 'auto', " + ", ".join(map(repr, BACKENDS)))
+    # conv2d_backward takes the weight gradient's kernel as weight_algo
+    algo_arg = "weight_algo" if op == "conv2d.bwd_weight" and caller == "conv2d_backward" else "algo"
     if not isinstance(algo, str):
-        raise TypeError(f"{caller}: algo={algo!r} must be a string")
+        raise TypeError(f"{caller}: {algo_arg}={algo!r} must be a string")
     if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0):
         raise ValueError(f"{caller}: rtol={rtol!r} must be a positive number or None")
     named = [k for k in registry.kernels(op) if _matches(k, algo, backend)]
     if not named:
         known = sorted({k.algo for k in registry.kernels(op)} | {k.family for k in registry.kernels(op)})
-        raise ValueError(f"{caller}: no {op} kernel matches algo={algo!r}, backend={backend!r} "
+        raise ValueError(f"{caller}: no {op} kernel matches {algo_arg}={algo!r}, backend={backend!r} "
                          f"(algos: 'auto', {', '.join(map(repr, known))})")
     ok, refused = [], []
     for kernel in named:
@@ -547,6 +549,7 @@ def explain_spec(op: str, spec, algo: str = "auto", backend: str = "auto", rtol:
         raise ValueError(f"{caller}: op={op!r} is not one of {', '.join(registry.OPS)}")
     if rigor is not None and rigor not in MODES:
         raise ValueError(f"{caller}: rigor={rigor!r} is not one of {', '.join(map(repr, MODES))}")
+    eligible(op, spec, algo, backend, rtol, caller=caller)  # its errors name a bad argument (an unhashable algo)
     key = (op, spec, algo, backend, rtol, threads.get_num_threads())
     with _lock:
         _sync()
@@ -594,8 +597,12 @@ def _problems(problems, net, batch, dtype, passes) -> list:
     for p in passes:
         if p not in PASS_OPS:
             raise ValueError(f"tune: pass {p!r} is not one of {', '.join(PASS_OPS)}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"tune: batch={batch!r} must be a positive int")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= PARAM_LIMIT:
+        raise ValueError(f"tune: batch={batch!r} must be a positive int (at most {PARAM_LIMIT})")
+    if net is not None and not isinstance(net, (str, tuple, list)):
+        raise TypeError(f"tune: net={net!r} must be a name, a comma-separated string or a sequence of names")
+    if problems is not None and not isinstance(problems, (tuple, list)):
+        raise TypeError(f"tune: problems={problems!r} must be a sequence of problems (a list of one, for one)")
     # dtype applies to net layers; checked even without them, so a typo never passes silently
     try:
         dtype_name = np.dtype(dtype).name if dtype is not None else None  # np.dtype(None) is float64
@@ -659,7 +666,11 @@ def tune(problems=None, *, net: Optional[str] = None, batch: int = 1, dtype: str
     if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
                                  or not 0 < budget_s < math.inf):
         raise ValueError(f"tune: budget_s={budget_s!r} must be a positive number of seconds")
-    todo = _problems(problems, net, batch, dtype, (passes,) if isinstance(passes, str) else tuple(passes))
+    if isinstance(passes, str):
+        passes = (passes,)
+    elif not isinstance(passes, (tuple, list)) or not all(isinstance(p, str) for p in passes):
+        raise TypeError(f"tune: passes={passes!r} must be 'fwd', 'bwd' or a sequence of them")
+    todo = _problems(problems, net, batch, dtype, tuple(passes))
     if progress is None:
         progress = sys.stderr if sys.stderr is not None and sys.stderr.isatty() else False
     bar = Progress(progress, len(todo))

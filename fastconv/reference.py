@@ -93,10 +93,17 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, 
 # ----------------------------------------------------------------------------- max-pool
 
 
+# The most window taps the pool oracle materializes (a few GB of float64 and masks).
+ORACLE_TAPS = 1 << 27
+
+
 def _max_pool2d(spec: PoolSpec, x):
     """Values and PyTorch's int64 flat (H, W) argmax indices."""
     (kh, kw), (ph, pw), (sh, sw), (dh, dw) = spec.kernel, spec.padding, spec.stride, spec.dilation
     out_hw = (spec.out_h, spec.out_w)
+    if spec.n * spec.c * spec.out_h * spec.out_w * kh * kw > ORACLE_TAPS:
+        raise ValueError(f"reference.max_pool2d: kernel_size={spec.kernel} is too large for the oracle, which "
+                         f"holds every tap of every window ({kh * kw} taps a window); the kernels serve it")
     # Padding (never chosen: it is masked out below) and enough extra rows/columns for ceil_mode.
     extra_h = max(0, (spec.out_h - 1) * sh + (kh - 1) * dh + 1 - (spec.h + 2 * ph))
     extra_w = max(0, (spec.out_w - 1) * sw + (kw - 1) * dw + 1 - (spec.w + 2 * pw))

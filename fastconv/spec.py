@@ -7,6 +7,7 @@ written here, naming the argument and its value, e.g.
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -86,9 +87,28 @@ def pool_out_size(size: int, k: int, stride: int, pad: int, dilation: int, ceil_
 
 def _as_shape(op: str, name: str, shape) -> tuple[int, ...]:
     try:
+        if any(isinstance(s, (bool, np.bool_)) for s in shape):
+            raise TypeError
         return tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"{op}: {name}={shape!r} must be a sequence of ints") from None
+
+
+def _float_dtype(op: str, dtype) -> str:
+    try:
+        name = np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: dtype={dtype!r} is not supported; expected float32 or float64")
+    return name
+
+
+def _check_output(op: str, shape, what: str) -> None:
+    """An output (or gradient) shape whose element count the kernels' indices hold: numpy's own
+    refusal ("array is too big") would name no argument."""
+    if math.prod(shape) > INDEX_LIMIT // 8:
+        raise ValueError(f"{op}: {what} shape {tuple(shape)} is too large ({math.prod(shape)} elements)")
 
 
 def _check_bool(op: str, name: str, value) -> bool:
@@ -162,9 +182,7 @@ class ConvSpec:
         """Build and validate a spec from shapes alone (explain, tune, benchmarks)."""
         xs = _as_shape(op, "input shape", input_shape)
         ws = _as_shape(op, "weight shape", weight_shape)
-        dtype = np.dtype(dtype).name
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: dtype={dtype} is not supported; expected float32 or float64")
+        dtype = _float_dtype(op, dtype)
         if len(xs) != 4:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
         if len(ws) != 4:
@@ -209,6 +227,7 @@ class ConvSpec:
             raise ValueError(
                 f"{op}: output size would be {spec.out_h}x{spec.out_w} for input {h}x{w}, kernel {kh}x{kw}, "
                 f"stride={stride}, padding={pads[0::2] if pads[0::2] == pads[1::2] else pads}, dilation={dilation}")
+        _check_output(op, spec.output_shape, f"the output (padding={padding!r}, dilation={dilation})")
         return spec
 
     @classmethod
@@ -273,9 +292,7 @@ class PoolSpec:
         if len(xs) != 4:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
         _check_sizes(op, xs, "x")
-        dtype = np.dtype(dtype).name
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: dtype={dtype} is not supported; expected float32 or float64")
+        dtype = _float_dtype(op, dtype)
         kernel = _pair(op, "kernel_size", kernel_size, minimum=1)
         stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
             else _pair(op, "stride", stride, minimum=1)
@@ -292,6 +309,7 @@ class PoolSpec:
             raise ValueError(
                 f"{op}: output size would be {spec.out_h}x{spec.out_w} for input {xs[2]}x{xs[3]}, "
                 f"kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}")
+        _check_output(op, spec.output_shape, f"the output (kernel_size={kernel_size!r}, padding={padding!r})")
         return spec
 
     def backward_spec(self) -> "PoolBackwardSpec":
@@ -334,6 +352,7 @@ class PoolBackwardSpec:
         if len(xs) != 4 or min(xs[1:]) < 1 or xs[0] < 0 or max(xs) > INDEX_LIMIT:
             raise ValueError(f"{op}: input_shape={tuple(input_shape)} must be 4 sizes (N, C, H, W), "
                              "C, H and W positive")
+        _check_output(op, xs, "input_shape")
         if xs[:2] != grad_y.shape[:2]:
             raise ValueError(f"{op}: input_shape={xs} and grad_y shape {grad_y.shape} differ in (N, C)")
         return cls(*xs, grad_y.shape[2], grad_y.shape[3], grad_y.dtype.name)
@@ -342,7 +361,9 @@ class PoolBackwardSpec:
 def index_error(op: str, spec: PoolBackwardSpec) -> ValueError:
     """The error every pool-backward kernel raises for an index outside its (H, W) plane."""
     return ValueError(f"{op}: indices must lie in [0, H*W) = [0, {spec.h * spec.w}) for input_shape "
-                      f"{spec.input_shape}; got an index outside that range")
+                      f"{spec.input_shape}; got an index outside that range (max_pool2d gives one, as "
+                      "PyTorch does, to a window whose taps all fall in padding: it has no argmax to "
+                      "route a gradient to)")
 
 
 __all__ = ["ConvSpec", "PoolSpec", "PoolBackwardSpec", "conv_out_size", "pool_out_size", "index_error"]
