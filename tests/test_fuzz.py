@@ -1300,12 +1300,14 @@ ABSURD = {
 
 
 @pytest.fixture(scope="module")
-def absurd_results():
-    """Run every ABSURD call in its own interpreter, all at once; {name: result dict}."""
+def absurd_results(tmp_path_factory):
+    """Run every ABSURD call in its own interpreter, all at once; {name: result dict}.  The cwd is
+    away from the checkout, so they import the installed package (with its C extension)."""
     script = textwrap.dedent(_ABSURD_SETUP)
     env = dict(os.environ, FASTCONV_NUM_THREADS="1")
+    cwd = tmp_path_factory.mktemp("absurd")
     procs = {name: subprocess.Popen([sys.executable, "-c", script, expr], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env)
+                                    stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
              for name, (expr, _) in ABSURD.items()}
     results, deadline = {}, time.monotonic() + SUBPROCESS_S
     for name, p in procs.items():
