@@ -4,6 +4,8 @@
  * Symbols follow one grammar: fc_<op>_<pass>_<algo>[_<variant>]_<dtype>.
  * Every kernel takes C-contiguous arrays that the Python wrapper allocated and checked, a shape
  * struct, and the thread count; it returns FC_OK or an FC_E* status and keeps no global state.
+ * Every size in a shape struct is at least 1 (the Python api answers an empty batch, N = 0, without
+ * calling a kernel: the plans divide by the number of planes) and at most 2^62 (fastconv/spec.py).
  */
 
 typedef struct {

@@ -10,6 +10,10 @@ itself is never imported (that would drag numpy and numba into the build environ
   ``FASTCONV_NO_OPENMP=1`` forces the serial fallback.
 - ``FASTCONV_NATIVE=1`` adds ``-march=native`` (non-portable binaries, opt-in). The default build
   stays portable: hot loops carry ``target_clones`` instead.
+- ``FASTCONV_SANITIZE=1`` (or a list: ``address``, ``undefined``, ``address,undefined``) builds our
+  C with AddressSanitizer / UndefinedBehaviorSanitizer (``-O1 -g``, no recovery): a debugging build,
+  slow, and loadable only with the ASan runtime preloaded.  ``.ci/sanitize`` builds it out of tree
+  and runs the tests under it.
 - GEMM comes from OpenBLAS in the scipy-openblas32 wheel (a build requirement and a run-time
   dependency; its symbols carry a ``scipy_`` prefix).  No rpath is recorded, since the build
   environment is temporary: fastconv/c/_lib.py imports scipy_openblas32 first, which loads the
@@ -71,6 +75,20 @@ def openmp_works(cc=None):
         return out.strip() == b"1"
 
 
+def sanitize_flags(value=None):
+    """(compile, link) flags for FASTCONV_SANITIZE: "1" means address,undefined; "" or "0" none.
+    -O1 -g and frame pointers give usable reports; -fno-sanitize-recover=all makes UBSan's first
+    finding fatal, as ASan's already is."""
+    value = os.environ.get("FASTCONV_SANITIZE", "") if value is None else value
+    if value in ("", "0"):
+        return [], []
+    kinds = "address,undefined" if value == "1" else value
+    if not re.fullmatch(r"[a-z-]+(,[a-z-]+)*", kinds):
+        raise ValueError(f"FASTCONV_SANITIZE={value!r}: expected 1 or a list such as address,undefined")
+    sanitize = f"-fsanitize={kinds}"
+    return [sanitize, "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g", "-O1"], [sanitize]
+
+
 def make_ffibuilder():
     with open(os.path.join(CSRC, "fastconv.h")) as f:
         cdef = f.read()
@@ -82,8 +100,13 @@ def make_ffibuilder():
         link.append("-fopenmp")
     if os.environ.get("FASTCONV_NATIVE") == "1":
         flags.append("-march=native")
+    san_compile, san_link = sanitize_flags()
+    flags += san_compile  # last, so its -O1 overrides BASE_FLAGS' -O3
+    link += san_link
     info = (f"fastconv {package_version()} csrc:{csrc_hash()} openmp:{int(has_openmp)} "
             f"native:{int(os.environ.get('FASTCONV_NATIVE') == '1')}")
+    if san_link:
+        info += " sanitize:" + san_link[0].split("=", 1)[1]  # sanitize:address,undefined
     import scipy_openblas32 as openblas  # a build requirement (pyproject.toml)
 
     builder = FFI()

@@ -61,6 +61,19 @@ def test_no_fast_math_in_the_c_build():
     assert not any("fast-math" in f or f == "-Ofast" for f in _build_cffi.BASE_FLAGS)
 
 
+def test_sanitize_switch():
+    """FASTCONV_SANITIZE (.ci/sanitize): off by default, 1 means ASan + UBSan on compile and link."""
+    from fastconv import _build_cffi
+
+    assert _build_cffi.sanitize_flags("") == _build_cffi.sanitize_flags("0") == ([], [])
+    compile_args, link_args = _build_cffi.sanitize_flags("1")
+    assert "-fsanitize=address,undefined" in compile_args and link_args == ["-fsanitize=address,undefined"]
+    assert compile_args[-1] == "-O1"  # appended after BASE_FLAGS, so it wins over -O3
+    assert _build_cffi.sanitize_flags("undefined")[1] == ["-fsanitize=undefined"]
+    with pytest.raises(ValueError, match="FASTCONV_SANITIZE"):
+        _build_cffi.sanitize_flags("address; rm -rf /")
+
+
 def test_openblas_stays_private(tmp_path):
     """fastconv's OpenBLAS copy (pinned to one thread) must not leak its scipy_* symbols into the
     process's global namespace, where scipy's own OpenBLAS, exporting the same names, would lose
