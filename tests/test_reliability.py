@@ -498,3 +498,17 @@ def test_an_output_too_large_for_memory_fails_fast():
         if k.refusal(ConvSpec.from_args(x, w, None, 1, 2**19)) is None:
             with pytest.raises(MemoryError):
                 fc.conv2d(x, w, padding=2**19, algo=k.algo, backend=k.backend)
+
+
+def test_a_plane_of_more_than_2_to_the_31_elements_is_indexed_in_64_bits():
+    """Indices past 2^31 in one (H, W) plane (np.zeros maps untouched pages lazily: the 8.6 GB
+    input costs only the pages written; the strided windows read a few taps each)."""
+    W = 2**30 + 3
+    x = np.zeros((1, 1, 2, W), np.float32)
+    far = 1024 * 2**20 + 2
+    x[0, 0, 1, far] = 5.0
+    for backend in ("c", "numba"):
+        y, idx = fc.max_pool2d(x, (2, 3), (2, 2**20), backend=backend)
+        assert y.shape == (1, 1, 1, 1025)
+        assert y[0, 0, 0, -1] == 5.0 and idx[0, 0, 0, -1] == W + far > 2**31
+        assert idx[0, 0, 0, 0] == 0 and (y[0, 0, 0, :-1] == 0).all()
