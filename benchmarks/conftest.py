@@ -12,7 +12,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastconv import __version__, bench, dispatch
+from fastconv import __version__, bench, dispatch, machine
 from fastconv.c import _lib
 from fastconv.threads import get_num_threads
 
@@ -22,7 +22,7 @@ collect_ignore = [] if importlib.util.find_spec("torch") else ["bench_torch_step
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["cpu_model"] = bench.cpu_model()
+    machine_info["cpu_model"] = machine.cpu_model()
     machine_info["fastconv"] = __version__
     machine_info["fastconv_c_build"] = _lib.build_info()
     machine_info["openmp"] = _lib.has_openmp()

@@ -29,6 +29,7 @@ from functools import partial
 import numpy as np
 
 from . import api, dispatch, measure, nonfinite, reference, registry
+from .machine import cpu_model
 from .c import _lib
 from .spec import ConvSpec, PoolBackwardSpec
 from .threads import get_num_threads
@@ -36,17 +37,6 @@ from .threads import get_num_threads
 PAUSE_S = 0.1
 REFERENCE_BUDGET_S = 3.0  # the reference is timed once only when a call takes longer than this
 AUTO, TORCH = "auto", "torch"  # contenders that are not registered kernels (names have no dot)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -44,13 +44,15 @@ import tempfile
 import threading
 import warnings
 
+from . import machine
+
 FORMAT = 1
 PREFIX = "tuning-"
 RIGOR_RANK = {"measure": 1, "patient": 2}
 
 # Package modules that only choose or report: editing them does not change a kernel's speed, so
 # they stay out of the kernel-source hash.  Every other .py of the package is in it.
-_NOT_KERNEL_SOURCES = {"__init__.py", "_version.py", "api.py", "bench.py", "cli.py", "dispatch.py",
+_NOT_KERNEL_SOURCES = {"__init__.py", "_version.py", "api.py", "bench.py", "cli.py", "dispatch.py", "machine.py",
                        "measure.py", "nets.py", "tuning_cache.py", "torch.py"}
 
 _warned: set = set()  # (path, kind): each problem with a file is reported once per process
@@ -84,18 +86,6 @@ def cache_dir() -> str:
 
 # ----------------------------------------------------------------------------- the environment key
 
-def _cpu_flags() -> str:
-    """The ISA flags (Linux: /proc/cpuinfo), or '' where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return ""
-
-
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
@@ -126,7 +116,6 @@ def _static_environment() -> dict:
         import numpy
 
         from . import __version__
-        from .bench import cpu_model
         from .c import _lib
 
         binary = "not built"
@@ -143,7 +132,7 @@ def _static_environment() -> dict:
         except Exception:  # noqa: BLE001 - metadata missing in odd installs: key on "unknown"
             openblas = "unknown"
         _static_env = {
-            "cpu": cpu_model(), "machine": platform.machine(), "isa": _sha(_cpu_flags().encode()),
+            "cpu": machine.cpu_model(), "machine": platform.machine(), "isa": _sha(machine.isa_flags().encode()),
             "cpus": os.cpu_count(), "fastconv": __version__, "kernels": kernel_sources_hash(),
             "c_build": _lib.build_info(), "c_binary": binary, "numba": numba.__version__,
             "numpy": numpy.__version__, "openblas": openblas,

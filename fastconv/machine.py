@@ -1,0 +1,40 @@
+"""Facts about the machine, in one place: what the tuning cache keys on and what benchmarks and
+the CLI print.  /proc/cpuinfo is read once per process (Linux; elsewhere what ``platform`` knows).
+
+A core module: it imports nothing of fastconv, so the tuning cache no longer reaches into the
+benchmark tool for the CPU's name (which made a circle: api -> dispatch -> tuning_cache -> bench).
+"""
+from __future__ import annotations
+
+import functools
+import platform
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo, or {} where it cannot be read."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's name: 'AMD EPYC', 'Intel(R) Xeon(R) ...'."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def isa_flags() -> str:
+    """The ISA flags, sorted ('Features' on ARM), or '' where they cannot be read."""
+    info = _cpuinfo()
+    return " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
+
+
+__all__ = ["cpu_model", "isa_flags"]
