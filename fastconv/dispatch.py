@@ -51,7 +51,7 @@ from typing import Optional
 from . import measure, nonfinite, registry, threads, tuning_cache
 from .c import _lib as c_lib
 from .registry import BACKENDS, Kernel
-from .spec import PARAM_LIMIT, ConvSpec, PoolBackwardSpec, PoolSpec
+from .spec import PARAM_LIMIT, ConvSpec, PoolBackwardSpec, PoolSpec, float_dtype
 
 MODES = ("estimate", "measure", "patient", "frozen")
 DEFAULT_BUDGET_S = 10.0
@@ -590,8 +590,6 @@ OP_SPEC = {"conv2d.fwd": ConvSpec, "conv2d.bwd_data": ConvSpec, "conv2d.bwd_weig
 
 def _problems(problems, net, batch, dtype, passes) -> list:
     """[(label, op, spec)] without duplicates; TypeError/ValueError naming what cannot be tuned."""
-    import numpy as np
-
     from . import nets
 
     for p in passes:
@@ -603,15 +601,7 @@ def _problems(problems, net, batch, dtype, passes) -> list:
         raise TypeError(f"tune: net={net!r} must be a name, a comma-separated string or a sequence of names")
     if problems is not None and not isinstance(problems, (tuple, list)):
         raise TypeError(f"tune: problems={problems!r} must be a sequence of problems (a list of one, for one)")
-    # dtype applies to net layers; checked even without them, so a typo never passes silently
-    try:
-        dtype_name = np.dtype(dtype).name if dtype is not None else None  # np.dtype(None) is float64
-    except (TypeError, ValueError):
-        dtype_name = None
-    if dtype_name not in ("float32", "float64"):
-        raise TypeError(f"tune: dtype={dtype} is not supported; expected float32 or float64")
-    if isinstance(problems, (str, ConvSpec, PoolSpec, PoolBackwardSpec, nets.Layer)):
-        raise TypeError(f"tune: problems={problems!r} must be a sequence of problems (a list of one, for one)")
+    float_dtype("tune", dtype)  # applies to net layers; checked even without them, so a typo never passes
     items = []
     names = [] if net is None else net.split(",") if isinstance(net, str) else list(net)
     if not all(isinstance(n, str) for n in names):

@@ -355,14 +355,10 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
                                   f"would end past the {cap_s:g} s tuning budget")
             continue
         sleep(pause)
-        # warm_up's calls (at least two, at least WARM_S), the first one timed to check the estimate
-        t_warm, n = clock(), 0
-        while n < 2 or clock() - t_warm < WARM_S:
-            k.run(spec, *args)
-            n += 1
-            if n == 1 and not fits(1 + PROBE_CALLS, clock() - t_warm):
-                break
-        if n == 1:
+        # the warm-up's first call checks the estimate: the probe's calls must still fit
+        t_warm = clock()
+        if not warm_up(lambda: k.run(spec, *args), clock=clock,
+                       keep_on=lambda first_s: fits(1 + PROBE_CALLS, first_s)):
             res.failed[k.name] = (f"{k.name}: not timed: its probe ({1 + PROBE_CALLS} more calls of "
                                   f"~{clock() - t_warm:.2g} s) would end past the {cap_s:g} s tuning budget")
             continue
@@ -437,14 +433,18 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
     return res
 
 
-def warm_up(fn, seconds: float = WARM_S, clock=time.perf_counter) -> None:
+def warm_up(fn, seconds: float = WARM_S, clock=time.perf_counter, keep_on=None) -> bool:
     """Untimed calls of fn for at least `seconds`, and at least two.  GoogLeNet's 3a_1x1 by
     c.im2col (0.27 ms steady) after a 0.1 s pause: with one untimed call the timed one took
-    4.0 ms, with three 0.44, with ten 0.28."""
+    4.0 ms, with three 0.44, with ten 0.28.  keep_on(first call's seconds) -> False stops after
+    the first call (the budget cannot hold the rest); the return says whether it went on."""
     t0, n = clock(), 0
     while n < 2 or clock() - t0 < seconds:
         fn()
         n += 1
+        if n == 1 and keep_on is not None and not keep_on(clock() - t0):
+            return False
+    return True
 
 
 def warm_calls(call_s: float) -> int:

@@ -94,13 +94,15 @@ def _as_shape(op: str, name: str, shape) -> tuple[int, ...]:
         raise TypeError(f"{op}: {name}={shape!r} must be a sequence of ints") from None
 
 
-def _float_dtype(op: str, dtype) -> str:
+def float_dtype(op: str, dtype) -> str:
+    """'float32' or 'float64' for a dtype-like, else a TypeError naming it (None too, which
+    np.dtype would silently read as float64)."""
     try:
-        name = np.dtype(dtype).name
+        name = np.dtype(dtype).name if dtype is not None else None
     except (TypeError, ValueError):
         name = None
     if name not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: dtype={dtype!r} is not supported; expected float32 or float64")
+        raise TypeError(f"{op}: dtype={dtype} is not supported; expected float32 or float64")
     return name
 
 
@@ -117,9 +119,10 @@ def _check_bool(op: str, name: str, value) -> bool:
     return bool(value)
 
 
-def _check_sizes(op: str, shape, what: str) -> None:
-    """An empty batch (N = 0) is valid, as in PyTorch; any other empty dimension is not."""
-    if min(shape[1:]) < 1 or shape[0] < 0:
+def _check_sizes(op: str, shape, what: str, *, batch: bool = True) -> None:
+    """No empty dimension but an empty batch (N = 0, as in PyTorch; batch=False: none), and none
+    over INDEX_LIMIT."""
+    if min(shape[1:] if batch else shape) < 1 or shape[0] < 0:
         raise ValueError(f"{op}: {what} has an empty dimension, shape {shape}")
     if max(shape) > INDEX_LIMIT:
         raise ValueError(f"{op}: {what} shape {shape} is too large (a dimension over {INDEX_LIMIT})")
@@ -182,15 +185,13 @@ class ConvSpec:
         """Build and validate a spec from shapes alone (explain, tune, benchmarks)."""
         xs = _as_shape(op, "input shape", input_shape)
         ws = _as_shape(op, "weight shape", weight_shape)
-        dtype = _float_dtype(op, dtype)
+        dtype = float_dtype(op, dtype)
         if len(xs) != 4:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
         if len(ws) != 4:
             raise ValueError(f"{op}: weight must be 4-D (C_out, C_in/groups, kH, kW), got {len(ws)}-D with shape {ws}")
         _check_sizes(op, xs, "x")
-        if min(ws) < 1 or max(ws) > INDEX_LIMIT:
-            raise ValueError(f"{op}: weight has an empty dimension, shape {ws}" if min(ws) < 1 else
-                             f"{op}: weight shape {ws} is too large (a dimension over {INDEX_LIMIT})")
+        _check_sizes(op, ws, "weight", batch=False)
         n, c_in, h, w = xs
         c_out, c_per_group, kh, kw = ws
         if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
@@ -292,7 +293,7 @@ class PoolSpec:
         if len(xs) != 4:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
         _check_sizes(op, xs, "x")
-        dtype = _float_dtype(op, dtype)
+        dtype = float_dtype(op, dtype)
         kernel = _pair(op, "kernel_size", kernel_size, minimum=1)
         stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
             else _pair(op, "stride", stride, minimum=1)
