@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 import fastconv as fc
-from fastconv import bench, dispatch, measure, nets
+from fastconv import bench, dispatch, nets, registry, timing
+from fastconv.reference import rel_error
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # without importing it at collection
 
@@ -37,8 +38,7 @@ QUICK = ("vgg16.conv1_1", "vgg16.conv2_2", "vgg16.conv3_2", "vgg16.conv5_1", "vg
 def layer_ops(layer):
     """[(op, spec)] of a layer's forward and backward ops, from its shape alone (collection time)."""
     spec = layer.spec()
-    return [(op, spec.backward_spec() if op == "maxpool2d.bwd" else spec)
-            for p in ("fwd", "bwd") for op in bench.PASSES[p][layer.kind]]
+    return [(op, registry.OPS[op].spec_of(spec)) for p in ("fwd", "bwd") for op in registry.PASSES[p][layer.kind]]
 
 
 def contenders(op, spec) -> list:
@@ -68,39 +68,33 @@ def expected(name, op):
 
 
 def auto(layer, op, spec):
-    """The public call with algo="auto" (the default) for op, on bench.problems' arguments."""
-    L = layer
-    if op == "conv2d.fwd":
-        return lambda x, w, b: fc.conv2d(x, w, b, L.stride, L.padding, L.dilation, L.groups)
-    if op == "maxpool2d.fwd":
-        return lambda x: fc.max_pool2d(x, L.kernel, L.stride, L.padding, L.dilation, L.ceil_mode)
-    if op == "maxpool2d.bwd":
-        return lambda grad_y, indices: fc.max_pool2d_backward(grad_y, indices, spec.input_shape)
-    # conv2d_backward computes both gradients, each chosen on its own; so that its two ops can be
-    # timed apart, run the dispatcher's choice for this one, looked up on every call as that call does.
+    """What algo="auto" (the default) runs for op, on bench.problems' arguments: the op's public
+    function (registry.Op), except where that function serves several ops (conv2d_backward computes
+    both gradients, each chosen on its own): so that its ops can be timed apart, the dispatcher's
+    choice for this one, looked up on every call as that call does."""
+    record = registry.OPS[op]
+    if record.output is None:
+        fn = getattr(fc, record.public)
+        kwargs = record.hyper(spec)
+        return lambda *args: fn(*args, **kwargs)
     return lambda *args: dispatch.choose(op, spec, caller="benchmark").run(spec, *args)
 
 
 def torch_op(layer, op, spec):
-    """torch's own kernel for op, called as autograd would call it, on the same arguments as tensors."""
+    """torch's own kernel for op (registry.Op.torch: called as autograd would call it), on the same
+    arguments as tensors."""
     import torch
     torch.set_num_threads(fc.get_num_threads())
-    L, F = layer, torch.nn.functional
-    if layer.kind == "conv":
-        hyper = dict(stride=L.stride, padding=L.padding, dilation=L.dilation, groups=L.groups)
-        # conv2d_input / conv2d_weight run aten's convolution_backward for that one gradient.
-        return {"conv2d.fwd": lambda x, w, b: F.conv2d(x, w, b, **hyper),
-                "conv2d.bwd_data": lambda grad_y, w: torch.nn.grad.conv2d_input(spec.input_shape, w, grad_y, **hyper),
-                "conv2d.bwd_weight": lambda grad_y, x: torch.nn.grad.conv2d_weight(x, spec.weight_shape, grad_y, **hyper),
-                }[op]
-    hyper = (L.kernel, L.stride, L.padding, L.dilation, L.ceil_mode)
-    if op == "maxpool2d.fwd":
-        return lambda x: F.max_pool2d(x, *hyper, return_indices=True)
-    # The kernel autograd runs for max_pool2d's backward, from (grad_y, indices) to grad_x as ours
-    # does, minus autograd's bookkeeping.  Not max_unpool2d: it overwrites where overlapping windows
-    # (ResNet's 3x3/2 pool) must add.  The input tensor only gives the shape and layout.
-    x = torch.empty(spec.input_shape, dtype=getattr(torch, spec.dtype))
-    return lambda grad_y, indices: torch.ops.aten.max_pool2d_with_indices_backward(grad_y, x, *hyper, indices)
+    record = registry.OPS[op]
+    layer_spec = layer.spec()  # the pool backward's call needs the forward's window
+    calls = {}  # built once per argument tensors (the same every round), so no round pays for it
+
+    def run(*tensors):
+        key = tuple(map(id, tensors))
+        if key not in calls:
+            calls[key] = record.torch(layer_spec, dict(zip(record.args, tensors)))
+        return calls[key]()
+    return run
 
 
 def test_layer(benchmark, layer, contender):
@@ -115,7 +109,7 @@ def test_layer(benchmark, layer, contender):
         run = functools.partial(next(k for k in fc.kernels(op) if k.name == contender).run, spec)
     benchmark.group = layer
     if not benchmark.disabled:
-        time.sleep(bench.PAUSE_S)  # let the previous contender's thread pool stop spinning
+        time.sleep(timing.PAUSE_S)  # let the previous contender's thread pool stop spinning
     out = benchmark.pedantic(run, args=args, rounds=5, warmup_rounds=1)
 
     kernel = contender
@@ -127,9 +121,9 @@ def test_layer(benchmark, layer, contender):
     rtol = max(k.rtol[spec.dtype] for k in fc.kernels(op) if kernel in (k.name, "torch"))
     out = tuple(map(np.asarray, out)) if isinstance(out, tuple) else np.asarray(out)  # torch: tensors
     want = expected(name, op)
-    assert measure.rel_error(out, want) <= rtol, f"{kernel}: max error over {rtol:.0e} of max |reference|"
+    assert rel_error(out, want) <= rtol, f"{kernel}: max error over {rtol:.0e} of max |reference|"
     if isinstance(want, tuple):  # max-pool forward: the argmax indices too
         assert np.array_equal(out[1], want[1]), f"{kernel}: indices differ from the reference's"
     # stats are None under --benchmark-disable (as CI runs it)
-    if benchmark.stats and (work := measure.flops(op, spec)):
+    if benchmark.stats and (work := registry.OPS[op].flops(spec)):
         benchmark.extra_info["gflops"] = work / benchmark.stats.stats.median / 1e9

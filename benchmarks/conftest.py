@@ -8,12 +8,9 @@ With --benchmark-disable (CI) every contender runs once and is checked, nothing 
 import importlib.metadata
 import importlib.util
 
-import numba
-import numpy as np
 import pytest
 
-from fastconv import __version__, bench, dispatch, machine
-from fastconv.c import _lib
+from fastconv import __version__, dispatch, machine, registry
 from fastconv.threads import get_num_threads
 
 # The torch contenders of bench_conv_layers.py are simply not generated without torch; this one
@@ -22,13 +19,13 @@ collect_ignore = [] if importlib.util.find_spec("torch") else ["bench_torch_step
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["cpu_model"] = machine.cpu_model()
+    machine_info.update(machine.facts())  # cpu, ISA flags, cpus, python
+    machine_info["isa"] = machine.isa_path()
     machine_info["fastconv"] = __version__
-    machine_info["fastconv_c_build"] = _lib.build_info()
-    machine_info["openmp"] = _lib.has_openmp()
     machine_info["threads"] = get_num_threads()
-    machine_info["numba"] = numba.__version__
-    machine_info["numpy"] = np.__version__
+    for backend in registry.BACKENDS.values():  # versions, builds, source hashes
+        machine_info.update(backend.fingerprint())
+        machine_info[f"{backend.name}_status"] = backend.status()
     if importlib.util.find_spec("torch"):
         machine_info["torch"] = importlib.metadata.version("torch")
 

@@ -18,10 +18,7 @@ import os
 import platform
 import sys
 
-import numba
-import numpy as np
-
-from fastconv import __version__, bench, nets
+from fastconv import __version__, bench, nets, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_NETS = ("vgg16", "resnet18", "googlenet", "mobilenetv2")
@@ -31,6 +28,10 @@ TITLES = {"vgg16": "VGG-16", "resnet18": "ResNet-18", "googlenet": "GoogLeNet (I
 
 def _x(v) -> str:
     return f"{v:.2f}x" if v is not None else "-"
+
+
+def _is_reference(name: str) -> bool:
+    return any(k.is_reference for k in registry.kernels() if k.name == name)
 
 
 def net_section(name: str, rows, peak, chart: str, batch: int) -> list[str]:
@@ -47,7 +48,7 @@ def net_section(name: str, rows, peak, chart: str, batch: int) -> list[str]:
     kernels = {r.kernel for r in rows} - {bench.AUTO, bench.TORCH}
     for layer, rs in by_layer.items():
         auto = next(r for r in rs if r.kernel == bench.AUTO)
-        fastest = min((r for r in rs if r.kernel in kernels and not r.kernel.startswith("numpy.")), key=lambda r: r.ms)
+        fastest = min((r for r in rs if r.kernel in kernels and not _is_reference(r.kernel)), key=lambda r: r.ms)
         torch = next((r for r in rs if r.kernel == bench.TORCH), None)
         chose = " + ".join(dict.fromkeys(auto.chosen.values()))  # the kernels auto ran, from the row itself
         cells = [layer, f"`{auto.shape}`", str(auto.count), f"`{chose}`", f"{auto.ms:.2f}",
@@ -90,8 +91,8 @@ def main(argv=None) -> int:
         f"{datetime.date.today().isoformat()} (see its docstring; `fastconv bench --net NAME` prints the "
         "same measurements with every kernel's row).", "",
         f"- Machine: {bench.machine_line(peak)}",
-        f"- Versions: fastconv {__version__}, numba {numba.__version__}, numpy {np.__version__}, torch {torch_v}, "
-        f"Python {platform.python_version()}",
+        f"- Versions: fastconv {__version__}, torch {torch_v}, Python {platform.python_version()}; "
+        + "; ".join(b.status() for b in registry.BACKENDS.values()),
         "- Method: per layer every contender runs in the same interleaved rounds (a pause, then a few ms "
         "of untimed calls before each timed run of at least 1 ms), median of "
         f"{args.repeats}; float32, batch {args.batch}. GFLOP/s count "

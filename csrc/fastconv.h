@@ -28,7 +28,7 @@ typedef struct {
 } fc_pool2d_shape;
 
 /* Element strides of a weight read as w[g][o][c][i][j] (o and c within group g).  Lets a kernel
- * read a flipped, transposed view in place (the backward passes, fastconv/transpose.py); NULL
+ * read a flipped, transposed view in place (the backward passes, fastconv/common/transpose.py); NULL
  * where a function takes one means a C-contiguous OIHW array. */
 typedef struct {
     int64_t g, o, c, i, j;

@@ -1,12 +1,12 @@
 /* Winograd F(m x m, 3 x 3) conv2d forward, m = 2 (f2k3) and 4 (f4k3): the twin of
  * fastconv/numba/winograd.py.  3x3 filters, stride 1, dilation 1, any padding (negative too: the
- * backward rewrite of fastconv/transpose.py crops), groups, float32 and float64.
+ * backward rewrite of fastconv/common/transpose.py crops), groups, float32 and float64.
  *
  * Output tiles of m x m pixels read input tiles of alpha x alpha = (m + 2)^2 pixels; tile (th, tw)
  * of image n starts at input row th*m - pad_top, column tw*m - pad_left (zero outside the input).
  * The tiles of a group are numbered over all images (q = (n, th, tw)), so small images batch up.
  * With xi = (k, l) one of the alpha^2 transformed positions, the phases are:
- *   transform_filter  once per weight value (fastconv.winograd.FILTERS keeps it):
+ *   transform_filter  once per weight value (fastconv.common.winograd.FILTERS keeps it):
  *                     U[g][xi][o][c] = (G w[g][o][c] G^T)[xi], computed in double, packed for
  *                     batched_gemm as [g][xi][o-block][c][MR] (MR output channels interleaved,
  *                     zero past og).  w is read through its strides, so the flipped, transposed

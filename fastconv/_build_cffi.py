@@ -4,7 +4,7 @@ setuptools' ``cffi_modules`` execs this file with ``__name__ == "__cffi__"`` and
 the project root, so: paths stay relative to the root, there are no relative imports, and fastconv
 itself is never imported (that would drag numpy and numba into the build environment).
 
-- The cdef is ``csrc/fastconv.h`` read verbatim: the header every .c includes is the ABI cffi sees,
+- The sources are every ``csrc/*.c`` (discovered, not listed); the cdef is ``csrc/fastconv.h`` read verbatim: the header every .c includes is the ABI cffi sees,
   so the two cannot drift.
 - OpenMP is probed by compiling, linking and *running* a tiny program (scikit-learn's approach);
   ``FASTCONV_NO_OPENMP=1`` forces the serial fallback.
@@ -31,7 +31,6 @@ import tempfile
 from cffi import FFI
 
 CSRC = "csrc"
-SOURCES = ["direct.c", "im2col.c", "winograd.c", "maxpool.c", "build_info.c"]
 # -ffp-contract=fast: ISO C mode (-std=c11) otherwise forbids fusing a*b+c into one FMA.
 # -fno-math-errno: no errno from math calls; unlike -ffast-math it keeps inf/NaN semantics.
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wextra", "-Wconversion"]
@@ -46,6 +45,11 @@ def csrc_hash(root=CSRC):
             with open(os.path.join(root, name), "rb") as f:
                 digest.update(f.read())
     return digest.hexdigest()[:16]
+
+
+def sources(root=CSRC):
+    """Every csrc/*.c, discovered: a new algorithm's .c file is built without editing this list."""
+    return sorted(os.path.join(root, name) for name in os.listdir(root) if name.endswith(".c"))
 
 
 def package_version():
@@ -114,7 +118,7 @@ def make_ffibuilder():
     builder.set_source(
         "fastconv._cconv",
         '#include <stdint.h>\n#include "fastconv.h"\n',
-        sources=[os.path.join(CSRC, s) for s in SOURCES],
+        sources=sources(),
         include_dirs=[CSRC, openblas.get_include_dir()],
         library_dirs=[openblas.get_lib_dir()],
         libraries=[openblas.get_library()],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import dispatch
+from . import dispatch, registry
 from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, _check_bool
 
 # The canonical dtypes the kernels read.  numpy's float32/float64 descriptors are singletons, so an
@@ -138,3 +138,18 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, backend="auto"):
     if spec.n == 0:
         return np.empty(spec.input_shape, spec.dtype)
     return kernel.run(spec, _c(grad_y), _c(indices))
+
+
+def op_call(op: str, spec, data: dict, kernel=None):
+    """A call of op's public function (registry.Op says which, and with which arguments) on the named
+    arrays of data, for spec's hyper-parameters; kernel: the registered kernel to name (its algo and
+    backend), or None for ``auto``.  The call returns the function's whole result (conv2d_backward's
+    three gradients); ``registry.Op.output_of`` takes op's part of it."""
+    record = registry.OPS[op]
+    fn = globals()[record.public]
+    args, kwargs = [data[n] for n in record.public_args], record.hyper(spec)
+    if kernel is not None:
+        kwargs["backend"] = kernel.backend
+        if record.algo_arg:
+            kwargs[record.algo_arg] = kernel.algo
+    return lambda: fn(*args, **kwargs)

@@ -1,11 +1,9 @@
 """Side-by-side timing of kernels on network layers (``fastconv bench``).
 
-The machine is shared and noisy, so contenders are timed *interleaved*: in every round each one
-runs once, after a short pause and a few milliseconds of untimed calls (OpenBLAS, OpenMP and
-Numba keep separate thread pools that spin for ~0.1 s after a call, so without the pause the
-next contender pays for them; and after the pause this VM's idle cores need a few ms of work to
-come back to speed, see measure.warm_up).  A contender's figure is the median of its rounds; speed is quoted as ratios of medians
-from the same run.  With pass "bwd" a row is one kernel name's input + weight + bias gradients,
+The machine is shared and noisy, so contenders are timed *interleaved* (fastconv/timing.py): in
+every round each one runs once, after a pause and a few milliseconds of untimed calls.  A
+contender's figure is the median of its rounds; speed is quoted as ratios of medians from the
+same run.  With pass "bwd" a row is one kernel name's input + weight + bias gradients,
 and its forward runs in the same rounds, so bwd/fwd is such a ratio too.
 
 Contenders per layer: every registered kernel that serves it; ``auto``, the public call
@@ -18,8 +16,6 @@ layer weighted by how often its shape occurs; ``plot`` charts GFLOP/s per conv l
 from __future__ import annotations
 
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,55 +24,20 @@ from functools import partial
 
 import numpy as np
 
-from . import api, dispatch, measure, nonfinite, reference, registry
-from .machine import cpu_model
-from .c import _lib
-from .spec import ConvSpec, PoolBackwardSpec
+from . import api, dispatch, machine, registry
+from .common import nonfinite
+from .progress import Progress
+from .reference import rel_error
+from .spec import ConvSpec
 from .threads import get_num_threads
+from .timing import ONCE_S, PAUSE_S, interleaved, matmul_peak_gflops
 
-PAUSE_S = 0.1
-REFERENCE_BUDGET_S = 3.0  # the reference is timed once only when a call takes longer than this
 AUTO, TORCH = "auto", "torch"  # contenders that are not registered kernels (names have no dot)
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's practical float32 peak: numpy's own n x n matmul, median of repeats."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    for _ in range(3):  # wake OpenBLAS's threads and bring the clocks up before timing
-        a @ a
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - t0)
-    time.sleep(PAUSE_S)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
-
-
-def time_interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> dict:
-    """{name: [seconds per round]}: every round times every contender once, each after a pause and
-    a warm-up (measure.warm_up: untimed calls for a few ms; one was not enough after a pause on
-    this VM).  A contender whose single call exceeds REFERENCE_BUDGET_S runs only once."""
-    times = {name: [] for name in contenders}
-    for round_ in range(repeats):
-        for name, fn in contenders.items():
-            if round_ and times[name] and times[name][0] > REFERENCE_BUDGET_S:
-                continue
-            time.sleep(pause)
-            measure.warm_up(fn)
-            # a timed run lasts at least measure.TIMED_RUN_S, so sub-millisecond layers are not
-            # one call's jitter; its figure is the time per call
-            calls, t0 = 0, time.perf_counter()
-            while not calls or time.perf_counter() - t0 < measure.TIMED_RUN_S:
-                fn()
-                calls += 1
-            times[name].append((time.perf_counter() - t0) / calls)
-    return times
 
 
 # The ops one row times, per layer kind and pass.  A kernel name registered for every op of the
 # pass (and, for "bwd", for the forward op too, whose time the row quotes) forms a row.
-PASSES = dispatch.PASS_OPS
+PASSES = registry.PASSES
 
 
 @dataclass
@@ -102,19 +63,13 @@ class Row:
         return f"{self.kernel} ({' + '.join(dict.fromkeys(self.chosen.values()))})" if self.chosen else self.kernel
 
 
-def problems(spec, rng) -> dict:
-    """{op: (spec, arguments of kernel.run after the spec)} for every op of one layer, on shared
-    random data (the backward ops see the forward's x and w)."""
-    def rand(shape):
-        return rng.standard_normal(shape).astype(spec.dtype)
-    x, grad_y = rand(spec.input_shape), rand(spec.output_shape)
-    if isinstance(spec, ConvSpec):
-        w = rand(spec.weight_shape)
-        return {"conv2d.fwd": (spec, (x, w, rand(spec.c_out))),
-                "conv2d.bwd_data": (spec, (grad_y, w)), "conv2d.bwd_weight": (spec, (grad_y, x))}
-    _, indices = reference._max_pool2d(spec, x)
-    return {"maxpool2d.fwd": (spec, (x,)),
-            "maxpool2d.bwd": (PoolBackwardSpec.from_args(grad_y, indices, spec.input_shape), (grad_y, indices))}
+def problems(spec, rng, data: dict | None = None) -> dict:
+    """{op: (op's spec, arguments of kernel.run after the spec)} for every op of one layer, on
+    shared random data (registry.layer_data: the backward ops see the forward's x and w)."""
+    data = registry.layer_data(spec, rng) if data is None else data
+    kind = "conv" if isinstance(spec, ConvSpec) else "pool"
+    return {op.name: (op.spec_of(spec), tuple(data[n] for n in op.args))
+            for op in registry.OPS.values() if op.layer == kind}
 
 
 def _job(name: str, ops, probs):
@@ -123,7 +78,7 @@ def _job(name: str, ops, probs):
     calls = []
     for op in ops:
         spec, args = probs[op]
-        kernel = next((k for k in registry.kernels(op) if k.name == name), None)
+        kernel = registry.kernel(op, name)
         if kernel is None or kernel.refusal(spec) is not None:
             return None
         calls.append(partial(kernel.run, spec, *args))
@@ -133,70 +88,49 @@ def _job(name: str, ops, probs):
     return lambda: [call() for call in calls]
 
 
-def _auto_jobs(layer, probs) -> dict:
-    """{pass: call} of fastconv's public functions with algo="auto" on the layer's data, returning
-    what the kernel jobs of that pass return."""
-    hyper = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
-    if layer.kind == "conv":
-        x, w, b = probs["conv2d.fwd"][1]
-        grad_y = probs["conv2d.bwd_data"][1][0]
-        return {"fwd": lambda: [api.conv2d(x, w, b, groups=layer.groups, **hyper)],
-                "bwd": lambda: list(api.conv2d_backward(grad_y, x, w, groups=layer.groups, **hyper))}
-    (x,), (grad_y, indices) = probs["maxpool2d.fwd"][1], probs["maxpool2d.bwd"][1]
-    return {"fwd": lambda: [api.max_pool2d(x, layer.kernel, ceil_mode=layer.ceil_mode, **hyper)],
-            "bwd": lambda: [api.max_pool2d_backward(grad_y, indices, x.shape)]}
+def _auto_job(spec, data, ops):
+    """The public functions that run ops with ``algo="auto"`` (api.op_call; conv2d_backward runs
+    both gradients in one call), returning what the kernel jobs of those ops return."""
+    calls, seen = [], set()
+    for op in map(registry.OPS.get, ops):
+        if op.public not in seen:
+            seen.add(op.public)
+            calls.append((api.op_call(op.name, op.spec_of(spec), data), op.output is not None))
+    return lambda: [out for call, several in calls for out in (call() if several else [call()])]
 
 
-def _torch_jobs(layer, probs) -> dict:
-    """{pass: call} of torch's CPU functions on the same data (tensors sharing the arrays' memory):
-    F.conv2d and F.max_pool2d(return_indices=True); for "bwd" what its autograd runs, the conv's
-    input and weight gradients (torch.nn.grad) and bias sum, or the pool's index scatter."""
-    import torch
-    import torch.nn.functional as F
-
-    hyper = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
-    if layer.kind == "conv":
-        x, w, b = map(torch.from_numpy, probs["conv2d.fwd"][1])
-        grad_y = torch.from_numpy(probs["conv2d.bwd_data"][1][0])
-        hyper["groups"] = layer.groups
-        return {"fwd": lambda: [F.conv2d(x, w, b, **hyper).numpy()],
-                "bwd": lambda: [torch.nn.grad.conv2d_input(x.shape, w, grad_y, **hyper).numpy(),
-                                torch.nn.grad.conv2d_weight(x, w.shape, grad_y, **hyper).numpy(),
-                                grad_y.sum((0, 2, 3)).numpy()]}
-    x = torch.from_numpy(probs["maxpool2d.fwd"][1][0])
-    grad_y, indices = map(torch.from_numpy, probs["maxpool2d.bwd"][1])
-    pool_bwd = torch.ops.aten.max_pool2d_with_indices_backward
-    return {"fwd": lambda: [tuple(t.numpy() for t in F.max_pool2d(x, layer.kernel, ceil_mode=layer.ceil_mode,
-                                                                  return_indices=True, **hyper))],
-            "bwd": lambda: [pool_bwd(grad_y, x, layer.kernel, layer.stride, layer.padding, layer.dilation,
-                                     layer.ceil_mode, indices).numpy()]}
+def _torch_job(spec, tensors, ops):
+    """torch's CPU functions for ops on the same data (tensors sharing the arrays' memory), as its
+    autograd runs them (registry.Op.torch), and for the weight gradient torch's bias sum."""
+    calls = [registry.OPS[op].torch(spec, tensors) for op in ops]
+    if "conv2d.bwd_weight" in ops:
+        grad_y = tensors["grad_y"]
+        calls.append(lambda: grad_y.sum((0, 2, 3)))
+    return lambda: [_numpy(call()) for call in calls]
 
 
-def _rel_error(outputs, expected) -> float:
-    """The largest max |out - exp| / max |exp| over a job's outputs (pool values, not indices)."""
-    errors = [0.0]
-    for out, exp in zip(outputs, expected):
-        out, exp = (out[0], exp[0]) if isinstance(out, tuple) else (out, exp)
-        scale = float(np.abs(exp).max()) or 1.0
-        errors.append(float(np.nanmax(np.abs(out.astype(np.float64) - exp))) / scale)
-    return max(errors)
+def _numpy(out):
+    return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
 
 
 def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_reference: bool, rng,
                 pass_: str = "fwd", with_torch: bool = False):
     """The layer's rows.  kernel_names: registered names and/or AUTO (empty: every kernel and AUTO)."""
     spec = layer.spec(batch, dtype)
-    probs = problems(spec, rng)
+    data = registry.layer_data(spec, rng)
+    probs = problems(spec, rng, data)
     ops = PASSES[pass_][layer.kind]
     passes = {"fwd": PASSES["fwd"][layer.kind], pass_: ops}  # a "bwd" row also times its forward
     ref_name = registry.kernels(ops[0])[-1].name
-    names = [k.name for k in registry.kernels(ops[0]) if k.backend != "numpy"
+    names = [k.name for k in registry.kernels(ops[0]) if not k.is_reference
              and (not kernel_names or k.name in kernel_names)]
     jobs = {name: {p: _job(name, o, probs) for p, o in passes.items()} for name in names}
     if not kernel_names or AUTO in kernel_names:
-        jobs[AUTO] = _auto_jobs(layer, probs)
+        jobs[AUTO] = {p: _auto_job(spec, data, o) for p, o in passes.items()}
     if with_torch:
-        jobs[TORCH] = _torch_jobs(layer, probs)
+        import torch
+        tensors = {name: torch.from_numpy(a) for name, a in data.items()}
+        jobs[TORCH] = {p: _torch_job(spec, tensors, o) for p, o in passes.items()}
     if with_reference:
         jobs[ref_name] = {p: _job(ref_name, o, probs) for p, o in passes.items()}
     contenders = {(name, p): job[p] for name, job in jobs.items() if all(job[p] for p in passes) for p in passes}
@@ -204,18 +138,18 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
     outputs = {key: fn() for key, fn in contenders.items()}  # compiles the JIT kernels; auto chooses
     # what auto's first call chose: the dispatcher's memo, under the key api's call used
     chosen = {op: dispatch.choose(op, probs[op][0], caller="bench").name for op in ops} if AUTO in jobs else None
-    times = time_interleaved(contenders, repeats)
+    times = interleaved(contenders, repeats)
     medians = {key: statistics.median(t) for key, t in times.items()}
     ref_time, torch_time = medians.get((ref_name, pass_)), medians.get((TORCH, pass_))
-    # Both backward ops do the forward's multiply-adds (the bias gradient is negligible).
-    flops = spec.flops * len(ops) if layer.kind == "conv" else None
+    # the row's ops' FLOPs (both backward ops do the forward's multiply-adds; the bias gradient is negligible)
+    flops = sum(registry.OPS[op].flops(probs[op][0]) or 0 for op in ops) or None
     rows = []
     for (name, p), t in medians.items():
         if p != pass_:
             continue
         fwd_ms = medians[(name, "fwd")] * 1e3 if pass_ != "fwd" else None
         rows.append(Row(layer.name, _describe(spec), name, t * 1e3, flops / t / 1e9 if flops else None,
-                        ref_time / t if ref_time else None, _rel_error(outputs[(name, p)], expected),
+                        ref_time / t if ref_time else None, rel_error(outputs[(name, p)], expected),
                         len(times[(name, p)]), fwd_ms, vs_torch=torch_time / t if torch_time else None,
                         chosen=chosen if name == AUTO else None, count=layer.count))
     return rows
@@ -230,10 +164,10 @@ def _describe(spec) -> str:
 
 
 def machine_line(peak: float | None) -> str:
-    c_state = f"C: {'OpenMP' if _lib.has_openmp() else 'serial'}" if _lib.lib is not None else "C: not built"
+    """The machine (fastconv/machine.py) and every backend's status (its record), in one line."""
     peak_s = f", numpy float32 matmul peak {peak:.0f} GFLOP/s (2048^2)" if peak else ""
-    return (f"{cpu_model()}, {os.cpu_count()} CPUs, fastconv threads {get_num_threads()}{peak_s}; "
-            f"python {platform.python_version()}, numpy {np.__version__}, {c_state}")
+    return (f"{machine.describe()}, fastconv threads {get_num_threads()}{peak_s}; " +
+            "; ".join(b.status() for b in registry.BACKENDS.values()))
 
 
 def format_table(rows, peak: float | None) -> str:
@@ -253,11 +187,11 @@ def format_table(rows, peak: float | None) -> str:
         pk = f"{100 * r.gflops / peak:5.0f}%" if (r.gflops is not None and peak) else f"{'':6s}"
         vs = f"{r.vs_reference:6.2f}x" if r.vs_reference is not None else f"{'':7s}"
         vt = (f"{r.vs_torch:7.2f}x " if r.vs_torch is not None else f"{'':9s}") if vs_torch else ""
-        note = "  (1 run: over the time box)" if r.runs == 1 and r.ms > REFERENCE_BUDGET_S * 1e3 else ""
+        note = "  (1 run: over the time box)" if r.runs == 1 and r.ms > ONCE_S * 1e3 else ""
         lines.append(f"{r.layer if first else '':10s} {r.shape if first else '':34s} {r.label:{width}s} "
                      f"{ms} {gf} {pk} {vs} {vt}{r.error:8.1e}{note}")
     rerouted = {name: n for name, n in nonfinite.REROUTED.items() if n}
-    if rerouted:  # calls holding inf/NaN ran on another kernel (fastconv/nonfinite.py)
+    if rerouted:  # calls holding inf/NaN ran on another kernel (fastconv/common/nonfinite.py)
         lines.append("inf/NaN guard rerouted calls to the backend's im2col: " +
                      ", ".join(f"{name} {n}" for name, n in sorted(rerouted.items())))
     return "\n".join(lines)
@@ -278,7 +212,7 @@ def totals(rows) -> dict:
     by_layer = {}
     for r in rows:
         by_layer.setdefault(r.layer, []).append(r)
-    fast = {k.name for k in registry.kernels() if k.backend != "numpy"}
+    fast = {k.name for k in registry.kernels() if not k.is_reference}
     picks = {"best": [], AUTO: [], TORCH: []}
     for layer_rows in by_layer.values():
         kernels = [r for r in layer_rows if r.kernel in fast]
@@ -318,7 +252,7 @@ def plot(rows, peak: float | None, path: str, title: str) -> None:
     layers = list(dict.fromkeys(r.layer for r in conv))
     # one order (so one colour per contender) in every chart: the registry's kernels, auto, torch,
     # the reference last -- not the order of first appearance, which depends on the first layer
-    order = [k.name for k in registry.kernels() if k.backend != "numpy"] + [AUTO, TORCH]
+    order = [k.name for k in registry.kernels() if not k.is_reference] + [AUTO, TORCH]
     names = sorted(dict.fromkeys(r.kernel for r in conv), key=lambda n: order.index(n) if n in order else len(order))
     width = 0.8 / max(len(names), 1)
     colors = colormaps["tab20"]  # the default cycle has 10 colours; bench can have 11 contenders
@@ -349,7 +283,7 @@ def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_r
     if progress is None:
         progress = sys.stderr
     # dispatch.tune's bar on a terminal; plain lines in a log, where "\r" would garble the file
-    bar = dispatch.Progress(progress, len(net_layers)) if progress and getattr(progress, "isatty", bool)() else None
+    bar = Progress(progress, len(net_layers)) if progress and getattr(progress, "isatty", bool)() else None
     if with_torch:
         import torch
         torch_threads = torch.get_num_threads()
@@ -373,5 +307,5 @@ def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_r
     return rows, peak
 
 
-__all__ = ["run", "format_table", "format_totals", "totals", "plot", "machine_line", "time_interleaved",
-           "matmul_peak_gflops", "problems", "PASSES", "AUTO", "TORCH"]
+__all__ = ["run", "format_table", "format_totals", "totals", "plot", "machine_line", "matmul_peak_gflops",
+           "problems", "PASSES", "PAUSE_S", "AUTO", "TORCH"]

@@ -14,12 +14,11 @@ import os
 import sys
 import time
 
-import numba
 import numpy as np
 
-from . import __version__, bench, dispatch, nets, registry, threads, tuning_cache
-from .c import _lib
-from .spec import INDEX_LIMIT, PARAM_LIMIT
+from . import __version__, bench, dispatch, machine, nets, registry, threads
+from .dispatch import tuning_cache
+from .spec import INDEX_LIMIT, PARAM_LIMIT, spec_from_json
 
 
 class UsageError(Exception):
@@ -56,21 +55,23 @@ def _count(text: str) -> int:
 def _kernels(args) -> int:
     rows = []
     for k in registry.kernels():
-        status = "ok" if not (k.backend == "c" and _lib.UNAVAILABLE) else _lib.UNAVAILABLE
+        unavailable = registry.BACKENDS[k.backend].unavailable if k.backend in registry.BACKENDS else None
         rows.append({"name": k.name, "op": k.op, "backend": k.backend, "algo": k.algo,
                      "rtol_float32": k.rtol["float32"], "rtol_float64": k.rtol["float64"],
-                     "deterministic": k.deterministic, "nonfinite_to": k.nonfinite, "status": status})
+                     "deterministic": k.deterministic, "nonfinite_to": k.nonfinite, "status": unavailable or "ok"})
     force = threads.in_force()
-    info = {"version": __version__, "c_extension": _lib.build_info() if _lib.lib is not None else _lib.UNAVAILABLE,
-            "openmp": _lib.has_openmp(), "threads": force["fastconv"], "numba_pool": force["numba_pool"],
-            "openblas_threads_per_task": force["openblas_per_task"], "serial_only": force["serial_only"],
-            "numba": numba.__version__, "numba_threading_layer": numba.config.THREADING_LAYER}
+    info = {"version": __version__, "machine": machine.describe(), "isa": machine.isa_path(),
+            "backends": {b.name: {"status": b.status(), "unavailable": b.unavailable, **b.fingerprint()}
+                         for b in registry.BACKENDS.values()},
+            "threads": force["fastconv"], "thread_pool": force["pool"],
+            "openblas_threads_per_task": force["openblas_per_task"], "serial_only": force["serial_only"]}
     if args.json:
         print(json.dumps({"build": info, "kernels": rows}, indent=2))
         return 0
-    print(f"fastconv {__version__}; C extension: {info['c_extension']}; OpenMP: {'yes' if info['openmp'] else 'no'}; "
-          f"numba {info['numba']} (threading layer: {info['numba_threading_layer']})")
-    print(f"threads: {info['threads']} per call (Numba pool {info['numba_pool']}; OpenBLAS "
+    print(f"fastconv {__version__} on {info['machine']}")
+    for b in registry.BACKENDS.values():
+        print(f"  {b.status()}")
+    print(f"threads: {info['threads']} per call (pool {info['thread_pool']}; OpenBLAS "
           f"{info['openblas_threads_per_task']} inside each task)"
           + ("; serial: forked after the parent ran kernels" if info["serial_only"] else ""))
     print(f"{'kernel':20s} {'op':18s} {'rtol f32':>9s} {'rtol f64':>9s} {'determ.':>7s}  {'inf/NaN to':14s} status")
@@ -312,7 +313,7 @@ def _describe_entry(key: str, entry: dict) -> str:
     """An entry's problem in one line; the key's text for a spec of the right fields and types whose
     values make no sense (a hand-edited groups=0): the spec's properties divide by them."""
     try:
-        return dispatch.describe(entry["op"], dispatch.spec_from_json(entry["spec"]))
+        return dispatch.describe(entry["op"], spec_from_json(entry["spec"]))
     except (ArithmeticError, LookupError, TypeError, ValueError):
         return key.split(" ", 1)[-1]
 
@@ -367,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op", choices=list(dispatch.CONV_OPS), default="conv2d.fwd",
                    help="the pass: forward, grad of input, grad of weight (default conv2d.fwd)")
     p.add_argument("--algo", default="auto", help="restrict to an algorithm family or variant")
-    p.add_argument("--backend", default="auto", help="restrict to a backend: c, numba, numpy")
+    p.add_argument("--backend", default="auto", help=f"restrict to a backend: {', '.join(registry.BACKENDS)}")
     p.add_argument("--rtol", type=float, help="accuracy budget: kernels whose bound exceeds it are excluded")
     p.add_argument("--rigor", choices=list(dispatch.MODES),
                    help="override the mode for this question (default: FASTCONV_TUNING, else measure)")

@@ -7,7 +7,9 @@ benchmark tool for the CPU's name (which made a circle: api -> dispatch -> tunin
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import sys
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,4 +39,29 @@ def isa_flags() -> str:
     return " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
 
 
-__all__ = ["cpu_model", "isa_flags"]
+def isa_path() -> str:
+    """The widest x86 vector ISA the CPU offers, as a name: avx512, avx2, generic."""
+    flags = set(isa_flags().split())
+    if "avx512f" in flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return "generic"
+
+
+def python() -> str:
+    return f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def facts() -> dict:
+    """The machine and interpreter every timing depends on (the tuning cache keys on them)."""
+    return {"cpu": cpu_model(), "machine": platform.machine(), "isa_flags": isa_flags(), "cpus": os.cpu_count(),
+            "python": python()}
+
+
+def describe() -> str:
+    """One line: 'AMD EPYC (avx2), 2 CPUs, python 3.11.7'."""
+    return f"{cpu_model()} ({isa_path()}), {os.cpu_count()} CPUs, python {platform.python_version()}"
+
+
+__all__ = ["cpu_model", "isa_flags", "isa_path", "python", "facts", "describe"]

@@ -3,14 +3,21 @@
 Semantics are those of ``torch.nn.functional.conv2d`` / ``max_pool2d`` (NCHW input, OIHW weight).
 Everything is computed in float64 whatever the input dtype (NNPACK's reference does the same) and
 cast once at the end, so a float32 kernel is measured against an answer more accurate than itself.
-Every kernel in the registry is tested against these functions.
+Every kernel in the registry is tested against these functions, by the one measure of agreement
+with them, ``rel_error`` (the tests, the tuner and the benchmarks all use it).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .backend import Backend
 from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, index_error
+
+# The reference as a backend (its kernels serve only when no other kernel can: fastconv/registry.py)
+BACKEND = Backend("numpy", None, lambda: {"numpy": np.__version__}, lambda: f"NumPy reference: numpy {np.__version__}")
 
 # ----------------------------------------------------------------------------- conv
 
@@ -158,3 +165,48 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     """Route every gradient to its argmax; overlapping windows accumulate."""
     spec = PoolBackwardSpec.from_args(grad_y, indices, input_shape)
     return _max_pool2d_backward(spec, grad_y, indices)
+
+
+# ----------------------------------------------------------------------------- agreement
+
+ERROR_CHUNK = 1 << 18  # elements per step of rel_error (2 MiB of float64 per temporary)
+
+
+def rel_error(out, ref, chunk: int = ERROR_CHUNK) -> float:
+    """max |out - ref| / max |ref|, the measure of every kernel's registered rtol.
+
+    A list of outputs (a backward pass's gradients) gives the largest error of its pairs; a tuple
+    is a max-pool's (values, indices), compared by its values.  Computed in float64 one chunk at a
+    time, so no float64 copy of a whole output is made.  NaN and inf follow one rule: a NaN where
+    the other array has none (either way) is an infinite error; NaNs in the same places, and equal
+    infinities, agree.  Arrays of different shapes are an infinite error; an all-zero ref gives
+    the absolute error."""
+    if isinstance(out, list):
+        return max((rel_error(o, r, chunk) for o, r in zip(out, ref, strict=True)), default=0.0)
+    out, ref = (out[0], ref[0]) if isinstance(out, tuple) else (out, ref)
+    out, ref = np.asarray(out), np.asarray(ref)
+    if out.shape != ref.shape:
+        return math.inf
+    o, r = np.ravel(out), np.ravel(ref)  # views of C-contiguous arrays (kernels return them)
+    err = scale = 0.0
+    buf_a, buf_b = np.empty(min(chunk, o.size)), np.empty(min(chunk, o.size))  # float64, reused
+    for i in range(0, o.size, chunk):
+        a, b = buf_a[: min(chunk, o.size - i)], buf_b[: min(chunk, o.size - i)]
+        np.copyto(a, o[i: i + chunk])
+        np.copyto(b, r[i: i + chunk])
+        nan_a, nan_b = np.isnan(a), np.isnan(b)
+        if (nan_a != nan_b).any():
+            return math.inf
+        with np.errstate(invalid="ignore"):
+            np.subtract(a, b, out=a)  # NaN where both are NaN, or where both are the same infinity
+        diff = np.abs(a, out=a)
+        agree = np.isnan(diff)  # both NaN (checked above), or the same infinity
+        if agree.any():
+            diff[agree] = 0.0
+        err = max(err, float(diff.max()))
+        mag = np.abs(b, out=b)
+        mag[nan_b] = 0.0
+        scale = max(scale, float(mag.max()))
+    if math.isinf(err):
+        return math.inf
+    return err / scale if scale > 0 else err

@@ -1,52 +1,199 @@
-"""The single list of kernels (XNNPACK's kernel list, oneDNN's ordered implementation list).
+"""The single list of kernels (XNNPACK's kernel list, oneDNN's ordered implementation list), and
+what every reader of it needs to know about ops and backends.
 
-Each op has an ordered list, preferred kernels first and the NumPy reference last, so ``auto``
-never comes up empty.  Tests, benchmarks, ``fastconv.kernels()``, ``fastconv kernels`` and the
-dispatcher all iterate over it: a kernel is registered, and so tested, by one line here.
-
-Ops and the signature of ``run`` for each:
-    conv2d.fwd          run(spec, x, w, bias) -> y
-    conv2d.bwd_data     run(spec, grad_y, w)  -> grad_x
-    conv2d.bwd_weight   run(spec, grad_y, x)  -> grad_w
-    maxpool2d.fwd       run(spec, x)          -> (y, indices)
-    maxpool2d.bwd       run(spec, grad_y, indices) -> grad_x
+- ``OPS``: one record per op (conv2d.fwd, conv2d.bwd_data, conv2d.bwd_weight, maxpool2d.fwd,
+  maxpool2d.bwd): its pass and layer kind, the spec its kernels take, the arrays ``kernel.run``
+  takes after the spec, the public function that runs it, torch's call for it, its FLOPs.  The
+  tuner, ``fastconv bench``, the benchmark suite, ``Plan.repro`` and the tests read the protocol
+  here instead of spelling it out.
+- ``BACKENDS``: every backend package's record (fastconv/backend.py): why it is unavailable, its
+  fingerprint, its status line.  No module above this one knows which backends exist.
+- ``KERNELS``: one ordered tuple, the NumPy reference last in each op, so ``auto`` never comes up
+  empty.  Tests, benchmarks, ``fastconv.kernels()``, ``fastconv kernels`` and the dispatcher all
+  iterate over it: a kernel is registered, and so tested, by one line here.
+- The heuristic's preference (``FAMILY_RANK``, ``Kernel.preference``): what ``auto`` picks when
+  nothing is timed.  Adding a family means its files and rows here, never the dispatcher.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import dataclasses
+import numpy as np
 
-from . import nonfinite, reference, winograd
-from .c import _lib as c_lib
+from . import c, numba, reference
 from .c import direct as c_direct
 from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
 from .c import winograd as c_winograd
+from .common import im2col, nonfinite, winograd
 from .numba import direct as nb_direct
 from .numba import im2col as nb_im2col
 from .numba import maxpool as nb_maxpool
 from .numba import winograd as nb_winograd
+from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
 
-OPS = ("conv2d.fwd", "conv2d.bwd_data", "conv2d.bwd_weight", "maxpool2d.fwd", "maxpool2d.bwd")
-BACKENDS = ("c", "numba", "numpy")
+# ----------------------------------------------------------------------------- backends
 
+BACKENDS = {b.name: b for b in (c.BACKEND, numba.BACKEND, reference.BACKEND)}
+
+
+# ----------------------------------------------------------------------------- ops
+
+def _conv_hyper(spec: ConvSpec) -> dict:
+    """The public functions' hyper-parameters for spec (an asymmetric padding came from "same")."""
+    t, b, l, r = spec.padding
+    return dict(stride=spec.stride, padding=(t, l) if (t, l) == (b, r) else "same", dilation=spec.dilation,
+                groups=spec.groups)
+
+
+def _pool_hyper(spec: PoolSpec) -> dict:
+    return dict(kernel_size=spec.kernel, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                ceil_mode=spec.ceil_mode)
+
+
+def _torch_conv(which: str):
+    def call(spec: ConvSpec, t: dict):
+        import torch
+        hyper = _conv_hyper(spec)
+        if which == "fwd":
+            x, w, b = t["x"], t["w"], t["bias"]
+            return lambda: torch.nn.functional.conv2d(x, w, b, **hyper)
+        grad_y = t["grad_y"]
+        if which == "bwd_data":  # what autograd runs for that one gradient (aten's convolution_backward)
+            w = t["w"]
+            return lambda: torch.nn.grad.conv2d_input(spec.input_shape, w, grad_y, **hyper)
+        x = t["x"]
+        return lambda: torch.nn.grad.conv2d_weight(x, spec.weight_shape, grad_y, **hyper)
+    return call
+
+
+def _torch_pool(which: str):
+    def call(spec: PoolSpec, t: dict):
+        import torch
+        h = _pool_hyper(spec)
+        if which == "fwd":
+            x = t["x"]
+            return lambda: torch.nn.functional.max_pool2d(x, **h, return_indices=True)
+        # The kernel autograd runs for max_pool2d's backward, from (grad_y, indices) to grad_x as
+        # ours does.  Not max_unpool2d: it overwrites where overlapping windows (ResNet's 3x3/2
+        # pool) must add.  The input tensor only gives the shape and layout.
+        grad_y, indices = t["grad_y"], t["indices"]
+        x = t["x"] if "x" in t else torch.empty(spec.input_shape, dtype=getattr(torch, spec.dtype))
+        args = (h["kernel_size"], h["stride"], h["padding"], h["dilation"], h["ceil_mode"])
+        return lambda: torch.ops.aten.max_pool2d_with_indices_backward(grad_y, x, *args, indices)
+    return call
+
+
+@dataclass(frozen=True)
+class Op:
+    """What every kernel of one op shares: how to call it, publicly and in torch, and what it costs."""
+    name: str                 # "conv2d.bwd_data"
+    layer: str                # the layer kind it belongs to (fastconv.nets): "conv" | "pool"
+    pass_: str                # "fwd" | "bwd"
+    spec_type: type           # the spec its kernels take
+    args: tuple               # kernel.run(spec, *arrays): the arrays' names (``shapes`` gives them)
+    public: str               # the fastconv function that runs it
+    public_args: tuple        # that function's array arguments, by name
+    hyper: Callable = field(repr=False)   # spec -> that function's keyword arguments
+    algo_arg: Optional[str] = None        # that function's argument naming this op's kernel
+    output: Optional[int] = None          # the function returns several ops' results: this op's
+    torch: Optional[Callable] = field(default=None, repr=False)  # (layer spec, tensors) -> a call
+
+    def spec_of(self, layer_spec):
+        """This op's spec for a layer's (ConvSpec or PoolSpec)."""
+        return layer_spec.backward_spec() if self.spec_type is PoolBackwardSpec else layer_spec
+
+    def flops(self, spec) -> Optional[int]:
+        """FLOPs of one call (the direct algorithm's multiply-adds; both backward passes do as many)."""
+        return spec.flops if self.layer == "conv" else None
+
+    def output_of(self, result):
+        """This op's part of its public function's result."""
+        return result if self.output is None else result[self.output]
+
+    def arguments(self, spec, rng) -> tuple:
+        """Random arguments of kernel.run after the spec, drawn in the spec's dtype."""
+        data = draw(spec, self.args, rng)
+        return tuple(data[n] for n in self.args)
+
+
+_CONV = dict(layer="conv", spec_type=ConvSpec, hyper=_conv_hyper)
+_CONV_BWD = dict(_CONV, pass_="bwd", public="conv2d_backward", public_args=("grad_y", "x", "w"))
+OPS: dict[str, Op] = {op.name: op for op in (
+    Op("conv2d.fwd", pass_="fwd", args=("x", "w", "bias"), public="conv2d", public_args=("x", "w", "bias"),
+       algo_arg="algo", torch=_torch_conv("fwd"), **_CONV),
+    Op("conv2d.bwd_data", args=("grad_y", "w"), algo_arg="algo", output=0, torch=_torch_conv("bwd_data"),
+       **_CONV_BWD),
+    Op("conv2d.bwd_weight", args=("grad_y", "x"), algo_arg="weight_algo", output=1,
+       torch=_torch_conv("bwd_weight"), **_CONV_BWD),
+    Op("maxpool2d.fwd", "pool", "fwd", PoolSpec, ("x",), "max_pool2d", ("x",), _pool_hyper,
+       torch=_torch_pool("fwd")),
+    Op("maxpool2d.bwd", "pool", "bwd", PoolBackwardSpec, ("grad_y", "indices"), "max_pool2d_backward",
+       ("grad_y", "indices"), lambda spec: dict(input_shape=spec.input_shape), torch=_torch_pool("bwd")),
+)}
+
+# The ops of each pass, per layer kind (tune's passes, bench's rows).
+PASSES = {p: {kind: tuple(o.name for o in OPS.values() if o.pass_ == p and o.layer == kind)
+              for kind in ("conv", "pool")} for p in ("fwd", "bwd")}
+
+
+def shapes(spec) -> dict:
+    """{array name: (shape, dtype)} of every array an op of spec's type reads or writes."""
+    if isinstance(spec, ConvSpec):
+        return {"x": (spec.input_shape, spec.dtype), "w": (spec.weight_shape, spec.dtype),
+                "bias": ((spec.c_out,), spec.dtype), "grad_y": (spec.output_shape, spec.dtype)}
+    out = spec.output_shape if isinstance(spec, PoolSpec) else (spec.n, spec.c, spec.out_h, spec.out_w)
+    named = {"grad_y": (out, spec.dtype), "indices": (out, "int64")}
+    return {"x": (spec.input_shape, spec.dtype), **named} if isinstance(spec, PoolSpec) else named
+
+
+def draw(spec, names, rng) -> dict:
+    """Random arrays of these names for spec, in its dtype (no float64 temporary of the problem's
+    size).  Indices are argmaxes: the reference's, of the drawn x, for a layer's PoolSpec (the
+    pattern a real backward scatters), uniform in the plane for a PoolBackwardSpec alone."""
+    info = shapes(spec)
+    data = {}
+    for name in names:
+        shape, dtype = info[name]
+        if name != "indices":
+            data[name] = rng.standard_normal(shape, dtype=np.dtype(dtype))
+        elif isinstance(spec, PoolSpec):
+            x = data["x"] if "x" in data else rng.standard_normal(spec.input_shape, dtype=np.dtype(spec.dtype))
+            data["x"], data["indices"] = x, reference._max_pool2d(spec, x)[1]
+        else:
+            data[name] = rng.integers(0, spec.h * spec.w, size=shape, dtype=np.int64)
+    return {n: data[n] for n in names}
+
+
+def layer_data(layer_spec, rng) -> dict:
+    """Every array the ops of one layer read, shared (the backward ops see the forward's x and w;
+    a pool's indices are the argmaxes of its x)."""
+    kind = "conv" if isinstance(layer_spec, ConvSpec) else "pool"
+    return draw(layer_spec, list(dict.fromkeys(n for o in OPS.values() if o.layer == kind for n in o.args)), rng)
+
+
+# ----------------------------------------------------------------------------- kernels
 
 def _always(spec) -> Optional[str]:
     return None
 
 
+_TILE = re.compile(r"_f(\d+)k\d+")
+
+
 @dataclass(frozen=True)
 class Kernel:
     name: str                     # backend.algo[_variant]: "c.direct", "numba.winograd_f4k3"
-    op: str                       # one of OPS
+    op: str                       # a key of OPS
     run: Callable = field(repr=False)
     why_not: Callable = field(default=_always, repr=False)  # spec -> reason it cannot serve, or None
     # Accepted max |error| / max |reference| per dtype (tests assert it; an rtol= budget filters on it).
     rtol: dict = field(default_factory=lambda: {"float32": 1e-5, "float64": 1e-10}, repr=False, hash=False)
     # The kernel that serves this one's calls holding inf or NaN, where its arithmetic would put
-    # them elsewhere than PyTorch (fastconv/nonfinite.py); None: it computes them itself.
+    # them elsewhere than PyTorch (fastconv/common/nonfinite.py); None: it computes them itself.
     nonfinite: Optional[str] = None
     # Bitwise the same result run to run and at any thread count on one machine (tasks write
     # disjoint outputs and each sums in a fixed order; tests/test_reliability.py holds it to it).
@@ -66,17 +213,66 @@ class Kernel:
         """The algorithm family a variant belongs to: winograd_f4k3 -> winograd."""
         return self.algo.split("_", 1)[0]
 
+    @property
+    def is_reference(self) -> bool:
+        """The NumPy oracle's kernel: it serves only when no other kernel can."""
+        return self.backend == reference.BACKEND.name
+
+    @property
+    def output_tile(self) -> int:
+        """The output tile its name states (winograd_f4k3 -> 4; DESIGN's naming grammar), or 0."""
+        m = _TILE.search(self.algo)
+        return int(m.group(1)) if m else 0
+
     def refusal(self, spec) -> Optional[str]:
         """Why this kernel cannot serve spec, as '<name>: <reason>', or None."""
-        if self.backend == "c" and c_lib.UNAVAILABLE:
-            return f"{self.name}: {c_lib.UNAVAILABLE}"
+        backend = BACKENDS.get(self.backend)
+        if backend is not None and backend.unavailable:
+            return f"{self.name}: {backend.unavailable}"
         reason = self.why_not(spec)
         return f"{self.name}: {reason}" if reason else None
+
+    def preference(self, spec) -> tuple:
+        """The heuristic's key, lower first: its family's rank for the problem (FAMILY_RANK), then
+        the larger output tile (fewest multiplies; the rtol filter has already removed variants too
+        inaccurate for the caller).  Ties go to registry order."""
+        rank = FAMILY_RANK.get(self.family)
+        return (rank(self.op, spec) if rank else UNRANKED, -self.output_tile)
+
+
+# ----------------------------------------------------------------------------- the heuristic's preference
+#
+# Measured on VGG-16, ResNet-18, GoogLeNet, AlexNet, LeNet-5 and MobileNet-v2's depthwise layers
+# (2-core AMD EPYC, forward and both backward passes): im2col beat direct on the median layer in
+# every group, small K and depthwise included (which is why there is no "direct for small K"
+# rule), except the depthwise weight gradient, where im2col's GEMMs degenerate to dot products;
+# Winograd won about half the layers with >= 64 channels and lost most of those with fewer.
+# ``fastconv tune`` and ``explain`` print the heuristic's pick beside the measured best, which is
+# how the rule is checked against a machine (README: "Choosing kernels").
+
+WINOGRAD_MIN_CHANNELS = 64  # input and output channels per group where its transforms amortize
+UNRANKED = 9  # a family without a rank comes after the ranked ones
+
+
+def _one_input_channel(op: str, spec) -> bool:
+    return op == "conv2d.bwd_weight" and spec.c_in // spec.groups == 1
+
+
+def _winograd_rank(op: str, spec) -> int:
+    amortizes = min(spec.c_in, spec.c_out) // spec.groups >= WINOGRAD_MIN_CHANNELS
+    return 0 if amortizes and winograd.why_not(spec) is None else UNRANKED - 1
+
+
+FAMILY_RANK: dict = {  # family -> (op, spec) -> rank; max-pool has one family: registry order
+    "winograd": _winograd_rank,
+    "im2col": lambda op, spec: 2 if _one_input_channel(op, spec) else 1,
+    "direct": lambda op, spec: 1 if _one_input_channel(op, spec) else 2,
+}
 
 
 def _rerouting(kernel: Kernel, fallback: Kernel, *, data: bool, weights: bool) -> Kernel:
     """kernel, with its calls holding inf or NaN (in the data and/or the weights) handed to
-    fallback, the backend's im2col (fastconv/nonfinite.py says which kernels and why)."""
+    fallback, the backend's im2col (fastconv/common/nonfinite.py says which kernels and why)."""
     run = nonfinite.guarded(kernel.name, kernel.run, fallback.run, data=data, weights=weights)
     return dataclasses.replace(kernel, run=run, nonfinite=fallback.name)
 
@@ -93,10 +289,10 @@ def _direct_backward_data(name: str, run: Callable, fallback: Kernel) -> Kernel:
 
 
 # im2col's limits are OpenBLAS's, the same in both backends
-C_IM2COL_FWD = Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward, nb_im2col.why_not)
-NB_IM2COL_FWD = Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward, nb_im2col.why_not)
-C_IM2COL_BWD_DATA = Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data, nb_im2col.why_not)
-NB_IM2COL_BWD_DATA = Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data, nb_im2col.why_not)
+C_IM2COL_FWD = Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward, im2col.why_not)
+NB_IM2COL_FWD = Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward, im2col.why_not)
+C_IM2COL_BWD_DATA = Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data, im2col.why_not)
+NB_IM2COL_BWD_DATA = Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data, im2col.why_not)
 
 
 KERNELS: tuple[Kernel, ...] = (
@@ -106,23 +302,23 @@ KERNELS: tuple[Kernel, ...] = (
     _winograd("c.winograd_f2k3", "conv2d.fwd", 2, c_winograd.conv2d_forward_f2k3, C_IM2COL_FWD),
     _winograd("c.winograd_f4k3", "conv2d.fwd", 4, c_winograd.conv2d_forward_f4k3, C_IM2COL_FWD),
     NB_IM2COL_FWD,
-    _winograd("numba.winograd_f2k3", "conv2d.fwd", 2, nb_winograd.F2K3.conv2d_forward, NB_IM2COL_FWD),
-    _winograd("numba.winograd_f4k3", "conv2d.fwd", 4, nb_winograd.F4K3.conv2d_forward, NB_IM2COL_FWD),
+    _winograd("numba.winograd_f2k3", "conv2d.fwd", 2, nb_winograd.conv2d_forward_f2k3, NB_IM2COL_FWD),
+    _winograd("numba.winograd_f4k3", "conv2d.fwd", 4, nb_winograd.conv2d_forward_f4k3, NB_IM2COL_FWD),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
     # conv2d backward: input gradient and weight gradient are chosen separately; the direct
-    # kernels run their forward engine on the transposed problems of transpose.py
+    # kernels run their forward engine on the transposed problems of common/transpose.py
     C_IM2COL_BWD_DATA,
     _winograd("c.winograd_f2k3", "conv2d.bwd_data", 2, c_winograd.conv2d_backward_data_f2k3, C_IM2COL_BWD_DATA),
     _winograd("c.winograd_f4k3", "conv2d.bwd_data", 4, c_winograd.conv2d_backward_data_f4k3, C_IM2COL_BWD_DATA),
     NB_IM2COL_BWD_DATA,
-    _winograd("numba.winograd_f2k3", "conv2d.bwd_data", 2, nb_winograd.F2K3.conv2d_backward_data, NB_IM2COL_BWD_DATA),
-    _winograd("numba.winograd_f4k3", "conv2d.bwd_data", 4, nb_winograd.F4K3.conv2d_backward_data, NB_IM2COL_BWD_DATA),
+    _winograd("numba.winograd_f2k3", "conv2d.bwd_data", 2, nb_winograd.conv2d_backward_data_f2k3, NB_IM2COL_BWD_DATA),
+    _winograd("numba.winograd_f4k3", "conv2d.bwd_data", 4, nb_winograd.conv2d_backward_data_f4k3, NB_IM2COL_BWD_DATA),
     _direct_backward_data("c.direct", c_direct.conv2d_backward_data, C_IM2COL_BWD_DATA),
     _direct_backward_data("numba.direct", nb_direct.conv2d_backward_data, NB_IM2COL_BWD_DATA),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
-    Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, nb_im2col.why_not),
-    Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, nb_im2col.why_not),
+    Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, im2col.why_not),
+    Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, im2col.why_not),
     Kernel("c.direct", "conv2d.bwd_weight", c_direct.conv2d_backward_weight),
     Kernel("numba.direct", "conv2d.bwd_weight", nb_direct.conv2d_backward_weight),
     Kernel("numpy.reference", "conv2d.bwd_weight", reference._conv2d_grad_weight),
@@ -137,7 +333,12 @@ KERNELS: tuple[Kernel, ...] = (
 
 
 def kernels(op: Optional[str] = None) -> tuple[Kernel, ...]:
-    """Every registered kernel, or those of one op, in preference order."""
-    if op is not None and op not in OPS:
+    """Every registered kernel, or those of one op, in registry order."""
+    if op is not None and (not isinstance(op, str) or op not in OPS):
         raise ValueError(f"kernels: op={op!r} is not one of {', '.join(OPS)}")
     return tuple(k for k in KERNELS if op is None or k.op == op)
+
+
+def kernel(op: str, name: str) -> Optional[Kernel]:
+    """The kernel of op registered under name, or None."""
+    return next((k for k in KERNELS if k.op == op and k.name == name), None)

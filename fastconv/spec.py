@@ -367,4 +367,23 @@ def index_error(op: str, spec: PoolBackwardSpec) -> ValueError:
                       "route a gradient to)")
 
 
-__all__ = ["ConvSpec", "PoolSpec", "PoolBackwardSpec", "conv_out_size", "pool_out_size", "index_error"]
+# ----------------------------------------------------------------------------- JSON (the tuning cache's form)
+
+_SPEC_TYPES = {t.__name__: t for t in (ConvSpec, PoolSpec, PoolBackwardSpec)}
+
+
+def spec_to_json(spec) -> dict:
+    return {"type": type(spec).__name__, **{f: getattr(spec, f) for f in spec.__dataclass_fields__}}
+
+
+def spec_from_json(data: dict):
+    """The spec a JSON object describes, or None when it cannot be rebuilt."""
+    try:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "type"}
+        return _SPEC_TYPES[data["type"]](**fields)
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+__all__ = ["ConvSpec", "PoolSpec", "PoolBackwardSpec", "conv_out_size", "pool_out_size", "index_error",
+           "spec_to_json", "spec_from_json"]

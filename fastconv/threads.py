@@ -1,8 +1,11 @@
 """One thread count for every backend: the C kernels (OpenMP, passed explicitly on each call)
 and the Numba kernels (prange).  Set with set_num_threads(n) or FASTCONV_NUM_THREADS.
 
-Numba's own set_num_threads is thread-local, so the Numba wrappers apply this count in the
-calling thread right before each launch (numba_launch_threads).
+Backend-neutral: nothing here imports a backend (the C path runs without Numba).  The count is
+bounded by the thread pool every backend can run: NUMBA_NUM_THREADS, else the CPUs this process
+may run on (the rule of Numba's own pool size; a backend whose pool is smaller lowers the bound
+with limit_pool).  Numba's set_num_threads is thread-local, so the Numba wrappers apply the count
+in the calling thread right before each launch (fastconv/numba/_options.py: launch_threads).
 
 Every launch goes through for_problem, which also keeps two promises:
 
@@ -17,7 +20,7 @@ Every launch goes through for_problem, which also keeps two promises:
   keeps its threads.  (Another library's GNU OpenMP team in the parent is not seen: call
   set_num_threads(1) in such workers.)
 - **BLAS inside parallel regions.**  The GEMMs run inside fastconv's own OpenMP/prange tasks, one
-  per thread, on a private OpenBLAS set to one thread (fastconv/_openblas.py).  Another library may
+  per thread, on a private OpenBLAS set to one thread (fastconv/common/openblas.py).  Another library may
   change that (threadpoolctl's threadpool_limits(2), as scikit-learn users and benchmark harnesses
   call, reaches every OpenBLAS of the process): each task then ran 2 OpenBLAS threads (c.im2col on
   a 256-channel 14x14 layer went from 1.1 to 7.9 ms) and OpenBLAS printed "Detect OpenMP Loop and
@@ -29,14 +32,38 @@ import math
 import os
 import warnings
 
-import numba
+from .common import openblas
 
-from . import _openblas
+
+def _pool_from_environment() -> int:
+    """NUMBA_NUM_THREADS when it is a positive int, else the CPUs this process may run on."""
+    try:
+        n = int(os.environ.get("NUMBA_NUM_THREADS", ""))
+        if n >= 1:
+            return n
+    except ValueError:
+        pass
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_pool = _pool_from_environment()
 
 
 def max_threads() -> int:
-    """The size of Numba's thread pool (NUMBA_NUM_THREADS, default: the CPU count)."""
-    return int(numba.config.NUMBA_NUM_THREADS)
+    """The most threads one call may use: the thread pool every backend can run."""
+    return _pool
+
+
+def limit_pool(n: int) -> None:
+    """A backend's pool holds only n threads (Numba's, when its config was changed in code):
+    bound the count by it.  Called by a backend package at import."""
+    global _pool, _num_threads
+    if n < _pool:
+        _pool = max(1, n)
+        _num_threads = min(_num_threads, _pool)
 
 
 def _validated(n, source: str) -> int:
@@ -98,7 +125,7 @@ def for_problem(spec=None) -> int:
     forked child that must run serially.  Called right before every launch (see above)."""
     global _launched
     _launched = True
-    _openblas.keep_single_threaded()
+    openblas.keep_single_threaded()
     if serial_only:
         return 1
     if spec is None:
@@ -107,14 +134,7 @@ def for_problem(spec=None) -> int:
     return 1 if work < SERIAL_WORK else _num_threads
 
 
-def numba_launch_threads(spec=None) -> None:
-    """Apply the count for spec to Numba in the calling thread (its setting is thread-local)."""
-    n = for_problem(spec)
-    if not serial_only and numba.get_num_threads() != n:  # serial twins launch no team
-        numba.set_num_threads(n)
-
-
 def in_force() -> dict:
     """The thread counts in force (``fastconv kernels`` prints them)."""
-    return {"fastconv": _num_threads, "numba_pool": max_threads(), "openblas_per_task": _openblas.num_threads(),
+    return {"fastconv": _num_threads, "pool": max_threads(), "openblas_per_task": openblas.num_threads(),
             "serial_only": serial_only}

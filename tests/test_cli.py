@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from fastconv import bench, cli, registry, tuning_cache
+from fastconv import bench, cli, registry
+from fastconv.dispatch import tuning_cache
 from fastconv import nets as fastconv_nets
 
 
@@ -190,7 +191,7 @@ def test_nets_table(capsys):
 def _fake_measure(monkeypatch):
     """measure.run without timing: kernel i of the candidates 'takes' (i + 1) ms, the last one
     fastest, so the measured choice differs from registry order."""
-    from fastconv import measure
+    from fastconv.dispatch import measure
 
     def run(op, spec, contenders, reference, **kw):
         n = len(contenders)

@@ -1,11 +1,13 @@
 """Kernel selection: algo/backend naming, refusals that explain themselves, the fallback when the
 C extension is missing, and the rtol budget."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 import fastconv as fc
 from fastconv import dispatch, registry
-from fastconv.c import _lib
+from fastconv.dispatch import choosing
 from fastconv.registry import Kernel
 from fastconv.spec import ConvSpec, PoolBackwardSpec, PoolSpec
 
@@ -47,7 +49,7 @@ def test_a_hit_is_a_lookup_until_the_kernel_list_changes(monkeypatch):
     spec = ConvSpec.from_args(X, W)
     first = dispatch.choose("conv2d.fwd", spec, caller="t")
     key = ("conv2d.fwd", spec, "auto", "auto", None, fc.get_num_threads())
-    assert dispatch._memo[key] is first
+    assert choosing._memo[key] is first
     only = Kernel("numba.only", "conv2d.fwd", run=fc.kernels("conv2d.fwd")[-1].run)
     monkeypatch.setattr(registry, "KERNELS", (only,) + registry.KERNELS)
     assert dispatch.choose("conv2d.fwd", spec, algo="only", caller="t") is only
@@ -70,7 +72,9 @@ def test_refusals_name_the_kernel_and_the_reason(monkeypatch):
 
 
 def test_without_the_c_extension_c_refuses_with_the_reason_and_auto_uses_numba(monkeypatch):
-    monkeypatch.setattr(_lib, "UNAVAILABLE", "C extension not built (no compiler)")
+    # the C backend's record, as fastconv/c/__init__.py fills it in when the extension is missing
+    missing = dataclasses.replace(registry.BACKENDS["c"], unavailable="C extension not built (no compiler)")
+    monkeypatch.setattr(registry, "BACKENDS", {**registry.BACKENDS, "c": missing})
     spec = ConvSpec.from_args(X, W)
     assert dispatch.choose("conv2d.fwd", spec, caller="t").backend == "numba"
     with pytest.raises(ValueError, match=r"c\.direct: C extension not built \(no compiler\)"):
@@ -144,7 +148,7 @@ def test_the_memo_stays_bounded_and_its_choices_right():
     sizes = []
     for spec in specs:
         dispatch.choose("conv2d.fwd", spec, caller="t")
-        sizes.append((len(dispatch._memo), len(dispatch._decisions)))
+        sizes.append((len(choosing._memo), len(choosing._decisions)))
     assert max(max(s) for s in sizes) <= bound
     # an evicted choice is decided again, a kept one is a hit: both the heuristic's (estimate mode)
     for spec in specs[:20] + specs[-20:]:

@@ -34,7 +34,7 @@ CASES = {
     "valid-wide-kernel": ((1, 2, 5, 30), (3, 2, 5, 29), 1, "valid", 1, 1),
     "kernel-bigger-than-input-with-padding": ((1, 2, 3, 3), (2, 2, 5, 5), 1, 2, 1, 1),
     "many-channels": ((1, 67, 6, 6), (33, 67, 3, 3), 1, 1, 1, 1),
-    # Shapes that stress the backward passes written as forward convolutions (fastconv/transpose.py):
+    # Shapes that stress the backward passes written as forward convolutions (fastconv/common/transpose.py):
     # inputs that no tap reaches, padding wider than the kernel (a negative padding after the
     # rewrite), and stride and dilation sharing a factor (half the phases get every tap).
     "stride-beyond-kernel": ((2, 3, 10, 11), (4, 3, 1, 2), (3, 4), 0, 1, 1),

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import dispatch, nonfinite, reference, threads
+from fastconv import api, dispatch, reference, registry, threads
+from fastconv.common import nonfinite
 from fastconv.spec import PARAM_LIMIT, ConvSpec
 
 from conftest import kernel_params, rel_err
@@ -28,13 +29,10 @@ def _run(script: str, tmp_path, timeout: float = 600, env=None) -> subprocess.Co
 
 
 def _call(kernel, x, w, gy, *, padding=1):
-    """kernel's op through the public API, with the kernel named."""
-    pick = dict(backend=kernel.backend)
-    if kernel.op == "conv2d.fwd":
-        return fc.conv2d(x, w, padding=padding, algo=kernel.algo, **pick)
-    if kernel.op == "conv2d.bwd_data":
-        return fc.conv2d_backward(gy, x, w, padding=padding, algo=kernel.algo, **pick)[0]
-    return fc.conv2d_backward(gy, x, w, padding=padding, weight_algo=kernel.algo, **pick)[1]
+    """kernel's op through the public API, with the kernel named (registry.Op: which function)."""
+    spec = ConvSpec.from_args(x, w, padding=padding)
+    call = api.op_call(kernel.op, spec, {"x": x, "w": w, "bias": None, "grad_y": gy}, kernel)
+    return registry.OPS[kernel.op].output_of(call())
 
 
 def _same_pattern(got, want):

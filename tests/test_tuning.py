@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import dispatch, measure, registry, threads, tuning_cache
+from fastconv import dispatch, registry, spec as specs, threads, timing
+from fastconv.dispatch import measure, settings, tuning, tuning_cache
 from fastconv.registry import Kernel
 from fastconv.spec import ConvSpec
 
@@ -158,7 +159,7 @@ def test_patient_trusts_only_patient_entries(slow_and_fast, monkeypatch):
     choose(spec)
     choose(spec)
     assert len(calls) == 2
-    assert json.load(open(cache_file()))["entries"][dispatch.problem_key("conv2d.fwd", spec)]["rigor"] == "patient"
+    assert json.load(open(cache_file()))["entries"][tuning_cache.problem_key("conv2d.fwd", spec)]["rigor"] == "patient"
 
 
 def test_a_near_tie_gets_a_runoff_and_every_timed_run_follows_a_warm_up():
@@ -186,9 +187,9 @@ def test_a_near_tie_gets_a_runoff_and_every_timed_run_follows_a_warm_up():
     assert res.best() == "c.im2col_a" and res.times["c.im2col_a"]["median"] == pytest.approx(1e-3)
     # compile; the probe's warm-up (WARM_S of calls, at least two) and two timed calls; per round a
     # warm-up and one timed call (1.4 ms each)
-    warm = max(2, math.ceil(measure.WARM_S / 1.4e-3))
+    warm = max(2, math.ceil(timing.WARM_S / 1.4e-3))
     assert calls["c.direct_c"] == 1 + (1 + rounds) * warm + measure.PROBE_CALLS + rounds
-    assert res.cost_s <= res.budget_s + measure.SPIN_S + 0.1
+    assert res.cost_s <= res.budget_s + timing.SPIN_S + 0.1
 
 
 def test_measuring_stays_within_its_budget(monkeypatch, measuring):
@@ -231,15 +232,15 @@ def finish(proc):
 
 PUT = textwrap.dedent("""
     import json, sys
-    from fastconv import dispatch, tuning_cache
-    from fastconv.spec import PoolSpec
+    from fastconv.dispatch import tuning_cache
+    from fastconv.spec import PoolSpec, spec_to_json
     c = tuning_cache.current(int(sys.argv[2]))
     t = {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0, "runs": 1}
     keys = []
     for i in range(20):  # complete entries (a malformed one would be dropped by the next reader)
         spec = PoolSpec.from_shape((1, 1, 2, 2 + 100 * int(sys.argv[1]) + i), 2)
-        keys.append(dispatch.problem_key("maxpool2d.fwd", spec))
-        c.put(keys[-1], {"op": "maxpool2d.fwd", "spec": dispatch.spec_to_json(spec), "rigor": "measure",
+        keys.append(tuning_cache.problem_key("maxpool2d.fwd", spec))
+        c.put(keys[-1], {"op": "maxpool2d.fwd", "spec": spec_to_json(spec), "rigor": "measure",
                          "times": {"k.a": t}, "errors": {}, "failed": {}, "best": "k.a"})
     print(json.dumps(keys))
 """)
@@ -270,7 +271,7 @@ def test_cache_round_trip_and_concurrent_writers(measuring):
 def _entry(spec, best, others=(), rigor="measure"):
     times = {best: {"median": 1e-9, "q1": 1e-9, "q3": 1e-9, "min": 1e-9, "max": 1e-9, "runs": 5}}
     times.update({o: {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0, "runs": 5} for o in others})
-    return {"op": "conv2d.fwd", "spec": dispatch.spec_to_json(spec), "rigor": rigor, "times": times,
+    return {"op": "conv2d.fwd", "spec": specs.spec_to_json(spec), "rigor": rigor, "times": times,
             "errors": {}, "failed": {}, "best": best}
 
 
@@ -283,7 +284,7 @@ def _write(path, text):
 def _valid_doc(spec, best, others=(), **env_changes):
     cache = tuning_cache.current(threads.get_num_threads())
     return {"format": 1, "env_key": cache.key, "environment": {**cache.env, **env_changes},
-            "entries": {dispatch.problem_key("conv2d.fwd", spec): _entry(spec, best, others)}}
+            "entries": {tuning_cache.problem_key("conv2d.fwd", spec): _entry(spec, best, others)}}
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -384,7 +385,7 @@ def test_a_malformed_entry_is_dropped_and_every_reader_survives(damage, monkeypa
     install(monkeypatch, slow, quick)
     spec, other = spec_of(), spec_of((1, 2, 7, 7))
     doc = _valid_doc(other, quick.name, [slow.name])  # a good entry beside it stays trusted
-    doc["entries"][dispatch.problem_key("conv2d.fwd", spec)] = MALFORMED[damage](_entry(spec, slow.name, [quick.name]))
+    doc["entries"][tuning_cache.problem_key("conv2d.fwd", spec)] = MALFORMED[damage](_entry(spec, slow.name, [quick.name]))
     _write(cache_file(), json.dumps(doc))
     dispatch.set_tuning("frozen")  # read the file, never time
     forbid_measuring(monkeypatch)
@@ -395,7 +396,7 @@ def test_a_malformed_entry_is_dropped_and_every_reader_survives(damage, monkeypa
     assert fc.explain((1, 2, 7, 7), SHAPES[1]).source == "cache"
     assert cli.main(["cache", "show", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["entries"]
-    assert [r["key"] for r in shown] == [dispatch.problem_key("conv2d.fwd", other)]
+    assert [r["key"] for r in shown] == [tuning_cache.problem_key("conv2d.fwd", other)]
     assert cli.main(["cache", "show"]) == 0 and "x 1x2x7x7" in capsys.readouterr().out
 
 
@@ -536,10 +537,10 @@ def test_settings_from_the_environment(monkeypatch):
             monkeypatch.delenv(name, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        assert dispatch._settings_from_environment() == expected
+        assert settings.from_environment() == expected
     monkeypatch.setenv("FASTCONV_TUNING", "sloppy")
     with pytest.warns(RuntimeWarning, match="ignoring FASTCONV_TUNING='sloppy'"):
-        dispatch._settings_from_environment()
+        settings.from_environment()
     with pytest.raises(ValueError, match="mode='sloppy'"):
         fc.set_tuning("sloppy")
     with pytest.raises(ValueError, match="budget_s=-1"):
@@ -595,7 +596,7 @@ def test_tune_fills_the_cache_with_a_progress_bar(slow_and_fast, monkeypatch):
     forbid_measuring(monkeypatch)
     assert [p.source for p in fc.tune(specs, progress=False)] == ["cache"] * 2
     # a net's layers: every op of the requested passes, each distinct shape once
-    todo = dispatch._problems(None, "resnet18", 1, "float32", ("fwd", "bwd"))
+    todo = tuning._problems(None, "resnet18", 1, "float32", ("fwd", "bwd"))
     ops = [op for _, op, _ in todo]
     layers = nets.get("resnet18")
     convs = sum(layer.kind == "conv" for layer in layers)
@@ -615,7 +616,7 @@ def test_tune_names_what_it_cannot_tune():
         fc.tune([("conv2d.bwd_data", pool)])
     with pytest.raises(TypeError, match="maxpool2d.bwd takes a PoolBackwardSpec, got PoolSpec"):
         fc.tune([("maxpool2d.bwd", pool)])
-    assert set(dispatch.OP_SPEC) == set(registry.OPS)  # every op's spec type is known
+    assert all(isinstance(op.spec_type, type) for op in registry.OPS.values())  # every op's spec type is known
     for kw in ({}, {"net": "lenet5"}, {"problems": [spec_of()]}):
         with pytest.raises(TypeError, match="tune: dtype=int8 is not supported; expected float32 or float64"):
             fc.tune(dtype="int8", **kw)

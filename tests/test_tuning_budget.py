@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import dispatch, measure, registry, threads, tuning_cache
+from fastconv import dispatch, reference, registry, threads
+from fastconv.dispatch import measure, tuning_cache
 from fastconv.registry import Kernel
 from fastconv.spec import ConvSpec, PoolSpec
 
@@ -151,7 +152,7 @@ def test_inputs_are_drawn_in_the_spec_dtype(dtype):
     pool = PoolSpec.from_shape((2, 3, 9, 9), 2, dtype=dtype)
     for op, spec in [("conv2d.fwd", conv), ("conv2d.bwd_data", conv), ("conv2d.bwd_weight", conv),
                      ("maxpool2d.fwd", pool), ("maxpool2d.bwd", pool.backward_spec())]:
-        args = measure.inputs(op, spec, rng)
+        args = registry.OPS[op].arguments(spec, rng)
         floats = [a for a in args if a.dtype.kind == "f"]
         assert floats and all(a.dtype.name == dtype and np.isfinite(a).all() for a in floats)
         assert all(a.dtype == np.int64 for a in args if a.dtype.kind != "f")  # max-pool's indices
@@ -159,7 +160,7 @@ def test_inputs_are_drawn_in_the_spec_dtype(dtype):
     big = ConvSpec.from_shapes((1, 1, 1024, 1024), (1, 1, 1, 1), dtype=dtype)
     tracemalloc.start()
     try:
-        args = measure.inputs("conv2d.fwd", big, rng)
+        args = registry.OPS["conv2d.fwd"].arguments(big, rng)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -171,35 +172,35 @@ def test_the_error_check_works_in_chunks_with_one_nan_rule():
     ref = rng.standard_normal((3, 4, 50, 50), dtype=np.float32)
     out = ref + rng.standard_normal(ref.shape, dtype=np.float32) * np.float32(1e-6)
     naive = np.abs(out.astype(np.float64) - ref).max() / np.abs(ref).max()
-    assert measure.rel_error(out, ref) == pytest.approx(naive, rel=1e-12)
-    assert measure.rel_error(out, ref, chunk=7) == pytest.approx(naive, rel=1e-12)
-    assert measure.rel_error((out, None), (ref, None)) == pytest.approx(naive, rel=1e-12)  # max-pool's pair
-    assert measure.rel_error(out[:, :2], ref) == math.inf
+    assert reference.rel_error(out, ref) == pytest.approx(naive, rel=1e-12)
+    assert reference.rel_error(out, ref, chunk=7) == pytest.approx(naive, rel=1e-12)
+    assert reference.rel_error((out, None), (ref, None)) == pytest.approx(naive, rel=1e-12)  # max-pool's pair
+    assert reference.rel_error(out[:, :2], ref) == math.inf
     # a NaN where the reference has none is an infinite error (and one the kernel lost, too);
     # NaNs in the same places agree, and the rest is measured as before
     bad = out.copy()
     bad.flat[12345] = np.nan
-    assert measure.rel_error(bad, ref) == math.inf and measure.rel_error(bad, ref, chunk=100) == math.inf
-    assert measure.rel_error(out, np.where(bad != bad, np.nan, ref)) == math.inf
+    assert reference.rel_error(bad, ref) == math.inf and reference.rel_error(bad, ref, chunk=100) == math.inf
+    assert reference.rel_error(out, np.where(bad != bad, np.nan, ref)) == math.inf
     both = np.where(bad != bad, np.nan, ref).astype(np.float32)
     rest = ~np.isnan(bad)
     expected = np.abs(out[rest].astype(np.float64) - ref[rest]).max() / np.abs(ref[rest]).max()
-    assert measure.rel_error(bad, both, chunk=1000) == pytest.approx(expected, rel=1e-12)
+    assert reference.rel_error(bad, both, chunk=1000) == pytest.approx(expected, rel=1e-12)
     inf_ref = ref.copy()
     inf_ref.flat[7] = np.inf
     inf_out = out.copy()
     inf_out.flat[7] = np.inf
-    assert measure.rel_error(inf_out, inf_ref) == 0.0 and measure.rel_error(out, inf_ref) == math.inf
+    assert reference.rel_error(inf_out, inf_ref) == 0.0 and reference.rel_error(out, inf_ref) == math.inf
     # no float64 copy of a whole output: the peak is a few chunks, not 2 x 8 bytes per element
     big_ref = rng.standard_normal(8 << 20, dtype=np.float32)
     big_out = big_ref * np.float32(1 + 1e-7)
     tracemalloc.start()
     try:
-        measure.rel_error(big_out, big_ref)
+        reference.rel_error(big_out, big_ref)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak <= 4 * 8 * measure.ERROR_CHUNK + (1 << 20) < big_out.nbytes
+    assert peak <= 4 * 8 * reference.ERROR_CHUNK + (1 << 20) < big_out.nbytes
 
 
 CASES = [("conv2d.fwd", ConvSpec.from_shapes((2, 8, 30, 30), (16, 8, 3, 3), padding=1)),
@@ -217,7 +218,7 @@ CASES = [("conv2d.fwd", ConvSpec.from_shapes((2, 8, 30, 30), (16, 8, 3, 3), padd
 def test_memory_estimates_hold(op, spec):
     """call_bytes is exactly a call's inputs and output; reference_bytes is over the reference's
     actual peak (tracemalloc sees numpy's allocations)."""
-    args = measure.inputs(op, spec, np.random.default_rng(2))
+    args = registry.OPS[op].arguments(spec, np.random.default_rng(2))
     ref = registry.kernels(op)[-1]
     tracemalloc.start()
     try:
@@ -239,7 +240,7 @@ def test_the_reference_runs_only_when_its_time_and_memory_fit(monkeypatch):
     # memory-bound: a 1x1 convolution's reference is cheap by its FLOPs, not by its bytes
     spec = spec_of((1, 1, 600, 600), (1, 1, 1, 1))
     ref_s = measure.reference_seconds("conv2d.fwd", spec)
-    assert measure.flops("conv2d.fwd", spec) / measure.REFERENCE_FLOPS < 1e-3 < ref_s
+    assert registry.OPS["conv2d.fwd"].flops(spec) / measure.REFERENCE_FLOPS < 1e-3 < ref_s
     k = clocked("c.im2col_a", clock, 1e-3, 1e-3, calls)
     kw = dict(clock=clock.clock, sleep=clock.sleep)
     res = measure.run("conv2d.fwd", spec, [k], reference, cap_s=4 * ref_s * 0.9, **kw)  # 4 x: a quarter of it

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv import config, reference, winograd, winograd_points
+from fastconv import reference
+from fastconv.common import config, winograd, winograd_points
 from fastconv.c import _lib as c_lib
 from fastconv.numba import _blas
 from fastconv.numba import winograd as nb_winograd
@@ -415,7 +416,7 @@ def test_the_matrices_compute_f_m_3_exactly(m, points):
 def test_the_generated_c_header_is_current():
     header = Path(__file__).resolve().parents[1] / "csrc" / "winograd_matrices.h"  # the checkout's, not site-packages
     assert header.read_text() == winograd_points.c_header(), \
-        "csrc/winograd_matrices.h is stale: run `python -m fastconv.winograd_points`"
+        "csrc/winograd_matrices.h is stale: run `python -m fastconv.common.winograd_points`"
 
 
 @pytest.mark.parametrize("m", [2, 4])

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 import fastconv as fc
-from fastconv import config
+from fastconv.common import config
 
 IM2COL = [pytest.param(k, id=k.name) for k in fc.kernels("conv2d.fwd") if k.family == "im2col"]
 
@@ -19,7 +19,7 @@ def test_peak_memory_stays_within_the_workspace_budget(kernel, tmp_path):
     # 256 output channels, so the kernels' own preference (wide GEMMs) would exceed the budget.
     script = "BUDGET = 4 << 20\n" + textwrap.dedent(f"""
         import resource, numpy as np, fastconv as fc
-        from fastconv import config
+        from fastconv.common import config
         config.set_workspace_bytes(BUDGET)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((1, 64, 112, 112)).astype(np.float32)

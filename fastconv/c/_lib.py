@@ -8,6 +8,7 @@ the extension is compared with csrc/ to catch the classic stale editable install
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 
@@ -19,7 +20,7 @@ from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
 try:
     # First: loads libscipy_openblas.so with RTLD_GLOBAL (the extension links it by soname, no
     # rpath) and sets its threads to 1.
-    from .. import _openblas  # noqa: F401
+    from ..common import openblas  # noqa: F401
     from .._cconv import ffi, lib
 
     UNAVAILABLE: str | None = None
@@ -28,7 +29,6 @@ except ImportError as exc:  # the optional extension was not built
     UNAVAILABLE = f"C extension not built ({exc}); reinstall with a C compiler (gcc) available"
 
 _CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
-_SUFFIX = {"float32": "f32", "float64": "f64"}
 FC_OK, FC_ENOMEM, FC_EINDEX, FC_ESIZE = 0, 1, 2, 3
 
 
@@ -38,6 +38,19 @@ def build_info() -> str:
 
 def has_openmp() -> bool:
     return bool(lib is not None and lib.fc_has_openmp())
+
+
+@functools.lru_cache(maxsize=1)
+def binary_hash() -> str:
+    """SHA-256 (16 hex digits) of the extension's file: compiler and flags included."""
+    if lib is None:
+        return "not built"
+    try:
+        from .. import _cconv
+        with open(_cconv.__file__, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except (ImportError, AttributeError, OSError):
+        return "unreadable"
 
 
 def _check_stale() -> None:
@@ -72,9 +85,11 @@ def weight_ptr(w: np.ndarray):
     return ffi.cast(_CTYPES[w.dtype.name][:-2] + " *", w.ctypes.data), ffi.new("fc_weight_strides *", strides)
 
 
-def function(name: str, dtype: str):
-    """lib.fc_<name>_<f32|f64>, following the C symbol grammar."""
-    return getattr(lib, f"{name}_{_SUFFIX[dtype]}")
+def per_dtype(f32, f64) -> dict:
+    """{dtype: C function} of a twin pair, fc_..._f32 and fc_..._f64, named whole by the caller
+    (so a reader can follow a wrapper to its C symbol, and a call indexes a dict); the wrappers
+    build these tables only when the extension is built (else no c.* kernel runs)."""
+    return {"float32": f32, "float64": f64}
 
 
 def check(status: int, what: str, index_error: Exception | None = None) -> None:

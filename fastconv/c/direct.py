@@ -1,13 +1,16 @@
 """c.direct: wrapper over csrc/direct.c; the backward passes run it on transposed problems."""
 import numpy as np
 
-from .. import transpose
-from ._lib import check, conv_shape, function, n_threads, ptr, weight_ptr
+from ..common import transpose
+from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
+
+if lib is not None:
+    FORWARD = per_dtype(lib.fc_conv2d_fwd_direct_f32, lib.fc_conv2d_fwd_direct_f64)
 
 
 def conv2d_forward(spec, x, w, bias, out=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
-    status = function("fc_conv2d_fwd_direct", spec.dtype)(
+    status = FORWARD[spec.dtype](
         ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads(spec))
     check(status, "c.direct")
     return y

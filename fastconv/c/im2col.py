@@ -1,13 +1,18 @@
 """c.im2col: wrapper over csrc/im2col.c."""
 import numpy as np
 
-from .. import config
-from ._lib import check, conv_shape, function, n_threads, ptr
+from ..common import config
+from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr
+
+if lib is not None:
+    FORWARD = per_dtype(lib.fc_conv2d_fwd_im2col_f32, lib.fc_conv2d_fwd_im2col_f64)
+    BACKWARD_DATA = per_dtype(lib.fc_conv2d_bwd_data_im2col_f32, lib.fc_conv2d_bwd_data_im2col_f64)
+    BACKWARD_WEIGHT = per_dtype(lib.fc_conv2d_bwd_weight_im2col_f32, lib.fc_conv2d_bwd_weight_im2col_f64)
 
 
 def conv2d_forward(spec, x, w, bias):
     y = np.empty(spec.output_shape, spec.dtype)
-    status = function("fc_conv2d_fwd_im2col", spec.dtype)(
+    status = FORWARD[spec.dtype](
         ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
     return y
@@ -15,7 +20,7 @@ def conv2d_forward(spec, x, w, bias):
 
 def conv2d_backward_data(spec, grad_y, w):
     grad_x = np.empty(spec.input_shape, spec.dtype)
-    status = function("fc_conv2d_bwd_data_im2col", spec.dtype)(
+    status = BACKWARD_DATA[spec.dtype](
         ptr(grad_y), ptr(w), ptr(grad_x, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
     return grad_x
@@ -23,7 +28,7 @@ def conv2d_backward_data(spec, grad_y, w):
 
 def conv2d_backward_weight(spec, grad_y, x):
     grad_w = np.empty(spec.weight_shape, spec.dtype)
-    status = function("fc_conv2d_bwd_weight_im2col", spec.dtype)(
+    status = BACKWARD_WEIGHT[spec.dtype](
         ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
     return grad_w

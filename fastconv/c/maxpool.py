@@ -2,13 +2,17 @@
 import numpy as np
 
 from ..spec import index_error
-from ._lib import check, function, n_threads, pool_shape, ptr
+from ._lib import check, lib, n_threads, per_dtype, pool_shape, ptr
+
+if lib is not None:
+    FORWARD = per_dtype(lib.fc_maxpool2d_fwd_direct_f32, lib.fc_maxpool2d_fwd_direct_f64)
+    BACKWARD = per_dtype(lib.fc_maxpool2d_bwd_direct_f32, lib.fc_maxpool2d_bwd_direct_f64)
 
 
 def max_pool2d_forward(spec, x):
     y = np.empty(spec.output_shape, spec.dtype)
     idx = np.empty(spec.output_shape, np.int64)
-    status = function("fc_maxpool2d_fwd_direct", spec.dtype)(
+    status = FORWARD[spec.dtype](
         ptr(x), ptr(y, out=True), ptr(idx, out=True), pool_shape(spec), n_threads(spec))
     check(status, "c.maxpool")
     return y, idx
@@ -16,7 +20,7 @@ def max_pool2d_forward(spec, x):
 
 def max_pool2d_backward(spec, grad_y, indices):
     grad_x = np.empty(spec.input_shape, spec.dtype)
-    status = function("fc_maxpool2d_bwd_direct", spec.dtype)(
+    status = BACKWARD[spec.dtype](
         ptr(grad_y), ptr(indices), ptr(grad_x, out=True), pool_shape(spec), n_threads(spec))
     check(status, "c.maxpool", index_error("max_pool2d_backward", spec))
     return grad_x

@@ -1,8 +1,8 @@
 """c.winograd_f2k3 and c.winograd_f4k3: wrappers over csrc/winograd.c.
 
-The filter is transformed once per weight value: fastconv.winograd.transformed keeps the packed U
+The filter is transformed once per weight value: fastconv.common.winograd.transformed keeps the packed U
 that transform_filter writes.  The backward of the input is a forward convolution on the flipped,
-transposed filter (fastconv/transpose.py), a strided view that transform_filter reads in place.
+transposed filter (fastconv/common/transpose.py), a strided view that transform_filter reads in place.
 
 ``profile``, a float64 array of 4 when given, accumulates the thread-seconds of the phases
 {transform_input, transform_filter, batched_gemm, transform_output} (transform_filter only when
@@ -10,16 +10,23 @@ the cache missed).
 """
 import numpy as np
 
-from .. import config, transpose, winograd
-from ._lib import check, conv_shape, function, lib, n_threads, ptr, weight_ptr
+from ..common import config, transpose, winograd
+from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
+
+if lib is not None:  # per output tile m
+    TRANSFORM_FILTER = {
+        2: per_dtype(lib.fc_conv2d_transform_filter_winograd_f2k3_f32, lib.fc_conv2d_transform_filter_winograd_f2k3_f64),
+        4: per_dtype(lib.fc_conv2d_transform_filter_winograd_f4k3_f32, lib.fc_conv2d_transform_filter_winograd_f4k3_f64)}
+    FORWARD = {2: per_dtype(lib.fc_conv2d_fwd_winograd_f2k3_f32, lib.fc_conv2d_fwd_winograd_f2k3_f64),
+               4: per_dtype(lib.fc_conv2d_fwd_winograd_f4k3_f32, lib.fc_conv2d_fwd_winograd_f4k3_f64)}
 
 
 def _transformed_filter(name, m, spec, w, profile, source=None):
-    """U for w (or for the transposed view w of source): fastconv.winograd.transformed."""
+    """U for w (or for the transposed view w of source): fastconv.common.winograd.transformed."""
     def transform(w5):
         mr, G, og, cg = lib.FC_WINOGRAD_MR, spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
         u = np.empty(G * (m + 2) ** 2 * -(-og // mr) * mr * cg, spec.dtype)
-        status = function(f"fc_conv2d_transform_filter_winograd_f{m}k3", spec.dtype)(
+        status = TRANSFORM_FILTER[m][spec.dtype](
             *weight_ptr(w5), ptr(u, out=True), conv_shape(spec), n_threads(spec), ptr(profile, out=True))
         check(status, name)
         return u
@@ -31,7 +38,7 @@ def _forward(m, spec, x, w, bias, out=None, profile=None, source=None):
     name = f"c.winograd_f{m}k3"
     u = _transformed_filter(name, m, spec, w, profile, source)
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
-    status = function(f"fc_conv2d_fwd_winograd_f{m}k3", spec.dtype)(
+    status = FORWARD[m][spec.dtype](
         ptr(x), ptr(u), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(),
         n_threads(spec), ptr(profile, out=True))
     check(status, name)

@@ -2,7 +2,7 @@
 (with cache=True).
 
 How: at import, the addresses of ``scipy_cblas_sgemm``/``dgemm`` in the scipy-openblas32 library
-(fastconv/_openblas.py, which also sets its threads to 1) are registered with LLVM under private
+(fastconv/common/openblas.py, which also sets its threads to 1) are registered with LLVM under private
 names (``llvmlite.binding.add_symbol``), and Numba declares them as ``types.ExternalFunction``s of
 those names.  Compiled code refers to the functions by name, so Numba's on-disk cache holds no
 process-specific address and a fresh process reuses it: importing this module, which every kernel
@@ -21,13 +21,13 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic, overload
 
-from .. import _openblas
+from ..common import openblas
 
 # CBLAS enum values (cblas.h)
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 for _name in ("scipy_cblas_sgemm", "scipy_cblas_dgemm"):
-    llvm.add_symbol("fastconv_" + _name, _openblas.address(_name))
+    llvm.add_symbol("fastconv_" + _name, openblas.address(_name))
 
 
 def _gemm_type(name, real):

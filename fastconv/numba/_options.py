@@ -13,6 +13,7 @@
   choice is kept; when it ends on ``workqueue`` (asked for by name, or as what ``forksafe`` or
   ``default`` found), fastconv's parallel launches are serialized under one lock, so concurrent
   callers wait for each other instead of aborting the process.
+- ``launch_threads`` applies fastconv's thread count (fastconv/threads.py) in the calling thread.
 - A ``driver`` is a ``Driver``: the parallel kernel and its serial twin (the same Python function
   compiled with ``parallel=False``, prange as range, under a qualified name of its own so the two
   never share a cache entry), which runs in a forked child that must not launch a team
@@ -31,6 +32,17 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "threadsafe"
+
+# fastconv's thread count may not exceed Numba's pool (its config may have been changed in code)
+threads.limit_pool(int(numba.config.NUMBA_NUM_THREADS))
+
+
+def launch_threads(spec=None) -> None:
+    """Apply fastconv's count for spec (threads.for_problem) to Numba in the calling thread, right
+    before a launch: Numba's setting is thread-local."""
+    n = threads.for_problem(spec)
+    if not threads.serial_only and numba.get_num_threads() != n:  # serial twins launch no team
+        numba.set_num_threads(n)
 
 
 class Driver:

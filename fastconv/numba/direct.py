@@ -1,5 +1,5 @@
 """Direct conv2d in Numba, the twin of csrc/direct.c.  The forward kernel is below; the backward
-passes run it on the transposed problems of fastconv/transpose.py.
+passes run it on the transposed problems of fastconv/common/transpose.py.
 
 For every output row segment (image n, group g, row oh, pixels vs:ve) one task:
   pack_row_panel   panel[v, k] = x[n, g*cg + c, oh*sh - pt + i*dh, (vs + v)*sw - pl + j*dw] for
@@ -24,9 +24,8 @@ Tile and blocking, measured on AVX2 (16 ymm registers):
 import numpy as np
 from numba import prange
 
-from .. import transpose
-from ..threads import numba_launch_threads
-from ._options import driver, helper
+from ..common import transpose
+from ._options import driver, helper, launch_threads
 
 MR = 4  # output channels per tile
 NR = 3  # pixels per tile
@@ -127,7 +126,7 @@ def conv2d_forward(spec, x, w, bias, out=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
-    numba_launch_threads(spec)
+    launch_threads(spec)
     _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
     return y
 

@@ -27,12 +27,12 @@ The "np.dot in njit runs at 1/3 of numpy" seen earlier was the measuring, two ef
 The process holds three OpenBLAS copies (numpy's, scipy's, scipy-openblas32), each with a thread
 pool whose threads busy-wait for a while after a call: alternating two copies back to back without
 a pause, each ran at 86-115 GFLOP/s instead of 172-184.  And once fastconv is imported, np.dot in
-njit (scipy's cython_blas) runs this single-threaded copy, not scipy's (see _openblas.py): 94
+njit (scipy's cython_blas) runs this single-threaded copy, not scipy's (see common/openblas.py): 94
 GFLOP/s at n=2048, against 157 when scipy's BLAS was loaded before fastconv.  The ExternalFunction
 is chosen because it calls the C backend's very library (same code, one copy to keep single-
 threaded) and keeps ``cache=True`` working.  (Recipe: each contender an njit function calling
 np.dot(a, b, c) or gemm(...); fastconv.bench.time_interleaved(contenders, 9); thread counts set
-with threadpoolctl.threadpool_limits(n) and _openblas.lib.scipy_openblas_set_num_threads(n).)
+with threadpoolctl.threadpool_limits(n) and openblas.lib.scipy_openblas_set_num_threads(n).)
 
 Numba's cache notices edits only in this file: the helpers live here, and numba/_blas.py, the
 one dependency compiled into these kernels, is ABI (BLAS_ABI below: tests/test_numba_blas.py
@@ -41,18 +41,18 @@ fails when _blas.py changes and this file does not, which would leave stale cach
 import numpy as np
 from numba import get_thread_id, prange
 
-from .. import config
-from ..threads import for_problem, numba_launch_threads
+from ..common import config
+from ..common.im2col import why_not
+from ..threads import for_problem
 from ._blas import gemm
-from ._options import driver, helper
+from ._options import driver, helper, launch_threads
 
-BLAS_ABI = "14985df2049ccfa7"  # sha256 of numba/_blas.py, first 16 hex digits
+BLAS_ABI = "c4efe2326a699faf"  # sha256 of numba/_blas.py, first 16 hex digits
 
 # The chunking constants of csrc/im2col.c (FC_IM2COL_*), where their measurements are recorded.
 CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses its columns
 WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
 MIN_COLUMNS = 2048  # ... and is given at least this many columns
-INT32_MAX = 2**31 - 1
 U = np.uint64  # the type of flat indices in the copy loops (see gather)
 
 
@@ -60,17 +60,6 @@ def direct_cols(spec) -> bool:
     """A 1x1, stride-1, unpadded convolution needs no unfold: the input plane already is cols."""
     return (spec.kh == spec.kw == 1 and spec.stride == (1, 1) and spec.padding[0] == spec.padding[2] == 0
             and spec.out_h == spec.h and spec.out_w == spec.w)
-
-
-def why_not(spec):
-    """Why im2col (either backend) cannot serve spec, or None: OpenBLAS (scipy-openblas32) takes
-    32-bit dimensions, so K = C_in/groups * kH * kW, out_h * out_w and C_out/groups must each fit
-    (csrc/im2col.c checks the same in fc_im2col_too_big).  A 1x1 convolution of a 46341x46341 plane
-    does not: the registry's eligibility knows, so ``auto`` picks a direct kernel instead."""
-    dims = {"C_in/groups*kH*kW": spec.c_in // spec.groups * spec.kh * spec.kw,
-            "out_h*out_w": spec.out_h * spec.out_w, "C_out/groups": spec.c_out // spec.groups}
-    over = [f"{name}={v}" for name, v in dims.items() if v > INT32_MAX]
-    return f"a GEMM dimension exceeds OpenBLAS's 32-bit integers ({', '.join(over)})" if over else None
 
 
 def task_rows(spec, k, buffers, workspace_bytes, itemsize) -> int:
@@ -292,7 +281,7 @@ def conv2d_forward(spec, x, w, bias):
     if planes < nt:  # a task per thread
         rows = max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes))
     cols = _columns(spec, nt, _taps(spec), rows)
-    numba_launch_threads(spec)
+    launch_threads(spec)
     _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, direct_cols(spec))
     return y
 
@@ -306,7 +295,7 @@ def conv2d_backward_data(spec, grad_y, w):
     cb = -(-cg // split)
     rows = task_rows(spec, cb * spec.kh * spec.kw, nt, config.workspace_bytes(), grad_x.itemsize)
     dcols = _columns(spec, nt, cb * spec.kh * spec.kw, rows)
-    numba_launch_threads(spec)
+    launch_threads(spec)
     _conv2d_backward_data(grad_y, w, grad_x, dcols, _shape(spec), rows, direct, cb)
     return grad_x
 
@@ -318,6 +307,6 @@ def conv2d_backward_weight(spec, grad_y, x):
     rows = task_rows(spec, _taps(spec), 1, config.workspace_bytes(), grad_w.itemsize)  # one shared buffer
     cols = _columns(spec, 1, _taps(spec), rows)[0]
     oparts = min(nt, (spec.c_out // spec.groups + 15) // 16)
-    numba_launch_threads(spec)
+    launch_threads(spec)
     _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), oparts)
     return grad_w

@@ -13,8 +13,7 @@ import numpy as np
 from numba import prange
 
 from ..spec import index_error
-from ..threads import numba_launch_threads
-from ._options import driver, helper
+from ._options import driver, helper, launch_threads
 
 
 @helper
@@ -89,14 +88,14 @@ def _max_pool2d_backward(grad_y, idx, grad_x):
 def max_pool2d_forward(spec, x):
     y = np.empty(spec.output_shape, spec.dtype)
     idx = np.empty(spec.output_shape, np.int64)
-    numba_launch_threads(spec)
+    launch_threads(spec)
     _max_pool2d_forward(x, y, idx, *spec.kernel, *spec.stride, *spec.padding, *spec.dilation)
     return y, idx
 
 
 def max_pool2d_backward(spec, grad_y, indices):
     grad_x = np.empty(spec.input_shape, spec.dtype)
-    numba_launch_threads(spec)
+    launch_threads(spec)
     if _max_pool2d_backward(grad_y, indices, grad_x):
         raise index_error("max_pool2d_backward", spec)
     return grad_x

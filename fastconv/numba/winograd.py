@@ -1,6 +1,6 @@
 """Winograd F(m x m, 3 x 3) conv2d in Numba, m = 2 and 4 (numba.winograd_f2k3, numba.winograd_f4k3):
 the twin of csrc/winograd.c.  The forward kernel is below; grad of input runs it on the flipped,
-channel-transposed problem of fastconv/transpose.py (a strided 5-D weight view, negative padding
+channel-transposed problem of fastconv/common/transpose.py (a strided 5-D weight view, negative padding
 when the layer's padding exceeds 2, and ``out=``).
 
 With alpha = m + 2 the output is cut into tiles of m x m pixels, tiles_h = ceil(out_h / m) by
@@ -9,7 +9,7 @@ tiles_w = ceil(out_w / m) per image, numbered across the batch (image, tile row,
 outside the input).  With xi = (r, s) one of the alpha^2 transformed positions (stored as
 s*alpha + r, see input_tiles), the phases are:
   transform_filter  U[g][xi][o][c] = (G w[g*og + o, c] G^T)[xi], summed in float64 and rounded
-                    once; once per weight values: fastconv.winograd.transformed keeps U.
+                    once; once per weight values: fastconv.common.winograd.transformed keeps U.
   Per task (group g, a block of T <= LANES consecutive tiles, a share of the output channels),
   on buffers private to the thread:
   transform_input   V[c][xi][t] = (BT d_{c,t} B)[xi] for the block's tiles, every channel of g;
@@ -21,7 +21,7 @@ A block may span tile rows and images (the batch's tiles are one sequence), so t
 on small images.  Tasks are a multiple of the threads while each keeps MIN_T tiles; with fewer
 tiles (deep layers at batch 1) the output channels are split instead, each share transforming the
 block's input again (a few percent of its GEMMs).  V and M of all threads stay within
-fastconv.config.workspace_bytes(): V holds cc <= cg channels (the GEMMs then accumulate chunk by
+fastconv.common.config.workspace_bytes(): V holds cc <= cg channels (the GEMMs then accumulate chunk by
 chunk, transforming the input again per chunk of output channels), M oc channels, at least one.
 
 The transforms vectorize across the tiles of a block: every formula runs along a row of LANES
@@ -56,13 +56,13 @@ here, and numba/_blas.py is ABI (BLAS_ABI, as in numba/im2col.py; tests/test_win
 import numpy as np
 from numba import get_thread_id, prange
 
-from .. import config, transpose, winograd
-from ..threads import for_problem, get_num_threads, numba_launch_threads
-from ..winograd_points import matrices
+from ..common import config, transpose, winograd
+from ..threads import for_problem, get_num_threads
+from ..common.winograd_points import matrices
 from ._blas import gemm
-from ._options import driver, helper
+from ._options import driver, helper, launch_threads
 
-BLAS_ABI = "14985df2049ccfa7"  # sha256 of numba/_blas.py, first 16 hex digits
+BLAS_ABI = "c4efe2326a699faf"  # sha256 of numba/_blas.py, first 16 hex digits
 
 LANES = 128  # most tiles per task: the lanes of the transforms, the n of the GEMMs
 MIN_T = 64  # fewer tiles per task than this, and the output channels are split instead
@@ -383,55 +383,73 @@ def plan(spec, m, threads, workspace_bytes, itemsize):
     return T, oc, cc, oparts
 
 
-class Variant:
-    """numba.winograd_f{m}k3: the forward kernel and its input gradient, for one tile size."""
+# The wrappers, shaped as their C twins' (fastconv/c/winograd.py): per tile m, the transformed
+# filter through the shared cache, the forward, and the input gradient as a forward on the
+# transposed problem.
 
-    def __init__(self, m: int):
-        self.m, self.alpha = m, m + 2
-        self.name = f"numba.winograd_f{m}k3"
-        self._g = matrices(m, "float64")[1]
+_G = {m: matrices(m, "float64")[1] for m in (2, 4)}
 
-    def transform_filter(self, w5):
-        """U (groups, alpha^2, og, cg) of a (groups, og, cg, 3, 3) weight (any strides)."""
+
+def _transformed_filter(name, m, spec, w, source=None):
+    """U (groups, alpha^2, og, cg) for w (or for the transposed view w of source): fastconv.common.
+    winograd.transformed."""
+    def transform(w5):  # a (groups, og, cg, 3, 3) weight of any strides
+        alpha = m + 2
         G, og, cg = w5.shape[:3]
         wt = np.ascontiguousarray(w5.transpose(0, 1, 3, 4, 2)).reshape(G * og, 3, 3, cg)
-        u = np.empty((G, self.alpha ** 2, og, cg), w5.dtype)
-        tmp = np.empty((get_num_threads(), self.alpha * 3 * cg))
-        numba_launch_threads()
-        _transform_filter(wt, u, self._g, tmp)
+        u = np.empty((G, alpha ** 2, og, cg), w5.dtype)
+        tmp = np.empty((get_num_threads(), alpha * 3 * cg))
+        launch_threads()
+        _transform_filter(wt, u, _G[m], tmp)
         return u
 
-    def conv2d_forward(self, spec, x, w, bias, out=None, source=None):
-        """source: for grad of input, the OIHW weights the transposed view w is made of."""
-        m, a = self.m, self.alpha
-        u = winograd.transformed(self.name, spec, w, self.transform_filter, source)
-        x = np.ascontiguousarray(x)
-        y = np.empty(spec.output_shape, spec.dtype) if out is None else out
-        bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
-        nt = for_problem(spec)  # one thread for a small problem, as every kernel
-        T, oc, cc, oparts = plan(spec, m, nt, config.workspace_bytes(), y.itemsize)
-        tiles_w = -(-spec.out_w // m)
-        slots = min(T, -(-T // tiles_w) + 1)  # tile rows a block touches, at most
-        dt = spec.dtype
-        V = np.empty((nt, cc * a * a * LANES), dt)
-        M = np.empty((nt, oc * a * a * LANES), dt)
-        D = np.empty((nt, a * a * LANES), dt)
-        E = np.empty((nt, a * a * LANES), dt)
-        BI = np.empty((nt, slots * a * (tiles_w * m + 2)), dt)
-        BO = np.empty((nt, slots * m * tiles_w * m), dt)
-        TI = np.empty((nt, 2, LANES), np.int64)
-        SI = np.empty((nt, 4, LANES), np.int64)
-        numba_launch_threads(spec)
-        _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, spec.padding[0], spec.padding[2],
-                        T, oc, cc, oparts)
-        return y
-
-    def conv2d_backward_data(self, spec, grad_y, w):
-        def forward(sub, gy, w_t, bias, out):
-            return self.conv2d_forward(sub, gy, w_t, bias, out, source=w)
-
-        return transpose.backward_data(forward, spec, grad_y, w)
+    return winograd.transformed(name, spec, w, transform, source)
 
 
-F2K3 = Variant(2)
-F4K3 = Variant(4)
+def _forward(m, spec, x, w, bias, out=None, source=None):
+    """source: for grad of input, the OIHW weights the transposed view w is made of."""
+    a = m + 2
+    u = _transformed_filter(f"numba.winograd_f{m}k3", m, spec, w, source)
+    x = np.ascontiguousarray(x)
+    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
+    nt = for_problem(spec)  # one thread for a small problem, as every kernel
+    T, oc, cc, oparts = plan(spec, m, nt, config.workspace_bytes(), y.itemsize)
+    tiles_w = -(-spec.out_w // m)
+    slots = min(T, -(-T // tiles_w) + 1)  # tile rows a block touches, at most
+    dt = spec.dtype
+    V = np.empty((nt, cc * a * a * LANES), dt)
+    M = np.empty((nt, oc * a * a * LANES), dt)
+    D = np.empty((nt, a * a * LANES), dt)
+    E = np.empty((nt, a * a * LANES), dt)
+    BI = np.empty((nt, slots * a * (tiles_w * m + 2)), dt)
+    BO = np.empty((nt, slots * m * tiles_w * m), dt)
+    TI = np.empty((nt, 2, LANES), np.int64)
+    SI = np.empty((nt, 4, LANES), np.int64)
+    launch_threads(spec)
+    _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, spec.padding[0], spec.padding[2],
+                    T, oc, cc, oparts)
+    return y
+
+
+def _backward_data(m, spec, grad_y, w):
+    def forward(sub, gy, w_t, bias, out):
+        return _forward(m, sub, gy, w_t, bias, out, source=w)
+
+    return transpose.backward_data(forward, spec, grad_y, w)
+
+
+def conv2d_forward_f2k3(spec, x, w, bias, out=None):
+    return _forward(2, spec, x, w, bias, out)
+
+
+def conv2d_forward_f4k3(spec, x, w, bias, out=None):
+    return _forward(4, spec, x, w, bias, out)
+
+
+def conv2d_backward_data_f2k3(spec, grad_y, w):
+    return _backward_data(2, spec, grad_y, w)
+
+
+def conv2d_backward_data_f4k3(spec, grad_y, w):
+    return _backward_data(4, spec, grad_y, w)

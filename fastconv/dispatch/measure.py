@@ -51,10 +51,8 @@ a problem whose call moves more is not timed.
 
 The pause lets the thread pools of the previous contender (OpenMP, Numba) stop spinning before
 the next one runs; it scales with the problem (10 x the fastest probe, between 5 and 50 ms).
-Nothing is timed right after a pause (warm_up): on this kind of machine (a VM whose idle cores
-halt) the first two calls after 0.1 s of idleness took a whole scheduler tick or two (4-8 ms)
-whatever the kernel (a 0.25 ms one included), and only a few milliseconds of work brought it back
-to speed, so every timed run follows WARM_S of untimed calls.  And the first probe
+Nothing is timed right after a pause: every timed run follows a warm-up (fastconv/timing.py says
+why, and holds the one way of timing a call that the tuner and the benchmarks share).  The first probe
 waits until SPIN_S after the reference: the reference's GEMM runs on numpy's OpenBLAS, whose
 threads busy-wait ~0.1 s after it returns, and an OpenMP team sharing the cores with them ran
 20-50x slow (VGG-16-sized pauses were shorter than that, so a fast kernel could be dropped after
@@ -69,21 +67,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import config
-from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
+from .. import registry
+from ..common import config
+from ..reference import rel_error
+from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
+from ..timing import SPIN_S, TIMED_RUN_S, timed_run, warm_calls, warm_up
 
 # rigor -> (rounds after the probe, drop ratio after the probe, racing ratio after each round,
 #           runoff rounds of the two best when they are within RUNOFF)
 RIGOR = {"measure": (4, 3.0, 1.5, 4), "patient": (14, math.inf, math.inf, 0)}
 RUNOFF = 1.15
 PROBE_CALLS = 2
-WARM_S = 0.005  # untimed calls before timing, at least this long (and at least two calls)
-SPIN_S = 0.15  # how long OpenBLAS's threads busy-wait after a call (~0.1 s), with a margin
 RACE_AFTER = 4  # samples (the probe's two and two rounds) before racing judges a median
 PAUSE_MIN_S, PAUSE_MAX_S = 0.005, 0.05
-TIMED_RUN_S = 1e-3  # a timed run repeats the call until it lasts about this long
 ERROR_SLACK = 10.0  # excluded when the measured error exceeds this many times the kernel's bound
-ERROR_CHUNK = 1 << 18  # elements per step of the error check (2 MiB of float64 per temporary)
 # The reference's speed, roughly: FLOP/s of its einsums, and bytes/s over the float64 arrays it
 # allocates and fills (conservative: conversions, padding and page faults on a shared machine).
 REFERENCE_FLOPS = 10e9
@@ -117,33 +114,6 @@ class Result:
         timed = {n: t["median"] for n, t in self.times.items() if not t["dropped"]} or \
             {n: t["median"] for n, t in self.times.items()}
         return min(timed, key=timed.get) if timed else None
-
-
-def inputs(op: str, spec, rng) -> tuple:
-    """Random arguments of kernel.run after the spec, for op on spec, drawn in the spec's dtype
-    (no float64 temporary of the problem's size)."""
-    dtype = np.dtype(spec.dtype)
-
-    def rand(shape):
-        return rng.standard_normal(shape, dtype=dtype)
-
-    if op == "conv2d.fwd":
-        return rand(spec.input_shape), rand(spec.weight_shape), rand(spec.c_out)
-    if op == "conv2d.bwd_data":
-        return rand(spec.output_shape), rand(spec.weight_shape)
-    if op == "conv2d.bwd_weight":
-        return rand(spec.output_shape), rand(spec.input_shape)
-    if op == "maxpool2d.fwd":
-        return (rand(spec.input_shape),)
-    if op == "maxpool2d.bwd":
-        shape = (spec.n, spec.c, spec.out_h, spec.out_w)
-        return rand(shape), rng.integers(0, spec.h * spec.w, size=shape, dtype=np.int64)
-    raise ValueError(f"measure: unknown op {op!r}")
-
-
-def flops(op: str, spec) -> int | None:
-    """FLOPs of one call (the direct algorithm's multiply-adds; both backward passes do as many)."""
-    return spec.flops if isinstance(spec, ConvSpec) and op.startswith("conv2d.") else None
 
 
 def _prod(shape) -> int:
@@ -196,7 +166,7 @@ def reference_bytes(op: str, spec) -> int:
 
 def reference_seconds(op: str, spec) -> float:
     """A conservative estimate of the reference's time: its FLOPs plus its arrays' bytes."""
-    work = flops(op, spec) or 0
+    work = registry.OPS[op].flops(spec) or 0
     return work / REFERENCE_FLOPS + reference_bytes(op, spec) / REFERENCE_BYTES_S
 
 
@@ -208,7 +178,7 @@ def reference_limit(op: str, spec, max_bytes: int | None = None) -> int:
 
 def call_seconds_at_least(op: str, spec) -> float:
     """An optimistic estimate of one call (a lower bound on the machines this runs on)."""
-    return max((flops(op, spec) or 0) / FAST_FLOPS, call_bytes(op, spec) / FAST_BYTES_S)
+    return max((registry.OPS[op].flops(spec) or 0) / FAST_FLOPS, call_bytes(op, spec) / FAST_BYTES_S)
 
 
 def _size(n: float) -> str:
@@ -234,38 +204,6 @@ def not_timed(op: str, spec, contenders, cap_s: float, max_bytes: int | None = N
     return ""
 
 
-def rel_error(out, ref, chunk: int = ERROR_CHUNK) -> float:
-    """max |out - ref| / max |ref| (of the first array of a tuple), in float64 one chunk at a time,
-    so no float64 copy of a whole output is made.  A NaN where the other array has none (either
-    way) is an infinite error; NaNs in the same places, and equal infinities, agree."""
-    out, ref = (out[0], ref[0]) if isinstance(out, tuple) else (out, ref)
-    if out.shape != ref.shape:
-        return math.inf
-    o, r = np.ravel(out), np.ravel(ref)  # views of C-contiguous arrays (kernels return them)
-    err = scale = 0.0
-    buf_a, buf_b = np.empty(min(chunk, o.size)), np.empty(min(chunk, o.size))  # float64, reused
-    for i in range(0, o.size, chunk):
-        a, b = buf_a[: min(chunk, o.size - i)], buf_b[: min(chunk, o.size - i)]
-        np.copyto(a, o[i: i + chunk])
-        np.copyto(b, r[i: i + chunk])
-        nan_a, nan_b = np.isnan(a), np.isnan(b)
-        if (nan_a != nan_b).any():
-            return math.inf
-        with np.errstate(invalid="ignore"):
-            np.subtract(a, b, out=a)  # NaN where both are NaN, or where both are the same infinity
-        diff = np.abs(a, out=a)
-        agree = np.isnan(diff)  # both NaN (checked above), or the same infinity
-        if agree.any():
-            diff[agree] = 0.0
-        err = max(err, float(diff.max()))
-        mag = np.abs(b, out=b)
-        mag[nan_b] = 0.0
-        scale = max(scale, float(mag.max()))
-    if math.isinf(err):
-        return math.inf
-    return err / scale if scale > 0 else err
-
-
 def _summary(samples: list, dropped: bool) -> dict:
     q = np.percentile(samples, [25, 50, 75]) if len(samples) > 1 else [samples[0]] * 3
     return {"median": float(statistics.median(samples)), "q1": float(q[0]), "q3": float(q[2]),
@@ -288,7 +226,7 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
     def left() -> float:
         return cap_s - (clock() - t_start)
 
-    args = inputs(op, spec, np.random.default_rng(seed))
+    args = registry.OPS[op].arguments(spec, np.random.default_rng(seed))
     ref_out = None
     if reference_seconds(op, spec) <= left() / 4 and reference_bytes(op, spec) <= reference_limit(op, spec, max_bytes):
         t0 = clock()
@@ -362,11 +300,7 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
             res.failed[k.name] = (f"{k.name}: not timed: its probe ({1 + PROBE_CALLS} more calls of "
                                   f"~{clock() - t_warm:.2g} s) would end past the {cap_s:g} s tuning budget")
             continue
-        samples[k.name] = []
-        for _ in range(PROBE_CALLS):
-            t0 = clock()
-            k.run(spec, *args)
-            samples[k.name].append(clock() - t0)
+        samples[k.name] = [timed_run(lambda: k.run(spec, *args), calls=1, clock=clock) for _ in range(PROBE_CALLS)]
         probe[k.name] = min(samples[k.name])
     live = [k for k in live if k.name in probe]
     if not samples:
@@ -397,11 +331,7 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
             for k in ks:
                 sleep(pause)
                 warm_up(lambda: k.run(spec, *args), clock=clock)
-                n = reps[k.name]
-                t0 = clock()
-                for _ in range(n):
-                    k.run(spec, *args)
-                samples[k.name].append((clock() - t0) / n)
+                samples[k.name].append(timed_run(lambda: k.run(spec, *args), calls=reps[k.name], clock=clock))
             return clock() - t_round
 
         def medians(ks) -> dict:
@@ -433,28 +363,9 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
     return res
 
 
-def warm_up(fn, seconds: float = WARM_S, clock=time.perf_counter, keep_on=None) -> bool:
-    """Untimed calls of fn for at least `seconds`, and at least two.  GoogLeNet's 3a_1x1 by
-    c.im2col (0.27 ms steady) after a 0.1 s pause: with one untimed call the timed one took
-    4.0 ms, with three 0.44, with ten 0.28.  keep_on(first call's seconds) -> False stops after
-    the first call (the budget cannot hold the rest); the return says whether it went on."""
-    t0, n = clock(), 0
-    while n < 2 or clock() - t0 < seconds:
-        fn()
-        n += 1
-        if n == 1 and keep_on is not None and not keep_on(clock() - t0):
-            return False
-    return True
-
-
-def warm_calls(call_s: float) -> int:
-    """How many calls warm_up makes of a call taking call_s, one more (a budget errs long)."""
-    return max(2, math.ceil(WARM_S / max(call_s, 1e-9))) + 1
-
-
 def _pause(fastest_s: float) -> float:
     return min(PAUSE_MAX_S, max(PAUSE_MIN_S, 10.0 * fastest_s))
 
 
-__all__ = ["Result", "run", "inputs", "flops", "rel_error", "RIGOR", "call_bytes", "reference_bytes",
-           "reference_seconds", "not_timed", "MAX_BYTES"]
+__all__ = ["Result", "run", "RIGOR", "call_bytes", "reference_bytes", "reference_seconds", "not_timed",
+           "MAX_BYTES"]

@@ -6,8 +6,10 @@ on Windows).
 
 What: one JSON file per *environment*, ``tuning-<key>.json``, where the key hashes everything a
 timing depends on besides the problem: CPU model and ISA flags, CPU and thread counts, fastconv's
-version, a hash of the kernels' Python sources, the C extension's build fingerprint and a hash
-of the binary itself (compiler and flags included), and the numba, numpy and OpenBLAS versions.
+version, a hash of the shared kernel sources, the OpenBLAS version, and every backend's
+fingerprint (its record: the C extension's build fingerprint, a hash of the binary itself,
+compiler and flags included, and of its wrappers; numba's version and a hash of its kernels;
+numpy's version).
 The file also stores these fields, and a file whose fields differ from this process's is never
 trusted (a copied file, another release): it is reported once and rebuilt.
 
@@ -38,22 +40,20 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import threading
 import warnings
 
-from . import machine
+from .. import machine, registry
+from .._version import __version__
+from ..backend import sources_hash
+from ..common import openblas
+from ..spec import spec_from_json
 
 FORMAT = 1
 PREFIX = "tuning-"
 RIGOR_RANK = {"measure": 1, "patient": 2}
-
-# Package modules that only choose or report: editing them does not change a kernel's speed, so
-# they stay out of the kernel-source hash.  Every other .py of the package is in it.
-_NOT_KERNEL_SOURCES = {"__init__.py", "_version.py", "api.py", "bench.py", "cli.py", "dispatch.py", "machine.py",
-                       "measure.py", "nets.py", "tuning_cache.py", "torch.py"}
 
 _warned: set = set()  # (path, kind): each problem with a file is reported once per process
 _warn_lock = threading.Lock()
@@ -90,55 +90,31 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def kernel_sources_hash() -> str:
-    """SHA-256 over the package's Python sources that define or serve kernels (fastconv/*.py but
-    the choosing and reporting modules, fastconv/numba/*.py, fastconv/c/*.py)."""
-    root = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256()
-    for sub in ("", "numba", "c"):
-        for path in sorted(glob.glob(os.path.join(root, sub, "*.py"))):
-            if not sub and os.path.basename(path) in _NOT_KERNEL_SOURCES:
-                continue
-            digest.update(os.path.relpath(path, root).encode())
-            with open(path, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()[:16]
-
+# The kernel code shared by the backends (each backend's own sources are in its fingerprint):
+# editing any of it may change a kernel's speed.
+SHARED_KERNEL_SOURCES = ("common", "threads.py", "registry.py")
 
 _static_env: dict | None = None
 
 
 def _static_environment() -> dict:
-    """Every environment field but the thread count, computed once per process."""
+    """Every environment field but the thread count, computed once per process: the machine
+    (fastconv/machine.py), fastconv's version and shared kernel sources, OpenBLAS's version, and
+    each backend's fingerprint (its record: fastconv/backend.py)."""
     global _static_env
     if _static_env is None:
-        import numba
-        import numpy
-
-        from . import __version__
-        from .c import _lib
-
-        binary = "not built"
-        if _lib.lib is not None:
-            try:
-                import fastconv._cconv as cconv
-                with open(cconv.__file__, "rb") as f:
-                    binary = _sha(f.read())
-            except (ImportError, AttributeError, OSError):
-                binary = "unreadable"
-        try:
-            from importlib.metadata import version
-            openblas = version("scipy-openblas32")
-        except Exception:  # noqa: BLE001 - metadata missing in odd installs: key on "unknown"
-            openblas = "unknown"
-        _static_env = {
-            "cpu": machine.cpu_model(), "machine": platform.machine(), "isa": _sha(machine.isa_flags().encode()),
-            "cpus": os.cpu_count(), "fastconv": __version__, "kernels": kernel_sources_hash(),
-            "c_build": _lib.build_info(), "c_binary": binary, "numba": numba.__version__,
-            "numpy": numpy.__version__, "openblas": openblas,
-            "python": f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}",
-        }
+        facts = machine.facts()
+        env = {**facts, "isa_flags": _sha(facts["isa_flags"].encode()), "fastconv": __version__,
+               "kernels": sources_hash(*SHARED_KERNEL_SOURCES), "openblas": openblas.version()}
+        for backend in registry.BACKENDS.values():
+            env.update(backend.fingerprint())
+        _static_env = env
     return _static_env
+
+
+def problem_key(op: str, spec) -> str:
+    """A problem's key in the file (the thread count is part of the file's environment)."""
+    return f"{op} {spec!r}"
 
 
 def environment(threads: int) -> dict:
@@ -217,7 +193,6 @@ def _entry_problem(key: str, entry) -> str | None:
             return f"{f}={entry[f]!r} is not a number of seconds"
     # the spec must be the key's problem: `cache show` describes it, and an entry filed under
     # another problem's key would hand that problem foreign timings
-    from .dispatch import problem_key, spec_from_json  # dispatch imports this module
     op = entry.get("op")
     try:
         spec = spec_from_json(entry.get("spec")) if isinstance(op, str) else None
@@ -446,4 +421,4 @@ def forget() -> None:
 
 
 __all__ = ["TuningCache", "CacheFileError", "current", "cache_dir", "user_cache_dir", "environment", "env_key",
-           "files", "clear", "forget", "read_document", "kernel_sources_hash"]
+           "files", "clear", "forget", "read_document", "problem_key"]

@@ -1,9 +1,9 @@
 """What the Winograd kernels of both backends share: eligibility and the transformed-filter cache,
-which also tells whether the weights are finite (inf and NaN: fastconv/nonfinite.py).
+which also tells whether the weights are finite (inf and NaN: fastconv/common/nonfinite.py).
 
 The kernels themselves are twins, fastconv/numba/winograd.py and csrc/winograd.c (phases
 transform_filter, transform_input, batched_gemm, transform_output); the matrices come from
-fastconv/winograd_points.py.
+fastconv/common/winograd_points.py.
 
 Filter transforms cost once, not per call, where the weights do not change (inference): the
 cache keeps, per kernel, a copy of the weights it transformed and the transform.  A call whose

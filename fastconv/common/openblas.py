@@ -54,6 +54,15 @@ def num_threads() -> int:
     return _get_threads()
 
 
+def version() -> str:
+    """The scipy-openblas32 wheel's version ("unknown" when its metadata is missing)."""
+    try:
+        from importlib.metadata import version as installed
+        return installed("scipy-openblas32")
+    except Exception:  # noqa: BLE001 - metadata missing in odd installs
+        return "unknown"
+
+
 def address(symbol: str) -> int:
     """The address of one of the library's C functions, e.g. ``scipy_cblas_sgemm``."""
     return ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value

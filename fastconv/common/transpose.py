@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from .spec import ConvSpec
+from ..spec import ConvSpec
 
 # forward(spec, x, w, bias, out) -> y, writing into out when it is given.  w is an OIHW array
 # or, from here, a (G, O/G, C/G, kH, kW) view (flipped, transposed): c.direct reads it in place.

@@ -1,0 +1,243 @@
+"""Choosing a kernel for a problem: FFTW's planner, keyed as PyTorch keys its benchmark cache.
+
+The dispatcher never names a kernel: it filters the registry by the caller's ``algo``,
+``backend`` and ``rtol`` and by each kernel's own refusal, then decides among what is eligible
+(the NumPy reference only when nothing else is): by the tuning cache's entry for the problem,
+by timing the candidates now (fastconv/dispatch/measure.py), or by the registry's preference
+(``Kernel.preference``: the heuristic, which never times).  The modes are in
+fastconv/dispatch/__init__.py.  A decided key is a dict lookup from then on (``choose``).
+"""
+from __future__ import annotations
+
+import datetime
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import registry, threads
+from ..registry import Kernel
+from ..spec import spec_to_json
+from . import measure, settings, tuning_cache
+from .tuning_cache import problem_key
+
+
+def set_tuning(mode: Optional[str] = None, budget_s: Optional[float] = None) -> None:
+    """Set the dispatcher's mode (estimate | measure | patient | frozen) and/or its time budget per
+    problem in seconds (0: never time; the heuristic decides).  Forgets the choices made so far."""
+    settings.check(mode, budget_s)
+    with _lock:
+        if mode is not None:
+            settings.mode = mode
+        if budget_s is not None:
+            settings.budget_s = float(budget_s)
+        forget()
+
+
+def get_tuning() -> dict:
+    """The dispatcher's settings and where its cache lives."""
+    cache = tuning_cache.current(threads.get_num_threads())
+    return {"mode": settings.mode, "budget_s": settings.budget_s, "cache_dir": cache.directory,
+            "cache_file": cache.path, "env_key": cache.key}
+
+
+# ----------------------------------------------------------------------------- eligibility
+
+def _matches(kernel: Kernel, algo: str, backend: str) -> bool:
+    return (backend == "auto" or kernel.backend == backend) and \
+        (algo == "auto" or algo in (kernel.algo, kernel.family))
+
+
+def eligible(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
+             *, caller: str) -> tuple[list, list]:
+    """(kernels that may serve, reasons of those that may not), or ValueError when none may."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in registry.BACKENDS):
+        raise ValueError(f"{caller}: backend={backend!r} is not one of 'auto', " +
+                         ", ".join(map(repr, registry.BACKENDS)))
+    # the public function's own name for the argument (conv2d_backward: weight_algo)
+    record = registry.OPS.get(op)
+    algo_arg = (record.algo_arg if record is not None and caller == record.public else None) or "algo"
+    if not isinstance(algo, str):
+        raise TypeError(f"{caller}: {algo_arg}={algo!r} must be a string")
+    if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0):
+        raise ValueError(f"{caller}: rtol={rtol!r} must be a positive number or None")
+    named = [k for k in registry.kernels(op) if _matches(k, algo, backend)]
+    if not named:
+        known = sorted({k.algo for k in registry.kernels(op)} | {k.family for k in registry.kernels(op)})
+        raise ValueError(f"{caller}: no {op} kernel matches {algo_arg}={algo!r}, backend={backend!r} "
+                         f"(algos: 'auto', {', '.join(map(repr, known))})")
+    ok, refused = [], []
+    for kernel in named:
+        reason = kernel.refusal(spec)
+        if reason is None and rtol is not None and kernel.rtol[spec.dtype] > rtol:
+            reason = f"{kernel.name}: error bound {kernel.rtol[spec.dtype]:.0e} is over the rtol={rtol:g} budget"
+        (refused if reason else ok).append(reason or kernel)
+    if not ok:
+        raise ValueError(f"{caller}: no kernel can serve this problem: " + "; ".join(refused))
+    if any(not k.is_reference for k in ok):
+        refused += [f"{k.name}: the reference serves only when no other kernel can" for k in ok if k.is_reference]
+        ok = [k for k in ok if not k.is_reference]
+    return ok, refused
+
+
+# ----------------------------------------------------------------------------- the heuristic
+
+def heuristic(op: str, spec, candidates) -> Kernel:
+    """The pick when nothing is timed, among eligible candidates (never empty): the lowest
+    Kernel.preference (the registry's rule), ties in registry order."""
+    position = {k.name: i for i, k in enumerate(registry.kernels(op))}
+    return min(candidates, key=lambda k: (k.preference(spec), position.get(k.name, 0)))
+
+
+# ----------------------------------------------------------------------------- deciding
+
+@dataclass
+class Decision:
+    kernel: Kernel
+    source: str                   # "measured now" | "cache" | "heuristic" | "only candidate"
+    mode: str
+    candidates: list
+    refused: list
+    heuristic: Kernel
+    entry: Optional[dict] = None  # the cache entry the decision read or wrote
+    cache: Optional[tuning_cache.TuningCache] = None
+    why_heuristic: str = ""       # when the heuristic decided in a measuring mode: why
+
+
+_lock = threading.RLock()
+_memo: dict = {}       # (op, spec, algo, backend, rtol, threads) -> Kernel: the hit path
+_decisions: dict = {}  # same key -> Decision (explain)
+# A Decision holds its candidates, refusals and cache entry (about 1 KB): a process meeting ever new
+# shapes (variable image sizes) must not grow without end.  When full, both are emptied (as api's
+# _SPECS): checked on the miss path only, so a hit stays one dict lookup; a forgotten choice is
+# decided again from the tuning cache, never re-timed.
+_MEMO_MAX = 4096
+_seen = (None, None)   # registry.KERNELS and registry.BACKENDS the memo was filled under
+
+
+def forget() -> None:
+    """Forget every choice made in this process (the cache files stay)."""
+    with _lock:
+        _memo.clear()
+        _decisions.clear()
+
+
+def _sync() -> None:
+    """Empty the memo when the kernel list or the backends changed (tests inject kernels)."""
+    global _seen
+    if _seen[0] is not registry.KERNELS or _seen[1] is not registry.BACKENDS:
+        forget()
+        _seen = (registry.KERNELS, registry.BACKENDS)
+
+
+def choose(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
+           *, caller: str) -> Kernel:
+    """The kernel that will run op on spec, or ValueError naming every refusal."""
+    key = (op, spec, algo, backend, rtol, threads._num_threads)
+    if _seen[0] is registry.KERNELS and _seen[1] is registry.BACKENDS:
+        try:
+            kernel = _memo.get(key)
+        except TypeError:  # an unhashable argument: let eligible() say what is wrong with it
+            kernel = None
+        if kernel is not None:
+            return kernel
+    return decide(key, caller=caller).kernel
+
+
+def _pick(entry: Optional[dict], candidates, rigor: str, partial: bool = False) -> Optional[Kernel]:
+    """The fastest candidate by a cache entry's medians, or None when the entry cannot decide
+    (missing, less patient than asked, or missing a candidate unless partial)."""
+    if entry is None or tuning_cache.RIGOR_RANK.get(entry.get("rigor"), 0) < tuning_cache.RIGOR_RANK.get(rigor, 0):
+        return None
+    times, failed = entry["times"], entry.get("failed", {})
+    if not partial and any(k.name not in times and k.name not in failed for k in candidates):
+        return None
+    usable = [k for k in candidates if k.name in times and k.name not in failed]
+    # those timed to the end, unless the query's candidates were all dropped early (a narrower query)
+    usable = [k for k in usable if not times[k.name].get("dropped")] or usable
+    return min(usable, key=lambda k: times[k.name]["median"]) if usable else None
+
+
+def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budget_s: float) -> dict:
+    result = measure.run(op, spec, candidates, registry.kernels(op)[-1], rigor=rigor, cap_s=budget_s)
+    entry = {"op": op, "spec": spec_to_json(spec), "rigor": rigor, "times": {}, "errors": {}, "failed": {},
+             "cost_s": 0.0}
+    if old is not None and {k.name for k in candidates} < set(old["times"]) | set(old.get("failed", {})):
+        # a narrower query (one backend, an rtol) re-timed some kernels: keep the others' figures
+        entry.update({f: dict(old.get(f, {})) for f in ("times", "errors", "failed")})
+        entry["cost_s"] = old.get("cost_s", 0.0)
+        entry["rigor"] = min(rigor, old.get("rigor", "measure"), key=lambda r: tuning_cache.RIGOR_RANK.get(r, 0))
+    for name in [k.name for k in candidates]:
+        for f in ("times", "errors", "failed"):
+            entry[f].pop(name, None)
+    entry["times"].update(result.times)
+    entry["errors"].update(result.errors)
+    entry["failed"].update(result.failed)
+    entry["cost_s"] += result.cost_s
+    entry["budget_s"] = result.budget_s
+    if result.not_timed:  # nothing was timed: why (explain's detail when the heuristic decides)
+        entry["not_timed"] = result.not_timed
+    best = _pick(entry, [k for k in registry.kernels(op) if k.name in entry["times"]], entry["rigor"], partial=True)
+    entry["best"] = best.name if best is not None else None
+    entry["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # Budget exclusions ("not timed: ...": e.g. a first call that was a JIT compilation on a fresh
+    # machine) say nothing lasting about a kernel: this process's explain shows them, the file does
+    # not keep them, so the next process times those kernels again.
+    lasting = {name: why for name, why in entry["failed"].items() if ": not timed:" not in why}
+    if entry["times"]:
+        cache.put(pkey, {**entry, "failed": lasting})
+    return entry
+
+
+def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool = False,
+           remember: bool = True, budget_s: Optional[float] = None) -> Decision:
+    """Decide for key = (op, spec, algo, backend, rtol, threads).  rigor overrides the mode (tune,
+    explain); force re-measures whatever the cache holds."""
+    op, spec, algo, backend, rtol, n_threads = key
+    with _lock:
+        _sync()
+        candidates, refused = eligible(op, spec, algo, backend, rtol, caller=caller)
+        guess = heuristic(op, spec, candidates)
+        mode = rigor or settings.mode
+        budget = settings.budget_s if budget_s is None else budget_s
+        d = Decision(guess, "heuristic", mode, candidates, refused, guess)
+        if len(candidates) == 1:
+            d.source = "only candidate"
+        elif mode == "estimate":
+            d.why_heuristic = "mode estimate"
+        elif spec.n == 0:  # the api answers an empty batch itself: nothing to time
+            d.why_heuristic = "an empty batch (N = 0) runs no kernel"
+        else:
+            cache = d.cache = tuning_cache.current(n_threads)
+            pkey = problem_key(op, spec)
+            need = "patient" if mode == "patient" else "measure"
+            entry = cache.get(pkey)
+            source = "cache"
+            if mode == "frozen" or budget == 0:  # never time: the cache, else the heuristic
+                pick = _pick(entry, candidates, need, partial=mode == "frozen")
+            else:
+                pick = None if force else _pick(entry, candidates, need)
+                if pick is None and not force:  # another process may have tuned it meanwhile
+                    cache.reload()
+                    entry = cache.get(pkey)
+                    pick = _pick(entry, candidates, need)
+                # too large to time (its call's memory, or no probe can fit the budget): the heuristic
+                too_large = measure.not_timed(op, spec, candidates, budget) if pick is None else ""
+                if pick is None and not too_large:
+                    entry = _measure(op, spec, candidates, need, cache, pkey, entry, budget)
+                    pick = _pick(entry, candidates, need, partial=True)
+                    source = "measured now"
+            d.entry = entry
+            if pick is not None:
+                d.kernel, d.source = pick, source
+            elif mode == "frozen" or budget == 0:
+                d.why_heuristic = ("mode frozen" if mode == "frozen" else "tuning budget 0") + \
+                    ", no cache entry for it"
+            else:
+                d.why_heuristic = too_large or (entry or {}).get("not_timed") or \
+                    "every candidate failed on the tuning inputs"
+        if remember:
+            if len(_memo) >= _MEMO_MAX and key not in _memo:
+                forget()
+            _memo[key] = d.kernel
+            _decisions[key] = d
+        return d
