@@ -47,18 +47,8 @@ def imports(module: str) -> set:
                 continue
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
-                if sub in MODULES:
-                    out.add(sub)
-                elif _compiled(sub):  # the C extension, fastconv._cconv
-                    out.add(sub)
-                else:  # a name defined in the module (or the package's __init__)
-                    out.add(target)
+                out.add(sub if sub in MODULES else target)  # else a name defined in target
     return out
-
-
-def _compiled(name: str) -> bool:
-    path = ROOT.parent.joinpath(*name.split("."))
-    return any(path.parent.glob(path.name + ".*.so")) or any(path.parent.glob(path.name + ".*.pyd"))
 
 
 def _in(module: str, packages) -> bool:

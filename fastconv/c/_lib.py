@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import warnings
 
@@ -46,10 +47,9 @@ def binary_hash() -> str:
     if lib is None:
         return "not built"
     try:
-        from .. import _cconv
-        with open(_cconv.__file__, "rb") as f:
+        with open(importlib.util.find_spec("fastconv._cconv").origin, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()[:16]
-    except (ImportError, AttributeError, OSError):
+    except (ImportError, AttributeError, OSError, TypeError):
         return "unreadable"
 
 
