@@ -422,7 +422,12 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a one-line argparse error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so a reader that left is seen below, not at interpreter exit
+        return status
+    except BrokenPipeError:  # `fastconv kernels | head`: the reader took what it wanted and left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush: quiet
+        return 0
     except (UsageError, ValueError, TypeError) as exc:
         if not _bad_argument(exc):
             raise

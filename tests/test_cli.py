@@ -3,6 +3,7 @@ errors (exit status 2)."""
 import json
 import math
 import re
+import subprocess
 import sys
 
 import pytest
@@ -307,6 +308,15 @@ def test_export_names_the_file_it_cannot_write(capsys, measuring, tmp_path):
     assert cli.main(["cache", "export", str(target)]) == 2  # past the directory checks: the OSError
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(target) in err and ".tmp-" not in err
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    """`fastconv kernels | head -1`: the pipe closes before fastconv writes; no error, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastconv.cli", "kernels"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # before the import is done, so every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
 
 
 def test_only_fastconv_argument_errors_exit_2(capsys, monkeypatch):
