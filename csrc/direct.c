@@ -23,20 +23,41 @@
  * balances them); channels are split too only when the plane has too few NR-blocks (14x14 layers
  * at batch 1 on many threads), since each channel run packs its panel again.
  *
- * Vectorization, checked in the assembly (objdump -d, conv_task_f32.arch_x86_64_v3, gcc 12 -O3):
- * the microkernel loop is 2 aligned ymm loads, 6 vbroadcastss and 12 vfmadd231ps per tap with
- * all 12 accumulators in registers (f64: the same with 4-wide vectors).  -ffp-contract=fast is
- * what lets GCC fuse under -std=c11.
+ * One microkernel per vector ISA (fc_internal.h: FC_ISA_*), the register tile sized for its
+ * register file, chosen per call from the shape's isa (the Python side's choice, FASTCONV_ISA,
+ * never above what the CPU runs):
+ *   generic  16-byte vectors (SSE2, or whatever the compiler makes of GCC's vector extension),
+ *            FC_MR 6 x 2 vectors;
+ *   avx2     32-byte vectors, FMA: FC_MR 6 x 2 vectors = 12 accumulators plus two panel loads and
+ *            one broadcast in the 16 ymm registers (the BLIS/OpenBLAS Haswell shape);
+ *   avx512   64-byte vectors, 32 zmm registers: 16 channels x 1 vector = 16 accumulators, the
+ *            panel vector, broadcasts folded into the FMAs.  Tile chosen by measurement (AMD EPYC
+ *            Zen 4, 2 threads, float32, c.direct / c.im2col time in the same interleaved rounds,
+ *            mean of 2 runs on VGG conv1_1, conv3_2, conv5_1 and ResNet conv1, layer2 s2, layer3;
+ *            geometric mean, lower is better): avx2's 6 x 2 ymm 1.106; avx512 8 x 2 zmm 1.130,
+ *            12 x 1 1.146, 16 x 1 0.986, 24 x 1 1.123.  Zen 4 runs a zmm FMA as two ymm halves, so
+ *            the win is the register file, and a 32-pixel tile (x 2 zmm) wastes small planes; on
+ *            cores with two 512-bit FMA units the same shape has twice the peak to reach.
+ * Vectorization, checked in the assembly (objdump -d, conv_task_f32_avx2, gcc 12 -O3): the
+ * microkernel loop is 2 aligned ymm loads, 6 vbroadcastss and 12 vfmadd231ps per tap with all 12
+ * accumulators in registers (f64: the same with 4-wide vectors); the avx512 task the same in zmm.
+ * -ffp-contract=fast is what lets GCC fuse under -std=c11.
  *
- * The file is a template: it includes itself once per dtype with FC_T / FC_SFX set.
+ * The file is a template in two levels: it includes itself once per dtype (FC_T / FC_SFX), and
+ * each dtype once per ISA (FC_ISA_SFX, FC_VBYTES, FC_ISA_MR, FC_TARGET).
  */
 #ifndef FC_T
 
 #include "fc_internal.h"
 
-/* Register tile: FC_MR output channels x 2 vectors of pixels.  6 x 2 = 12 accumulators plus two
- * panel loads and one broadcast fit AVX2's 16 ymm registers (the BLIS/OpenBLAS Haswell shape). */
-#define FC_MR 6
+/* The register tile of the AVX-512 microkernel: output channels x vectors of pixels (measured:
+ * see the header; -D overrides them for such measurements). */
+#ifndef FC_MR_AVX512
+#define FC_MR_AVX512 16
+#endif
+#ifndef FC_NV_AVX512
+#define FC_NV_AVX512 1
+#endif
 /* Helpers of the hot task, inlined so they are compiled for the ISA of its clone. */
 #define FC_INLINE static inline __attribute__((always_inline))
 /* Cache blocks, in bytes so float and double block alike: the kc x NR panel block (L1), the
@@ -59,7 +80,7 @@ typedef struct {
 
 static int64_t fc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t nr,
+static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t mr, int64_t nr,
                                           int64_t elem) {
     fc_direct_plan p;
     p.cg = s->c_in / s->groups;
@@ -67,10 +88,10 @@ static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, 
     p.K = p.cg * s->kh * s->kw;
     p.P = s->out_h * s->out_w;
     p.vblocks = fc_ceil_div(p.P, nr);
-    p.oblocks = fc_ceil_div(p.og, FC_MR);
+    p.oblocks = fc_ceil_div(p.og, mr);
     /* Equal tap blocks of at most FC_KC_BYTES / (NR * elem) taps. */
     p.kc = fc_ceil_div(p.K, fc_ceil_div(p.K, FC_KC_BYTES / (nr * elem)));
-    p.mc = fc_max64(1, FC_MC_BYTES / (FC_MR * p.kc * elem));
+    p.mc = fc_max64(1, FC_MC_BYTES / (mr * p.kc * elem));
     /* Pixel runs of at most FC_MAX_RUN_BLOCKS, shorter when that gives each thread
      * FC_TASKS_PER_THREAD tasks (dynamic scheduling evens out the threads, and a descheduled
      * thread on a busy machine is not waited for); the channels are split only when even runs of
@@ -98,22 +119,75 @@ static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, 
 #undef FC_T
 #undef FC_SFX
 
-#else /* template body, FC_T is the element type */
+#elif !defined(FC_ISA_SFX) /* level 1, per dtype: one kernel per ISA, and the entry that picks one */
 
-typedef FC_T FC_SFX(fc_vec) __attribute__((vector_size(32)));  /* one AVX2 ymm register */
-#define VEC FC_SFX(fc_vec)
-#define VLEN ((int64_t)(32 / sizeof(FC_T)))
-#define NR (2 * VLEN) /* pixels per microkernel tile: two vectors */
+#define FC_ISA_SFX(name) FC_SFX(name##_generic)
+#define FC_VBYTES 16
+#define FC_ISA_MR 6
+#define FC_ISA_NV 2
+#define FC_TARGET
+#include "direct.c"
+#undef FC_ISA_SFX
+#undef FC_VBYTES
+#undef FC_ISA_MR
+#undef FC_ISA_NV
+#undef FC_TARGET
+
+#if FC_X86
+#define FC_ISA_SFX(name) FC_SFX(name##_avx2)
+#define FC_VBYTES 32
+#define FC_ISA_MR 6
+#define FC_ISA_NV 2
+#define FC_TARGET FC_TARGET_AVX2
+#include "direct.c"
+#undef FC_ISA_SFX
+#undef FC_VBYTES
+#undef FC_ISA_MR
+#undef FC_ISA_NV
+#undef FC_TARGET
+
+#define FC_ISA_SFX(name) FC_SFX(name##_avx512)
+#define FC_VBYTES 64
+#define FC_ISA_MR FC_MR_AVX512
+#define FC_ISA_NV FC_NV_AVX512
+#define FC_TARGET FC_TARGET_AVX512
+#include "direct.c"
+#undef FC_ISA_SFX
+#undef FC_VBYTES
+#undef FC_ISA_MR
+#undef FC_ISA_NV
+#undef FC_TARGET
+#endif
+
+int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
+                                 const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
+    switch (fc_isa(s->isa)) {
+#if FC_X86
+    case FC_ISA_AVX512: return FC_SFX(direct_fwd_avx512)(x, w, ws, bias, y, s, n_threads);
+    case FC_ISA_AVX2: return FC_SFX(direct_fwd_avx2)(x, w, ws, bias, y, s, n_threads);
+#endif
+    default: return FC_SFX(direct_fwd_generic)(x, w, ws, bias, y, s, n_threads);
+    }
+}
+
+#else /* level 2, the kernel for one dtype (FC_T) and one ISA (FC_ISA_SFX) */
+
+#define FC_MR FC_ISA_MR
+typedef FC_T FC_ISA_SFX(fc_vec) __attribute__((vector_size(FC_VBYTES)));  /* one vector register */
+#define VEC FC_ISA_SFX(fc_vec)
+#define VLEN ((int64_t)(FC_VBYTES / sizeof(FC_T)))
+#define NV FC_ISA_NV /* vectors of pixels per row of the register tile */
+#define NR (NV * VLEN) /* pixels per microkernel tile */
 
 /* The same register, for loads and stores at any element boundary (the tiles of y). */
-typedef FC_T FC_SFX(fc_vec_unaligned) __attribute__((vector_size(32), aligned(sizeof(FC_T))));
-#define VECU FC_SFX(fc_vec_unaligned)
+typedef FC_T FC_ISA_SFX(fc_vec_unaligned) __attribute__((vector_size(FC_VBYTES), aligned(sizeof(FC_T))));
+#define VECU FC_ISA_SFX(fc_vec_unaligned)
 
 /* One MR-channel block b of group g into wg, the packed weights of the group, laid out as
  * [tap block][o-block][kc][MR] so that the mc x kc weight block of a task is one contiguous
  * stream: wg[(k0 * oblocks + b * kc) * MR + (k - k0) * MR + r] = w[g][b*MR + r][k], zero past og.
  * w is read through its strides, so a flipped or transposed view costs no extra copy. */
-static void FC_SFX(pack_weights)(const FC_T *FC_RESTRICT w, const fc_weight_strides *ws,
+FC_TARGET static void FC_ISA_SFX(pack_weights)(const FC_T *FC_RESTRICT w, const fc_weight_strides *ws,
                                  FC_T *FC_RESTRICT wg, const fc_conv2d_shape *s,
                                  const fc_direct_plan *pl, int64_t g, int64_t b) {
     for (int64_t r = 0; r < FC_MR; r++) {
@@ -139,7 +213,7 @@ static void FC_SFX(pack_weights)(const FC_T *FC_RESTRICT w, const fc_weight_stri
 
 /* xg points at channel 0 of group g in image n.  Packs taps [k0, k0 + kc) of the run of pixels
  * [p0, p0 + np) as ceil(np / NR) blocks of [kc][NR]. */
-FC_INLINE void FC_SFX(pack_row_panel)(
+FC_TARGET FC_INLINE void FC_ISA_SFX(pack_row_panel)(
         const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT panel, const fc_conv2d_shape *s,
         int64_t k0, int64_t kc, int64_t p0, int64_t np) {
     const int64_t H = s->h, W = s->w, sw = s->stride_w, out_w = s->out_w;
@@ -161,8 +235,7 @@ FC_INLINE void FC_SFX(pack_row_panel)(
             } else if (iwa >= 0 && iwb < W) {
                 const FC_T *src = xc + ih * W + iwa;
                 if (sw == 1 && len == NR) {
-                    *(VECU *)dst = *(const VECU *)src;
-                    *(VECU *)(dst + VLEN) = *(const VECU *)(src + VLEN);
+                    for (int v = 0; v < NV; v++) *(VECU *)(dst + v * VLEN) = *(const VECU *)(src + v * VLEN);
                 } else {
                     for (int64_t t = 0; t < len; t++) dst[t] = src[t * sw];
                 }
@@ -191,41 +264,38 @@ FC_INLINE void FC_SFX(pack_row_panel)(
     }
 }
 
-/* acc[r] = sum_k wpack[k][r] * panel[k][0:NR] over kc taps; panel is 32-byte aligned. */
-FC_INLINE void FC_SFX(microkernel)(
+/* acc[r] = sum_k wpack[k][r] * panel[k][0:NR] over kc taps; panel is 64-byte aligned. */
+FC_TARGET FC_INLINE void FC_ISA_SFX(microkernel)(
         int64_t kc, const FC_T *FC_RESTRICT wpack, const FC_T *FC_RESTRICT panel,
-        VEC acc[FC_MR][2]) {
-    for (int r = 0; r < FC_MR; r++) acc[r][0] = acc[r][1] = (VEC){0};
+        VEC acc[FC_MR][NV]) {
+    for (int r = 0; r < FC_MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = (VEC){0};
     for (int64_t k = 0; k < kc; k++) {
-        const VEC p0 = *(const VEC *)(panel + k * NR);
-        const VEC p1 = *(const VEC *)(panel + k * NR + VLEN);
+        VEC p[NV];
+        for (int v = 0; v < NV; v++) p[v] = *(const VEC *)(panel + k * NR + v * VLEN);
         const FC_T *wk = wpack + k * FC_MR;
-#pragma GCC unroll 6
-        for (int r = 0; r < FC_MR; r++) {
-            acc[r][0] += wk[r] * p0;
-            acc[r][1] += wk[r] * p1;
-        }
+#pragma GCC unroll 32
+        for (int r = 0; r < FC_MR; r++)
+            for (int v = 0; v < NV; v++) acc[r][v] += wk[r] * p[v];
     }
 }
 
 /* y points at (o0, p0) of the plane; rows are P apart.  The first tap block writes acc + bias,
  * later ones add acc.  mr x nr is the valid part of the tile. */
-FC_INLINE void FC_SFX(store)(
-        VEC acc[FC_MR][2], FC_T *FC_RESTRICT y, int64_t P, int64_t mr, int64_t nr,
+FC_TARGET FC_INLINE void FC_ISA_SFX(store)(
+        VEC acc[FC_MR][NV], FC_T *FC_RESTRICT y, int64_t P, int64_t mr, int64_t nr,
         const FC_T *FC_RESTRICT bias, int first) {
     if (mr == FC_MR && nr == NR) {
         for (int r = 0; r < FC_MR; r++) {
             FC_T *yr = y + r * P;
-            VEC a0 = acc[r][0], a1 = acc[r][1];
-            if (!first) {
-                a0 += *(const VECU *)yr;
-                a1 += *(const VECU *)(yr + VLEN);
-            } else if (bias) {
-                a0 += bias[r];
-                a1 += bias[r];
+            for (int v = 0; v < NV; v++) {
+                VEC a = acc[r][v];
+                if (!first)
+                    a += *(const VECU *)(yr + v * VLEN);
+                else if (bias)
+                    a += bias[r];
+                *(VECU *)(yr + v * VLEN) = a;
             }
-            *(VECU *)yr = a0;
-            *(VECU *)(yr + VLEN) = a1;
         }
         return;
     }
@@ -239,7 +309,7 @@ FC_INLINE void FC_SFX(store)(
 }
 
 /* Task t: image n, group g, pixel run u, channel run h (in that order, h fastest). */
-FC_HOT static void FC_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT wpack,
+FC_TARGET static void FC_ISA_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT wpack,
                                      const FC_T *FC_RESTRICT bias, FC_T *FC_RESTRICT y,
                                      FC_T *FC_RESTRICT panel, const fc_conv2d_shape *s,
                                      const fc_direct_plan *pl, int64_t t) {
@@ -253,10 +323,10 @@ FC_HOT static void FC_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_R
     const FC_T *wg = wpack + g * pl->oblocks * K * FC_MR;
     FC_T *yg = y + (n * s->c_out + g * pl->og) * P + p0;
     const FC_T *bg = bias ? bias + g * pl->og : NULL;
-    VEC acc[FC_MR][2];
+    VEC acc[FC_MR][NV];
     for (int64_t k0 = 0; k0 < K; k0 += pl->kc) {
         const int64_t kc = fc_min64(pl->kc, K - k0);
-        FC_SFX(pack_row_panel)(x + (n * s->c_in + g * pl->cg) * s->h * s->w, panel, s, k0, kc, p0, np);
+        FC_ISA_SFX(pack_row_panel)(x + (n * s->c_in + g * pl->cg) * s->h * s->w, panel, s, k0, kc, p0, np);
         for (int64_t c0 = b0; c0 < b1; c0 += pl->mc) {
             const int64_t c1 = fc_min64(b1, c0 + pl->mc);
             for (int64_t v = 0; v < nv; v++) {
@@ -269,8 +339,8 @@ FC_HOT static void FC_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_R
                         __builtin_prefetch(yt + r * P, 1, 3);
                         __builtin_prefetch(yt + r * P + NR - 1, 1, 3);
                     }
-                    FC_SFX(microkernel)(kc, wg + (k0 * pl->oblocks + b * kc) * FC_MR, pv, acc);
-                    FC_SFX(store)(acc, yt, P, fc_min64(FC_MR, pl->og - b * FC_MR),
+                    FC_ISA_SFX(microkernel)(kc, wg + (k0 * pl->oblocks + b * kc) * FC_MR, pv, acc);
+                    FC_ISA_SFX(store)(acc, yt, P, fc_min64(FC_MR, pl->og - b * FC_MR),
                                   nr, bg ? bg + b * FC_MR : NULL, k0 == 0);
                 }
             }
@@ -278,10 +348,10 @@ FC_HOT static void FC_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_R
     }
 }
 
-int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
-                                 const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
+static int FC_ISA_SFX(direct_fwd)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
+                                  const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    const fc_direct_plan pl = fc_direct_make_plan(s, nt, NR, (int64_t)sizeof(FC_T));
+    const fc_direct_plan pl = fc_direct_make_plan(s, nt, FC_MR, NR, (int64_t)sizeof(FC_T));
     const int64_t taps = s->kh * s->kw;
     const fc_weight_strides contiguous = {pl.og * pl.K, pl.K, taps, s->kw, 1};
     if (!ws) ws = &contiguous;
@@ -298,11 +368,11 @@ int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const fc_weight_s
     {
         FC_OMP_FOR
         for (int64_t gb = 0; gb < s->groups * pl.oblocks; gb++)
-            FC_SFX(pack_weights)(w, ws, wpack + gb / pl.oblocks * pl.oblocks * pl.K * FC_MR, s, &pl,
+            FC_ISA_SFX(pack_weights)(w, ws, wpack + gb / pl.oblocks * pl.oblocks * pl.K * FC_MR, s, &pl,
                                  gb / pl.oblocks, gb % pl.oblocks);
         FC_OMP_FOR
         for (int64_t t = 0; t < pl.tasks; t++)
-            FC_SFX(conv_task)(x, wpack, bias, y, panels + (int64_t)FC_THREAD_ID() * panel_size, s, &pl, t);
+            FC_ISA_SFX(conv_task)(x, wpack, bias, y, panels + (int64_t)FC_THREAD_ID() * panel_size, s, &pl, t);
     }
     free(wpack);
     free(panels);
@@ -313,5 +383,7 @@ int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const fc_weight_s
 #undef VECU
 #undef VLEN
 #undef NR
+#undef NV
+#undef FC_MR
 
 #endif

@@ -8,6 +8,12 @@
  * calling a kernel: the plans divide by the number of planes) and at most 2^62 (fastconv/spec.py).
  */
 
+/* The vector ISA of a kernel's hot loops: portable C vectors, AVX2 + FMA (x86-64-v3), AVX-512
+ * (x86-64-v4).  A shape struct names the one to run; the kernel lowers it to fc_cpu_isa(), the
+ * best this CPU executes (cpuid). */
+enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2 };
+int fc_cpu_isa(void);
+
 typedef struct {
     int64_t n, c_in, h, w;        /* input  (N, C_in, H, W)                     */
     int64_t c_out, kh, kw;        /* weight (C_out, C_in / groups, kH, kW)      */
@@ -16,6 +22,7 @@ typedef struct {
     int64_t pad_top, pad_left;    /* bottom/right padding is implied by out_h/out_w */
     int64_t dilation_h, dilation_w;
     int64_t groups;
+    int64_t isa;                  /* FC_ISA_*: the microkernels to run          */
 } fc_conv2d_shape;
 
 typedef struct {

@@ -21,6 +21,23 @@
 #define FC_HOT
 #endif
 
+/* Per-ISA kernels (direct.c): each compiled for its ISA with a target attribute, so one portable
+ * build holds all of them; a call runs the shape's isa, never above what this CPU executes. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FC_X86 1
+#define FC_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+#define FC_TARGET_AVX512 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#else
+#define FC_X86 0
+#endif
+
+/* The ISA a call runs: the one asked for, lowered to what the CPU supports (a wrong request from
+ * the caller can slow a call down, never make it execute an illegal instruction). */
+static inline int fc_isa(int64_t requested) {
+    const int64_t cpu = fc_cpu_isa();
+    return (int)(requested < cpu ? (requested < 0 ? FC_ISA_GENERIC : requested) : cpu);
+}
+
 /* OpenMP: a `for` over independent tasks with an explicit thread count (no global state).  Without
  * OpenMP the pragmas vanish and the loops run serially. */
 #ifdef _OPENMP

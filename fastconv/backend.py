@@ -1,7 +1,8 @@
 """The record a backend package gives of itself (fastconv/c, fastconv/numba, the NumPy reference):
 its name, why it cannot run here (or None), what a timing of its kernels depends on besides the
-machine (the tuning cache keys on it: versions, build, a hash of its sources), and one line for
-``fastconv kernels`` and the benchmarks' machine line.  The registry lists the records; nothing
+machine (the tuning cache keys on it: versions, build, a hash of its sources, the ISA path), one
+line for ``fastconv kernels`` and the benchmarks' machine line, and the vector ISA its kernels
+run (``explain`` names it beside the chosen kernel).  The registry lists the records; nothing
 above it asks a backend package anything else.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ class Backend:
     name: str
     unavailable: Optional[str]                          # why its kernels cannot run here, or None
     fingerprint: Callable[[], dict] = field(repr=False)  # what its timings depend on: versions, build
-    status: Callable[[], str] = field(repr=False)        # one line: "OpenMP, build fastconv 0.1 ..."
+    status: Callable[[], str] = field(repr=False)        # one line: "C: ISA avx512, OpenMP, build ..."
+    isa: Callable[[], str] = field(repr=False)           # the vector ISA its kernels run: "avx512"
 
 
 def sources_hash(*paths: str) -> str:

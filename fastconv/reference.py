@@ -17,7 +17,8 @@ from .backend import Backend
 from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, index_error
 
 # The reference as a backend (its kernels serve only when no other kernel can: fastconv/registry.py)
-BACKEND = Backend("numpy", None, lambda: {"numpy": np.__version__}, lambda: f"NumPy reference: numpy {np.__version__}")
+BACKEND = Backend("numpy", None, lambda: {"numpy": np.__version__}, lambda: f"NumPy reference: numpy {np.__version__}",
+                  lambda: "numpy's")
 
 # ----------------------------------------------------------------------------- conv
 

@@ -30,6 +30,38 @@ except ImportError as exc:  # the optional extension was not built
     UNAVAILABLE = f"C extension not built ({exc}); reinstall with a C compiler (gcc) available"
 
 _CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
+ISA_NAMES = ("generic", "avx2", "avx512")  # FC_ISA_* of csrc/fastconv.h, in order
+
+
+def _isa_from_environment() -> int:
+    """The microkernels' ISA: FASTCONV_ISA (generic | avx2 | avx512) to force a lower path, else
+    the best this CPU runs (cpuid, fc_cpu_isa).  A path above the CPU's is refused with a warning."""
+    cpu = lib.fc_cpu_isa() if lib is not None else 0
+    value = os.environ.get("FASTCONV_ISA", "").strip().lower()
+    if value in ("", "auto"):
+        return cpu
+    if value not in ISA_NAMES:
+        warnings.warn(f"fastconv: ignoring FASTCONV_ISA={value!r}: expected one of {', '.join(ISA_NAMES)}",
+                      RuntimeWarning, stacklevel=2)
+        return cpu
+    if ISA_NAMES.index(value) > cpu:
+        warnings.warn(f"fastconv: FASTCONV_ISA={value}: this CPU runs at most {ISA_NAMES[cpu]}; using "
+                      f"{ISA_NAMES[cpu]}", RuntimeWarning, stacklevel=2)
+        return cpu
+    return ISA_NAMES.index(value)
+
+
+ISA = _isa_from_environment()
+
+
+def isa() -> str:
+    """The ISA of the C microkernels in this process: 'avx512', 'avx2' or 'generic'."""
+    return ISA_NAMES[ISA]
+
+
+def cpu_isa() -> str:
+    """The best ISA this CPU runs."""
+    return ISA_NAMES[lib.fc_cpu_isa()] if lib is not None else "unknown"
 FC_OK, FC_ENOMEM, FC_EINDEX, FC_ESIZE = 0, 1, 2, 3
 
 
@@ -110,7 +142,7 @@ def conv_shape(spec: ConvSpec):
         n=spec.n, c_in=spec.c_in, h=spec.h, w=spec.w, c_out=spec.c_out, kh=spec.kh, kw=spec.kw,
         out_h=spec.out_h, out_w=spec.out_w, stride_h=spec.stride[0], stride_w=spec.stride[1],
         pad_top=spec.padding[0], pad_left=spec.padding[2],
-        dilation_h=spec.dilation[0], dilation_w=spec.dilation[1], groups=spec.groups))
+        dilation_h=spec.dilation[0], dilation_w=spec.dilation[1], groups=spec.groups, isa=ISA))
 
 
 @functools.lru_cache(maxsize=512)

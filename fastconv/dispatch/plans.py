@@ -45,6 +45,7 @@ class Plan:
     tuning_cost_s: Optional[float] = None
     saving_per_call_s: Optional[float] = None     # the heuristic's pick minus the chosen kernel, per call
     label: str = ""                               # tune: the layer's name
+    isa: str = ""                                 # the vector ISA the chosen kernel runs (its backend's)
 
     def candidate(self, name: str) -> Optional[Candidate]:
         return next((c for c in self.candidates if c.name == name), None)
@@ -69,7 +70,8 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [f"{self.op} {self.describe()}, {self.spec.dtype}, {self.threads} threads",
-                 f"chosen: {self.chosen}  ({self.source}{': ' + self.detail if self.detail else ''})"]
+                 f"chosen: {self.chosen}  ({self.source}{': ' + self.detail if self.detail else ''})"
+                 + (f"; ISA {self.isa}" if self.isa else "")]
         ratio = self.heuristic_ratio
         if self.heuristic != self.chosen or ratio is not None:
             times = f" ({ratio:.2f}x the chosen kernel's time)" if ratio else ""
@@ -172,8 +174,10 @@ def plan_of(key: tuple, d: Decision) -> Plan:
         detail = d.why_heuristic
     else:
         detail = ""
+    backend = registry.BACKENDS.get(d.kernel.backend)
     plan = Plan(op, spec, d.kernel.name, d.source, detail, d.heuristic.name, key[5], cands, list(d.refused),
-                problem_key(op, spec), d.cache.path if d.cache is not None else None)
+                problem_key(op, spec), d.cache.path if d.cache is not None else None,
+                isa=backend.isa() if backend is not None else "")
     if entry and d.source in ("cache", "measured now"):
         plan.tuning_cost_s = entry.get("cost_s")
         h, c = plan.candidate(d.heuristic.name), plan.candidate(d.kernel.name)

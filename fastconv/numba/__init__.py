@@ -2,6 +2,7 @@
 ``BACKEND`` is its record for the registry, the tuning cache key and the CLI (fastconv/backend.py)."""
 import numba
 
+from .. import machine
 from ..backend import Backend, sources_hash
 from . import _options  # noqa: F401 - the threading layer and the thread bound, before any kernel
 
@@ -15,4 +16,8 @@ def _status() -> str:
             f"(pool {numba.config.NUMBA_NUM_THREADS})")
 
 
-BACKEND = Backend("numba", None, _fingerprint, _status)
+def _isa() -> str:
+    return f"{machine.isa_path()} (LLVM for the host CPU)"
+
+
+BACKEND = Backend("numba", None, _fingerprint, _status, _isa)
