@@ -72,12 +72,12 @@ int fc_conv2d_bwd_data_im2col_f64(const double *gy, const double *w, double *gx,
 
 /* Winograd F(m x m, 3 x 3) conv2d, m = 2 (winograd_f2k3) or 4 (winograd_f4k3): 3x3 filters,
  * stride 1, dilation 1, any padding (negative too).  transform_filter writes u, the transformed
- * filter packed for the kernel: groups * (m+2)^2 * round_up(c_out / groups, FC_WINOGRAD_MR) *
+ * filter packed for the kernel: groups * (m+2)^2 * round_up(c_out / groups, fc_winograd_mr(isa)) *
  * (c_in / groups) elements, reading w through ws (NULL: contiguous OIHW).  fwd computes
  * y = conv2d(x, w) + bias from u; bias may be NULL; its per-thread buffers stay within
  * workspace_bytes (at least one block of tiles each).  profile, when not NULL, accumulates the
  * thread-seconds of the phases {transform_input, transform_filter, batched_gemm, transform_output}. */
-enum { FC_WINOGRAD_MR = 6 };
+int fc_winograd_mr(int64_t isa);  /* output channels per block of u for the ISA a call runs */
 int fc_conv2d_transform_filter_winograd_f2k3_f32(const float *w, const fc_weight_strides *ws, float *u,
                                                  const fc_conv2d_shape *s, int n_threads, double *profile);
 int fc_conv2d_transform_filter_winograd_f2k3_f64(const double *w, const fc_weight_strides *ws, double *u,

@@ -55,7 +55,19 @@
  *   Phases (profile): batched_gemm 77-92% of the time, transform_input 6-16%, transform_output
  *   2-12%.  conv5_1 at batch 1 reads its 37.7 MB of F4 U from DRAM for 16 tiles, which bounds it.
  *
- * The file is a template: it includes itself once per tile size and dtype.
+ * One set of kernels per vector ISA (as in direct.c), the shape's isa picking one per call: generic
+ * and avx2 are the code above (32-byte vectors; generic is it compiled for baseline x86-64, where
+ * GCC splits each vector in two), avx512 (x86-64-v4) the same transforms on 32 registers and a
+ * batched_gemm microkernel holding a block's NR tiles in one zmm per output channel, 16 channels
+ * deep (U packed for MR = 16: fc_winograd_mr).  Measured (AMD EPYC Zen 4, 2 threads, float32, F4,
+ * batch 1, time relative to c.im2col in the same interleaved rounds, 2 runs each; lower is
+ * better): VGG conv2_2 avx2 0.38-0.53 / avx512 0.32-0.33, conv3_2 0.38-0.43 / 0.33-0.34, conv4_2
+ * 0.46-0.49 / 0.29-0.46, conv5_1 0.76-0.81 / 0.53-0.69, ResNet 256@14x14 0.69-0.91 / 0.55-0.74;
+ * effective 430-525 GFLOP/s on conv2_2 / conv3_2 against numpy's 177-202 GFLOP/s GEMM.  The
+ * transforms stay 256-bit on every path (their shuffles are written for 8 float lanes).
+ *
+ * The file is a template in two levels: it includes itself once per tile size and dtype, and each
+ * of those once per ISA.
  */
 #ifndef FC_T
 
@@ -65,7 +77,10 @@
 #include "winograd_matrices.h"
 
 #define FC_INLINE static inline __attribute__((always_inline))
-#define FC_MR FC_WINOGRAD_MR
+/* Output channels of the batched GEMM's register tile (U is packed for it): AVX-512 holds a
+ * block's NR tiles in one zmm per channel, 16 channels; AVX2 two ymm per channel, 6 channels. */
+#define FC_WINO_MR_AVX512 16
+#define FC_WINO_MR 6
 /* A chunk of U (one xi, mc MR-blocks of output channels) stays in L2 while the NR-blocks of the
  * run stream past it.  A run is at most FC_WINO_RUN_BLOCKS NR-blocks of tiles: U is read once
  * per run, so longer runs read it less often (and meet fewer barriers), at the cost of a larger
@@ -88,7 +103,7 @@ typedef struct {
 
 static int64_t fc_wino_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static fc_wino_plan fc_wino_make_plan(const fc_conv2d_shape *s, int64_t m, int64_t nt, int64_t nr,
+static fc_wino_plan fc_wino_make_plan(const fc_conv2d_shape *s, int64_t m, int64_t nt, int64_t mr, int64_t nr,
                                       int64_t workspace_bytes, int64_t elem) {
     fc_wino_plan p;
     p.cg = s->c_in / s->groups;
@@ -97,15 +112,15 @@ static fc_wino_plan fc_wino_make_plan(const fc_conv2d_shape *s, int64_t m, int64
     p.tiles_h = fc_wino_ceil_div(s->out_h, m);
     p.tiles_w = fc_wino_ceil_div(s->out_w, m);
     p.tiles = s->n * p.tiles_h * p.tiles_w;
-    p.oblocks = fc_wino_ceil_div(p.og, FC_MR);
-    p.mc = fc_max64(1, FC_WINO_MC_BYTES / (FC_MR * p.cg * elem));
+    p.oblocks = fc_wino_ceil_div(p.og, mr);
+    p.mc = fc_max64(1, FC_WINO_MC_BYTES / (mr * p.cg * elem));
     /* A few output channel chunks per thread, so a descheduled thread is not waited for. */
     p.ochunks = fc_max64(1, fc_min64(p.oblocks, fc_wino_ceil_div(FC_WINO_TASKS_PER_THREAD * nt, s->groups)));
     p.ochunk = fc_wino_ceil_div(p.oblocks, p.ochunks);
     p.ochunks = fc_wino_ceil_div(p.oblocks, p.ochunk);
     /* Equal runs of at most FC_WINO_RUN_BLOCKS blocks, fewer when V (shared) and every thread's
      * M would exceed the workspace; at least one block. */
-    const int64_t block_bytes = p.alpha2 * nr * (s->c_in + nt * p.ochunk * FC_MR) * elem;
+    const int64_t block_bytes = p.alpha2 * nr * (s->c_in + nt * p.ochunk * mr) * elem;
     const int64_t most = fc_max64(1, fc_min64(FC_WINO_RUN_BLOCKS, workspace_bytes / block_bytes));
     const int64_t tblocks = fc_wino_ceil_div(p.tiles, nr);
     p.runs = fc_wino_ceil_div(tblocks, most);
@@ -114,7 +129,7 @@ static fc_wino_plan fc_wino_make_plan(const fc_conv2d_shape *s, int64_t m, int64
      * vectors that transform_input stores at once all map to one L1 and L2 set (8 ways) and
      * evict each other; M likewise for transform_output's loads. */
     p.v_xi = p.run * nr * p.cg + nr;
-    p.m_xi = p.ochunk * FC_MR * p.run * nr + nr;
+    p.m_xi = p.ochunk * mr * p.run * nr + nr;
     return p;
 }
 
@@ -161,6 +176,9 @@ static inline __attribute__((always_inline)) void fc_wino_combine_d(const double
     *out = acc;
 }
 
+/* Output channels per block of U for the ISA a call runs (fastconv/c/winograd.py sizes U by it). */
+int fc_winograd_mr(int64_t isa) { return fc_isa(isa) == FC_ISA_AVX512 ? FC_WINO_MR_AVX512 : FC_WINO_MR; }
+
 static double fc_wino_now(void) {
     struct timespec t;
     timespec_get(&t, TIME_UTC);
@@ -172,15 +190,15 @@ static double fc_wino_now(void) {
 #define FC_TI int32_t
 #define FC_TL 8
 #define FC_M 2
-#define FC_SFX(name) name##_f2k3_f32
+#define FC_DT_SFX(name) name##_f2k3_f32
 #include "winograd.c"
 #undef FC_M
-#undef FC_SFX
+#undef FC_DT_SFX
 #define FC_M 4
-#define FC_SFX(name) name##_f4k3_f32
+#define FC_DT_SFX(name) name##_f4k3_f32
 #include "winograd.c"
 #undef FC_M
-#undef FC_SFX
+#undef FC_DT_SFX
 #undef FC_T
 #undef FC_TI
 #undef FC_TL
@@ -189,20 +207,76 @@ static double fc_wino_now(void) {
 #define FC_TI int64_t
 #define FC_TL 4
 #define FC_M 2
-#define FC_SFX(name) name##_f2k3_f64
+#define FC_DT_SFX(name) name##_f2k3_f64
 #include "winograd.c"
 #undef FC_M
-#undef FC_SFX
+#undef FC_DT_SFX
 #define FC_M 4
-#define FC_SFX(name) name##_f4k3_f64
+#define FC_DT_SFX(name) name##_f4k3_f64
 #include "winograd.c"
 #undef FC_M
-#undef FC_SFX
+#undef FC_DT_SFX
 #undef FC_T
 #undef FC_TI
 #undef FC_TL
 
-#else /* template body: FC_T the element type, FC_M the output tile */
+#elif !defined(FC_SFX) /* level 1, per dtype and tile: the kernels of each ISA, and the entries picking one */
+
+#define FC_SFX(name) FC_DT_SFX(name##_generic)
+#define FC_ISA_MR FC_WINO_MR
+#define FC_TARGET
+#include "winograd.c"
+#undef FC_SFX
+#undef FC_ISA_MR
+#undef FC_TARGET
+
+#if FC_X86
+#define FC_SFX(name) FC_DT_SFX(name##_avx2)
+#define FC_ISA_MR FC_WINO_MR
+#define FC_TARGET FC_TARGET_AVX2
+#include "winograd.c"
+#undef FC_SFX
+#undef FC_ISA_MR
+#undef FC_TARGET
+
+#define FC_SFX(name) FC_DT_SFX(name##_avx512)
+#define FC_ISA_MR FC_WINO_MR_AVX512
+#define FC_TARGET FC_TARGET_AVX512
+#define FC_WIDE 1 /* the microkernel holds a block's NR tiles in one 64-byte vector */
+#include "winograd.c"
+#undef FC_SFX
+#undef FC_ISA_MR
+#undef FC_TARGET
+#undef FC_WIDE
+#endif
+
+/* u[g][xi][b][c][r] = (G w[g][b*MR + r][c] G^T)[xi], in double, rounded once; MR = fc_winograd_mr. */
+int FC_DT_SFX(fc_conv2d_transform_filter_winograd)(const FC_T *w, const fc_weight_strides *ws, FC_T *u,
+                                                   const fc_conv2d_shape *s, int n_threads, double *profile) {
+    switch (fc_isa(s->isa)) {
+#if FC_X86
+    case FC_ISA_AVX512: return FC_DT_SFX(transform_filters_avx512)(w, ws, u, s, n_threads, profile);
+    case FC_ISA_AVX2: return FC_DT_SFX(transform_filters_avx2)(w, ws, u, s, n_threads, profile);
+#endif
+    default: return FC_DT_SFX(transform_filters_generic)(w, ws, u, s, n_threads, profile);
+    }
+}
+
+int FC_DT_SFX(fc_conv2d_fwd_winograd)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T *y,
+                                      const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                                      double *profile) {
+    switch (fc_isa(s->isa)) {
+#if FC_X86
+    case FC_ISA_AVX512: return FC_DT_SFX(forward_avx512)(x, u, bias, y, s, workspace_bytes, n_threads, profile);
+    case FC_ISA_AVX2: return FC_DT_SFX(forward_avx2)(x, u, bias, y, s, workspace_bytes, n_threads, profile);
+#endif
+    default: return FC_DT_SFX(forward_generic)(x, u, bias, y, s, workspace_bytes, n_threads, profile);
+    }
+}
+
+#else /* level 2, the kernels of one dtype (FC_T), tile (FC_M) and ISA (FC_SFX, FC_TARGET) */
+
+#define FC_MR FC_ISA_MR
 
 #define A (FC_M + 2) /* alpha */
 #if FC_M == 2
@@ -255,7 +329,7 @@ typedef FC_TI FC_SFX(fc_ivec) __attribute__((vector_size(32)));
 
 /* Four elements e, e + 1, ... of U[g][xi][b] ([c][MR] flattened), for every xi: (G f G^T)[xi]
  * with f the filter of (output channel b*MR + e % MR, input channel e / MR), in double. */
-FC_HOT static void FC_SFX(transform_filter)(const FC_T *FC_RESTRICT w, const fc_weight_strides *ws,
+FC_TARGET static void FC_SFX(transform_filter)(const FC_T *FC_RESTRICT w, const fc_weight_strides *ws,
                                             FC_T *FC_RESTRICT ub, int64_t xi_stride, int64_t cg, int64_t og,
                                             int64_t g, int64_t b, int64_t e) {
     fc_wino_vd f[3][3], gf[A][3], uk;
@@ -280,9 +354,8 @@ FC_HOT static void FC_SFX(transform_filter)(const FC_T *FC_RESTRICT w, const fc_
         }
 }
 
-/* u[g][xi][b][c][r] = (G w[g][b*MR + r][c] G^T)[xi], in double, rounded once. */
-int FC_SFX(fc_conv2d_transform_filter_winograd)(const FC_T *w, const fc_weight_strides *ws, FC_T *u,
-                                                const fc_conv2d_shape *s, int n_threads, double *profile) {
+static int FC_SFX(transform_filters)(const FC_T *w, const fc_weight_strides *ws, FC_T *u,
+                                     const fc_conv2d_shape *s, int n_threads, double *profile) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t oblocks = fc_wino_ceil_div(og, FC_MR), xi_stride = oblocks * cg * FC_MR;
     const fc_weight_strides contiguous = {og * cg * 9, cg * 9, 9, 3, 1};
@@ -302,7 +375,7 @@ int FC_SFX(fc_conv2d_transform_filter_winograd)(const FC_T *w, const fc_weight_s
 /* *out = sum_j c[j] * v[j] for a row c of a constant matrix: unrolled, the zero terms vanish and
  * +-1 terms are adds (no 0 + first term either, which strict IEEE would keep).  (Out through a
  * pointer: a returned vector draws GCC's -Wpsabi note in the non-AVX clone.) */
-FC_INLINE void FC_SFX(combine)(const double c[A], const VEC v[A], VEC *out) {
+FC_TARGET FC_INLINE void FC_SFX(combine)(const double c[A], const VEC v[A], VEC *out) {
     VEC acc = {0};
     int any = 0;
 #pragma GCC unroll 8
@@ -316,7 +389,7 @@ FC_INLINE void FC_SFX(combine)(const double c[A], const VEC v[A], VEC *out) {
 
 /* The m columns of TL consecutive tiles in a row (col[p] lane i = row[tile_i * m + p], the tiles
  * in the frame's lane order), from its m vectors. */
-FC_INLINE void FC_SFX(split_phases)(const FC_T *row, VEC col[FC_M]) {
+FC_TARGET FC_INLINE void FC_SFX(split_phases)(const FC_T *row, VEC col[FC_M]) {
     VEC in[FC_M];
     for (int i = 0; i < FC_M; i++) in[i] = *(const VECU *)(row + i * TL);
 #if FC_M == 2
@@ -334,7 +407,7 @@ FC_INLINE void FC_SFX(split_phases)(const FC_T *row, VEC col[FC_M]) {
 
 /* The alpha columns of a frame's TL tiles in an input row: col[j] lane i = row[tile_i * m + j].
  * Columns m and m + 1 are columns 0 and 1 of the next tiles: the split of the row one tile on. */
-FC_INLINE void FC_SFX(split_columns)(const FC_T *row, VEC col[A]) {
+FC_TARGET FC_INLINE void FC_SFX(split_columns)(const FC_T *row, VEC col[A]) {
     VEC next[FC_M];
     FC_SFX(split_phases)(row, col);
     FC_SFX(split_phases)(row + FC_M, next);
@@ -344,7 +417,7 @@ FC_INLINE void FC_SFX(split_columns)(const FC_T *row, VEC col[A]) {
 
 /* The inverse of split_phases: the output row out (m vectors, row[t*m + s] for t < TL) from the
  * columns col[s], whose lanes hold the tiles in the frame's order. */
-FC_INLINE void FC_SFX(join_columns)(const VEC col[FC_M], VEC out[FC_M]) {
+FC_TARGET FC_INLINE void FC_SFX(join_columns)(const VEC col[FC_M], VEC out[FC_M]) {
 #if FC_M == 2
     out[0] = __builtin_shuffle(col[0], col[1], JOIN_LO);
     out[1] = __builtin_shuffle(col[0], col[1], JOIN_HI);
@@ -359,7 +432,7 @@ FC_INLINE void FC_SFX(join_columns)(const VEC col[FC_M], VEC out[FC_M]) {
 }
 
 /* tile[i]: which of a frame's TL tiles lane i holds (split a row of tile numbers). */
-FC_INLINE void FC_SFX(frame_tiles)(FC_T tile[TL]) {
+FC_TARGET FC_INLINE void FC_SFX(frame_tiles)(FC_T tile[TL]) {
     FC_T row[TL * FC_M];
     VEC col[FC_M];
     for (int i = 0; i < TL * FC_M; i++) row[i] = (FC_T)(i / FC_M);
@@ -368,7 +441,7 @@ FC_INLINE void FC_SFX(frame_tiles)(FC_T tile[TL]) {
 }
 
 /* band[r][0:width] = x[ih0 + r][iw0 : iw0 + width], zero outside the plane. */
-FC_INLINE void FC_SFX(fill_band)(const FC_T *FC_RESTRICT xc, FC_T band[A][BAND], int64_t H, int64_t W,
+FC_TARGET FC_INLINE void FC_SFX(fill_band)(const FC_T *FC_RESTRICT xc, FC_T band[A][BAND], int64_t H, int64_t W,
                                  int64_t ih0, int64_t iw0, int64_t width) {
     const int64_t lo = fc_min64(fc_max64(-iw0, 0), width), hi = fc_max64(lo, fc_min64(W - iw0, width));
     for (int64_t r = 0; r < A; r++) {
@@ -385,7 +458,7 @@ FC_INLINE void FC_SFX(fill_band)(const FC_T *FC_RESTRICT xc, FC_T band[A][BAND],
 
 /* One frame of one channel: (BT d_t B)[xi] for xi = (k, l) into v[xi * xi_stride], lanes `keep`
  * only (the others keep their value; bitwise, so NaN-safe), or all lanes when keep is NULL. */
-FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at, FC_T *FC_RESTRICT v,
+FC_TARGET FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at, FC_T *FC_RESTRICT v,
                                        int64_t xi_stride, const IVEC *keep) {
     VEC t[A][A]; /* t[l][r] = (d B)[r][l] */
 #pragma GCC unroll 8
@@ -409,7 +482,7 @@ FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at, FC_T *FC_
 /* transform_input of input channel c of group g for the run's tiles [q0, q1): xc is the channel
  * in image 0, vc its rows of V[g] ([xi][block][c][NR]).  Lanes past the run's last tile are
  * zeroed, so the GEMM never multiplies stale data (uninitialised memory could hold denormals). */
-FC_HOT static void FC_SFX(transform_input)(const FC_T *FC_RESTRICT xc, FC_T *FC_RESTRICT vc,
+FC_TARGET static void FC_SFX(transform_input)(const FC_T *FC_RESTRICT xc, FC_T *FC_RESTRICT vc,
                                       const fc_conv2d_shape *s, const fc_wino_plan *pl,
                                       int64_t q0, int64_t q1) {
     const int64_t H = s->h, W = s->w, cg = pl->cg, xi_stride = pl->v_xi;
@@ -448,7 +521,7 @@ FC_HOT static void FC_SFX(transform_input)(const FC_T *FC_RESTRICT xc, FC_T *FC_
 /* acc[r][v] = sum_c up[c][r] * vp[c][v*TL : (v+1)*TL] over cg channels, for the nv = 2 vectors of a
  * block, or only the first (nv = 1: a block whose tiles all lie in its first frame, such as the
  * last of 49 tiles, is not computed at full width); vp is 32-byte aligned. */
-FC_INLINE void FC_SFX(microkernel)(int64_t cg, const FC_T *FC_RESTRICT up, const FC_T *FC_RESTRICT vp,
+FC_TARGET FC_INLINE void FC_SFX(microkernel)(int64_t cg, const FC_T *FC_RESTRICT up, const FC_T *FC_RESTRICT vp,
                                    VEC acc[FC_MR][2], int nv) {
     for (int r = 0; r < FC_MR; r++) acc[r][0] = acc[r][1] = (VEC){0};
     for (int64_t c = 0; c < cg; c++) {
@@ -462,15 +535,37 @@ FC_INLINE void FC_SFX(microkernel)(int64_t cg, const FC_T *FC_RESTRICT up, const
     }
 }
 
+#ifdef FC_WIDE
+/* AVX-512: a block's NR tiles are one 64-byte vector (VEC2), so a row of the tile is one register
+ * and the tile is MR = 16 channels deep (16 accumulators; each U element a broadcast operand). */
+typedef FC_T FC_SFX(fc_vec2) __attribute__((vector_size(64)));
+#define VEC2 FC_SFX(fc_vec2)
+FC_TARGET FC_INLINE void FC_SFX(microkernel_wide)(int64_t cg, const FC_T *FC_RESTRICT up,
+                                                  const FC_T *FC_RESTRICT vp, VEC2 acc[FC_MR]) {
+    for (int r = 0; r < FC_MR; r++) acc[r] = (VEC2){0};
+    for (int64_t c = 0; c < cg; c++) {
+        const VEC2 p = *(const VEC2 *)(vp + c * NR);
+        const FC_T *uc = up + c * FC_MR;
+#pragma GCC unroll 16
+        for (int r = 0; r < FC_MR; r++) acc[r] += uc[r] * p;
+    }
+}
+#endif
+
 /* batched_gemm: for each xi, M[xi][o][t] = U[g][xi] . V[g][xi] for the output channels of the
  * MR-blocks [b0, b1) (o counted from b0*MR; rows run*NR apart) and the run's `tiles` tiles.  A
  * chunk of mc blocks of U stays in L2 while every NR-block of V meets it. */
-FC_INLINE void FC_SFX(batched_gemm)(const FC_T *FC_RESTRICT ug, const FC_T *FC_RESTRICT vg,
+FC_TARGET FC_INLINE void FC_SFX(batched_gemm)(const FC_T *FC_RESTRICT ug, const FC_T *FC_RESTRICT vg,
                                     FC_T *FC_RESTRICT mb, const fc_wino_plan *pl, int64_t b0,
                                     int64_t b1, int64_t tiles) {
     const int64_t cg = pl->cg, pitch = pl->run * NR, nb = fc_wino_ceil_div(tiles, NR);
     const int last_nv = tiles - (nb - 1) * NR > TL ? 2 : 1;
+#ifdef FC_WIDE
+    VEC2 acc[FC_MR];
+    (void)last_nv; /* a block is one vector: the last one is computed at full width too */
+#else
     VEC acc[FC_MR][2];
+#endif
     for (int64_t xi = 0; xi < pl->alpha2; xi++) {
         const FC_T *uxi = ug + xi * pl->oblocks * cg * FC_MR, *vxi = vg + xi * pl->v_xi;
         FC_T *mxi = mb + xi * pl->m_xi;
@@ -478,15 +573,20 @@ FC_INLINE void FC_SFX(batched_gemm)(const FC_T *FC_RESTRICT ug, const FC_T *FC_R
             const int64_t c1 = fc_min64(b1, c0 + pl->mc);
             for (int64_t tb = 0; tb < nb; tb++)
                 for (int64_t b = c0; b < c1; b++) {
+                    FC_T *mt = mxi + (b - b0) * FC_MR * pitch + tb * NR;
+                    const int64_t mr = fc_min64(FC_MR, pl->og - b * FC_MR);
+#ifdef FC_WIDE
+                    FC_SFX(microkernel_wide)(cg, uxi + b * cg * FC_MR, vxi + tb * cg * NR, acc);
+                    for (int64_t r = 0; r < mr; r++) *(VEC2 *)(mt + r * pitch) = acc[r];
+#else
                     const int nv = tb < nb - 1 ? 2 : last_nv;
                     if (nv == 2)
                         FC_SFX(microkernel)(cg, uxi + b * cg * FC_MR, vxi + tb * cg * NR, acc, 2);
                     else
                         FC_SFX(microkernel)(cg, uxi + b * cg * FC_MR, vxi + tb * cg * NR, acc, 1);
-                    FC_T *mt = mxi + (b - b0) * FC_MR * pitch + tb * NR;
-                    const int64_t mr = fc_min64(FC_MR, pl->og - b * FC_MR);
                     for (int64_t r = 0; r < mr; r++)
                         for (int v = 0; v < nv; v++) *(VEC *)(mt + r * pitch + v * TL) = acc[r][v];
+#endif
                 }
         }
     }
@@ -495,7 +595,7 @@ FC_INLINE void FC_SFX(batched_gemm)(const FC_T *FC_RESTRICT ug, const FC_T *FC_R
 /* transform_output of one frame of output channel o: y rows = AT M_t A + b, the frame's lanes
  * [lo, hi) only, clipped to the output.  mo is M[0][o] at the frame's lane; yo the output at
  * tile row th, tile column tw + lo. */
-FC_INLINE void FC_SFX(output_frame)(const FC_T *FC_RESTRICT mo, int64_t m_xi, FC_T b, FC_T *FC_RESTRICT yo,
+FC_TARGET FC_INLINE void FC_SFX(output_frame)(const FC_T *FC_RESTRICT mo, int64_t m_xi, FC_T b, FC_T *FC_RESTRICT yo,
                                     int64_t OW, int64_t rows, int64_t lo, int64_t cols) {
     VEC ma[FC_M][A], bias; /* ma[s][k] = (M A)[k][s] */
     for (int i = 0; i < TL; i++) bias[i] = b;
@@ -529,7 +629,7 @@ FC_INLINE void FC_SFX(output_frame)(const FC_T *FC_RESTRICT mo, int64_t m_xi, FC
 
 /* transform_output of the output channels [o0, o0 + no) (yc: channel o0 in image 0; mb: M of those
  * channels) for the run's tiles [q0, q1). */
-FC_INLINE void FC_SFX(transform_output)(const FC_T *FC_RESTRICT mb, const FC_T *FC_RESTRICT bias,
+FC_TARGET FC_INLINE void FC_SFX(transform_output)(const FC_T *FC_RESTRICT mb, const FC_T *FC_RESTRICT bias,
                                         FC_T *FC_RESTRICT yc, const fc_conv2d_shape *s,
                                         const fc_wino_plan *pl, int64_t no, int64_t q0, int64_t q1) {
     const int64_t OH = s->out_h, OW = s->out_w, pitch = pl->run * NR;
@@ -550,7 +650,7 @@ FC_INLINE void FC_SFX(transform_output)(const FC_T *FC_RESTRICT mb, const FC_T *
 
 /* batched_gemm and transform_output of group g's output channel chunk h for the run's tiles
  * [q0, q1); mb is the thread's M. */
-FC_HOT static void FC_SFX(output_task)(const FC_T *FC_RESTRICT u, const FC_T *FC_RESTRICT v,
+FC_TARGET static void FC_SFX(output_task)(const FC_T *FC_RESTRICT u, const FC_T *FC_RESTRICT v,
                                        const FC_T *FC_RESTRICT bias, FC_T *FC_RESTRICT y,
                                        FC_T *FC_RESTRICT mb, const fc_conv2d_shape *s,
                                        const fc_wino_plan *pl, int64_t g, int64_t h, int64_t q0,
@@ -568,11 +668,11 @@ FC_HOT static void FC_SFX(output_task)(const FC_T *FC_RESTRICT u, const FC_T *FC
     }
 }
 
-int FC_SFX(fc_conv2d_fwd_winograd)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T *y,
-                                   const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
-                                   double *profile) {
+static int FC_SFX(forward)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T *y,
+                           const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                           double *profile) {
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    const fc_wino_plan pl = fc_wino_make_plan(s, FC_M, nt, NR, workspace_bytes, (int64_t)sizeof(FC_T));
+    const fc_wino_plan pl = fc_wino_make_plan(s, FC_M, nt, FC_MR, NR, workspace_bytes, (int64_t)sizeof(FC_T));
     const int64_t cg = pl.cg, m_size = pl.alpha2 * pl.m_xi;
     /* V shared by all threads, M and the phase times per thread (no atomics), all up front. */
     FC_T *v = fc_alloc((size_t)(s->groups * pl.alpha2 * pl.v_xi) * sizeof(FC_T));
@@ -634,5 +734,9 @@ int FC_SFX(fc_conv2d_fwd_winograd)(const FC_T *x, const FC_T *u, const FC_T *bia
 #undef JOIN_HI
 #undef JOIN2_LO
 #undef JOIN2_HI
+#undef FC_MR
+#ifdef FC_WIDE
+#undef VEC2
+#endif
 
 #endif

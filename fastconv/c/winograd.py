@@ -11,7 +11,7 @@ the cache missed).
 import numpy as np
 
 from ..common import config, transpose, winograd
-from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
+from ._lib import ISA, check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:  # per output tile m
     TRANSFORM_FILTER = {
@@ -24,7 +24,7 @@ if lib is not None:  # per output tile m
 def _transformed_filter(name, m, spec, w, profile, source=None):
     """U for w (or for the transposed view w of source): fastconv.common.winograd.transformed."""
     def transform(w5):
-        mr, G, og, cg = lib.FC_WINOGRAD_MR, spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+        mr, G, og, cg = lib.fc_winograd_mr(ISA), spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
         u = np.empty(G * (m + 2) ** 2 * -(-og // mr) * mr * cg, spec.dtype)
         status = TRANSFORM_FILTER[m][spec.dtype](
             *weight_ptr(w5), ptr(u, out=True), conv_shape(spec), n_threads(spec), ptr(profile, out=True))
