@@ -32,7 +32,8 @@ from .spec import ConvSpec
 from .threads import get_num_threads
 from .timing import ONCE_S, PAUSE_S, interleaved, matmul_peak_gflops
 
-AUTO, TORCH = "auto", "torch"  # contenders that are not registered kernels (names have no dot)
+AUTO, TORCH, ORT = "auto", "torch", "onnxruntime"  # contenders that are not registered kernels (no dot)
+PEERS = (TORCH, ORT)  # the other libraries --compare can time beside fastconv (fastconv/peers.py)
 
 
 # The ops one row times, per layer kind and pass.  A kernel name registered for every op of the
@@ -44,7 +45,7 @@ PASSES = registry.PASSES
 class Row:
     layer: str
     shape: str
-    kernel: str                  # a registered kernel, AUTO or TORCH
+    kernel: str                  # a registered kernel, AUTO or one of PEERS
     ms: float
     gflops: float | None
     vs_reference: float | None
@@ -53,6 +54,7 @@ class Row:
     fwd_ms: float | None = None  # pass "bwd": the same kernel's forward, timed in the same rounds
     extra: dict = field(default_factory=dict)
     vs_torch: float | None = None  # torch's time / this row's, same rounds (--compare torch)
+    vs_onnxruntime: float | None = None  # ONNX Runtime's time / this row's (--compare onnxruntime)
     chosen: dict | None = None     # AUTO: {op: the kernel the dispatcher chose}
     count: int = 1                 # how often the layer's shape occurs in the net (Layer.count)
 
@@ -113,9 +115,21 @@ def _numpy(out):
     return tuple(t.numpy() for t in out) if isinstance(out, tuple) else out.numpy()
 
 
+def _onnxruntime_job(spec, data, ops):
+    """ONNX Runtime's CPU provider on a one-node model per op (registry.Op.onnxruntime), or None
+    where it has no such op (the backward passes) or dtype (float64)."""
+    calls = [registry.OPS[op].onnxruntime for op in ops]
+    if None in calls:
+        return None
+    calls = [make(spec, data, get_num_threads()) for make in calls]
+    return None if None in calls else (lambda: [call() for call in calls])
+
+
 def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_reference: bool, rng,
-                pass_: str = "fwd", with_torch: bool = False):
-    """The layer's rows.  kernel_names: registered names and/or AUTO (empty: every kernel and AUTO)."""
+                pass_: str = "fwd", with_torch: bool = False, compare=()):
+    """The layer's rows.  kernel_names: registered names and/or AUTO (empty: every kernel and AUTO);
+    compare: PEERS to time beside them (with_torch: the same as TORCH in compare)."""
+    compare = set(compare) | ({TORCH} if with_torch else set())
     spec = layer.spec(batch, dtype)
     data = registry.layer_data(spec, rng)
     probs = problems(spec, rng, data)
@@ -127,10 +141,12 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
     jobs = {name: {p: _job(name, o, probs) for p, o in passes.items()} for name in names}
     if not kernel_names or AUTO in kernel_names:
         jobs[AUTO] = {p: _auto_job(spec, data, o) for p, o in passes.items()}
-    if with_torch:
+    if TORCH in compare:
         import torch
         tensors = {name: torch.from_numpy(a) for name, a in data.items()}
         jobs[TORCH] = {p: _torch_job(spec, tensors, o) for p, o in passes.items()}
+    if ORT in compare:
+        jobs[ORT] = {p: _onnxruntime_job(spec, data, o) for p, o in passes.items()}
     if with_reference:
         jobs[ref_name] = {p: _job(ref_name, o, probs) for p, o in passes.items()}
     contenders = {(name, p): job[p] for name, job in jobs.items() if all(job[p] for p in passes) for p in passes}
@@ -140,7 +156,7 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
     chosen = {op: dispatch.choose(op, probs[op][0], caller="bench").name for op in ops} if AUTO in jobs else None
     times = interleaved(contenders, repeats)
     medians = {key: statistics.median(t) for key, t in times.items()}
-    ref_time, torch_time = medians.get((ref_name, pass_)), medians.get((TORCH, pass_))
+    ref_time, torch_time, ort_time = (medians.get((name, pass_)) for name in (ref_name, TORCH, ORT))
     # the row's ops' FLOPs (both backward ops do the forward's multiply-adds; the bias gradient is negligible)
     flops = sum(registry.OPS[op].flops(probs[op][0]) or 0 for op in ops) or None
     rows = []
@@ -151,6 +167,7 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
         rows.append(Row(layer.name, _describe(spec), name, t * 1e3, flops / t / 1e9 if flops else None,
                         ref_time / t if ref_time else None, rel_error(outputs[(name, p)], expected),
                         len(times[(name, p)]), fwd_ms, vs_torch=torch_time / t if torch_time else None,
+                        vs_onnxruntime=ort_time / t if ort_time else None,
                         chosen=chosen if name == AUTO else None, count=layer.count))
     return rows
 
@@ -173,10 +190,12 @@ def machine_line(peak: float | None) -> str:
 def format_table(rows, peak: float | None) -> str:
     bwd = any(r.fwd_ms is not None for r in rows)
     vs_torch = any(r.vs_torch is not None for r in rows)
+    vs_ort = any(r.vs_onnxruntime is not None for r in rows)
     width = max([16] + [len(r.label) for r in rows])
     times = f"{'fwd ms':>9s} {'bwd ms':>9s} {'bwd/fwd':>7s}" if bwd else f"{'ms':>9s}"
     head = (f"{'layer':10s} {'shape':34s} {'kernel':{width}s} {times} {'GFLOP/s':>8s} {'%peak':>6s} "
-            f"{'vs ref':>7s} " + (f"{'vs torch':>8s} " if vs_torch else "") + f"{'max err':>8s}")
+            f"{'vs ref':>7s} " + (f"{'vs torch':>8s} " if vs_torch else "") + (f"{'vs ort':>8s} " if vs_ort else "")
+            + f"{'max err':>8s}")
     lines = [head, "-" * len(head)]
     last = None
     for r in rows:
@@ -187,6 +206,7 @@ def format_table(rows, peak: float | None) -> str:
         pk = f"{100 * r.gflops / peak:5.0f}%" if (r.gflops is not None and peak) else f"{'':6s}"
         vs = f"{r.vs_reference:6.2f}x" if r.vs_reference is not None else f"{'':7s}"
         vt = (f"{r.vs_torch:7.2f}x " if r.vs_torch is not None else f"{'':9s}") if vs_torch else ""
+        vt += (f"{r.vs_onnxruntime:7.2f}x " if r.vs_onnxruntime is not None else f"{'':9s}") if vs_ort else ""
         note = "  (1 run: over the time box)" if r.runs == 1 and r.ms > ONCE_S * 1e3 else ""
         lines.append(f"{r.layer if first else '':10s} {r.shape if first else '':34s} {r.label:{width}s} "
                      f"{ms} {gf} {pk} {vs} {vt}{r.error:8.1e}{note}")
@@ -206,25 +226,26 @@ def _geomean(pairs) -> float | None:
 
 def totals(rows) -> dict:
     """A net's figures from its rows, each layer weighted by its count: for the fastest registered
-    kernel of every layer ("best", the reference aside), for auto and for torch, the summed ms and
-    the geometric means of "vs ref" and "vs torch".  A contender missing from a layer gets no
+    kernel of every layer ("best", the reference aside), for auto and for each peer, the summed ms
+    and the geometric means of "vs ref" and "vs <peer>".  A contender missing from a layer gets no
     entry, and a ratio missing from a layer is None."""
     by_layer = {}
     for r in rows:
         by_layer.setdefault(r.layer, []).append(r)
     fast = {k.name for k in registry.kernels() if not k.is_reference}
-    picks = {"best": [], AUTO: [], TORCH: []}
+    picks = {"best": [], AUTO: [], **{peer: [] for peer in PEERS}}
     for layer_rows in by_layer.values():
         kernels = [r for r in layer_rows if r.kernel in fast]
         picks["best"].append(min(kernels, key=lambda r: r.ms, default=None))
-        for name in (AUTO, TORCH):
+        for name in (AUTO, *PEERS):
             picks[name].append(next((r for r in layer_rows if r.kernel == name), None))
     out = {"layers": len(by_layer), "occurrences": sum(rs[0].count for rs in by_layer.values())}
     for what, chosen in picks.items():
         if chosen and None not in chosen:
             out[what] = {"ms": sum(r.count * r.ms for r in chosen),
                          "vs_reference": _geomean([(r.vs_reference, r.count) for r in chosen]),
-                         "vs_torch": _geomean([(r.vs_torch, r.count) for r in chosen]) if what != TORCH else None}
+                         **{f"vs_{peer}": _geomean([(getattr(r, f"vs_{peer}"), r.count) for r in chosen])
+                            if what != peer else None for peer in PEERS}}
     return out
 
 
@@ -232,11 +253,12 @@ def format_totals(tot: dict) -> str:
     shapes = f"{tot['layers']} layer shape" + ("s" if tot["layers"] != 1 else "")
     lines = [f"totals over {shapes} = {tot['occurrences']} layers of the net (each shape "
              f"weighted by its count); ratios are geometric means over those layers"]
-    for what, name in (("best", "best kernel per layer"), (AUTO, "auto"), (TORCH, "torch")):
+    for what, name in (("best", "best kernel per layer"), (AUTO, "auto"), (TORCH, "torch"), (ORT, "onnxruntime")):
         if what in tot:
             t = tot[what]
             ratios = "".join(f"  {title} {t[key]:6.2f}x" for key, title in (("vs_reference", "vs ref"),
-                                                                           ("vs_torch", "vs torch"))
+                                                                           ("vs_torch", "vs torch"),
+                                                                           ("vs_onnxruntime", "vs ort"))
                              if t[key] is not None)
             lines.append(f"  {name:22s} {t['ms']:10.2f} ms{ratios}")
     return "\n".join(lines)
@@ -275,11 +297,17 @@ def plot(rows, peak: float | None, path: str, title: str) -> None:
 
 
 def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_reference=True,
-        measure_peak=True, progress=None, pass_="fwd", with_torch=False):
+        measure_peak=True, progress=None, pass_="fwd", with_torch=False, compare=()):
     """(rows, peak).  progress: a stream (default stderr): a one-line bar on a terminal, a line per
-    layer otherwise; False for silence.  with_torch: also time torch, with fastconv's thread count."""
+    layer otherwise; False for silence.  compare: PEERS to time too, with fastconv's thread count
+    (with_torch: torch among them); ONNX Runtime's pool threads do not spin (fastconv/peers.py)."""
     if pass_ not in PASSES:
         raise ValueError(f"bench: pass_={pass_!r} must be one of {', '.join(PASSES)}")
+    unknown = set(compare) - set(PEERS)
+    if unknown:
+        raise ValueError(f"bench: compare={tuple(compare)!r}: {', '.join(sorted(unknown))} is not one of {', '.join(PEERS)}")
+    compare = tuple(dict.fromkeys(((TORCH,) if with_torch else ()) + tuple(compare)))
+    with_torch = TORCH in compare
     if progress is None:
         progress = sys.stderr
     # dispatch.tune's bar on a terminal; plain lines in a log, where "\r" would garble the file
@@ -298,7 +326,8 @@ def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_r
                 bar.step(f"{layer.name} ({time.perf_counter() - t0:.0f} s)")
             elif progress:
                 print(f"[{i}/{len(net_layers)}] {layer.name} ...", file=progress, flush=True)
-            rows += bench_layer(layer, batch, dtype, kernel_names, repeats, with_reference, rng, pass_, with_torch)
+            rows += bench_layer(layer, batch, dtype, kernel_names, repeats, with_reference, rng, pass_,
+                                compare=compare)
         if bar:
             bar.done()
     finally:
@@ -308,4 +337,4 @@ def run(net_layers, batch=1, dtype="float32", kernel_names=(), repeats=5, with_r
 
 
 __all__ = ["run", "format_table", "format_totals", "totals", "plot", "machine_line", "matmul_peak_gflops",
-           "problems", "PASSES", "PAUSE_S", "AUTO", "TORCH"]
+           "problems", "PASSES", "PAUSE_S", "AUTO", "TORCH", "ORT", "PEERS"]

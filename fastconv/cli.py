@@ -107,18 +107,28 @@ def _bench(args) -> int:
     if args.pass_ not in bench.PASSES:  # checked here, not by argparse, for a one-line error
         raise UsageError(f"--pass={args.pass_!r} must be one of {', '.join(bench.PASSES)}")
     # Everything that can fail is checked before the timing starts, which may take minutes.
-    torch = _require("torch", "--compare torch needs torch: pip install torch") if args.compare == "torch" else None
+    compare = tuple(_names(args.compare, "--compare", "library")) if args.compare is not None else ()
+    unknown = [c for c in compare if c not in bench.PEERS]
+    if unknown:
+        raise UsageError(f"--compare: {', '.join(unknown)} is not one of {', '.join(bench.PEERS)}")
+    torch = _require("torch", "--compare torch needs torch: pip install torch") if bench.TORCH in compare else None
+    ort = None
+    if bench.ORT in compare:
+        _require("onnx", '--compare onnxruntime needs onnx and onnxruntime: pip install "fastconv[onnx]"')
+        ort = _require("onnxruntime", '--compare onnxruntime needs onnx and onnxruntime: pip install "fastconv[onnx]"')
     if args.plot:
         _require("matplotlib", '--plot needs matplotlib: pip install "fastconv[plot]"')
     for path in (args.json, args.plot):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UsageError(f"{path}: no such directory")
     rows, peak = bench.run(layers, args.batch, args.dtype, kernel_names, args.repeats,
-                           with_reference=not args.no_reference, pass_=args.pass_, with_torch=torch is not None)
+                           with_reference=not args.no_reference, pass_=args.pass_, compare=compare)
     title = f"net {args.net}, batch {args.batch}, {args.dtype}, pass {args.pass_}"
     print(bench.machine_line(peak))
     print(f"{title}; median of {args.repeats} interleaved runs; 'vs ref' = NumPy reference time / kernel time"
-          + (f"; 'vs torch' = torch {torch.__version__} time / kernel time" if torch else ""))
+          + (f"; 'vs torch' = torch {torch.__version__} time / kernel time" if torch else "")
+          + (f"; 'vs ort' = ONNX Runtime {ort.__version__} time / kernel time (CPU provider, one node per "
+             f"layer, forward only, its pool threads not spinning)" if ort else ""))
     if args.pass_ == "bwd":
         print("bwd = grad input + grad weight + grad bias (pool: max_pool2d_backward); "
               "'bwd/fwd' = bwd time / the same kernel's forward time in the same rounds")
@@ -131,6 +141,7 @@ def _bench(args) -> int:
             json.dump({"machine": bench.machine_line(peak), "peak_gflops": peak, "net": args.net,
                        "batch": args.batch, "dtype": args.dtype, "pass": args.pass_,
                        "torch": torch.__version__ if torch else None,
+                       "onnxruntime": ort.__version__ if ort else None,
                        "rows": [dict(r.__dict__, label=r.label) for r in rows], "totals": totals}, f, indent=2)
     if args.plot:
         bench.plot(rows, peak, args.plot, f"fastconv bench: {title}")
@@ -344,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fwd: the forward kernels; bwd: backward (input + weight + bias gradients) beside "
                         "the same kernel's forward (default fwd)")
     p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
-    p.add_argument("--compare", choices=["torch"],
-                   help="also time torch's CPU conv2d / max_pool2d in the same rounds ('vs torch' column)")
+    p.add_argument("--compare", metavar="torch,onnxruntime",
+                   help="also time these libraries in the same rounds: torch's CPU conv2d / max_pool2d ('vs "
+                        "torch'), ONNX Runtime's CPU provider ('vs ort', forward only)")
     p.add_argument("--json", metavar="PATH", help="also write the rows and totals as JSON")
     p.add_argument("--plot", metavar="PATH",
                    help="also write a PNG chart of GFLOP/s per conv layer and kernel (needs matplotlib)")

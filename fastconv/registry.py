@@ -3,7 +3,8 @@ what every reader of it needs to know about ops and backends.
 
 - ``OPS``: one record per op (conv2d.fwd, conv2d.bwd_data, conv2d.bwd_weight, maxpool2d.fwd,
   maxpool2d.bwd): its pass and layer kind, the spec its kernels take, the arrays ``kernel.run``
-  takes after the spec, the public function that runs it, torch's call for it, its FLOPs.  The
+  takes after the spec, the public function that runs it, the peers' calls for it (torch, ONNX
+  Runtime: fastconv/peers.py), its FLOPs.  The
   tuner, ``fastconv bench``, the benchmark suite, ``Plan.repro`` and the tests read the protocol
   here instead of spelling it out.
 - ``BACKENDS``: every backend package's record (fastconv/backend.py): why it is unavailable, its
@@ -23,7 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import c, numba, reference
+from . import c, numba, peers, reference
 from .c import direct as c_direct
 from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
@@ -33,7 +34,7 @@ from .numba import direct as nb_direct
 from .numba import im2col as nb_im2col
 from .numba import maxpool as nb_maxpool
 from .numba import winograd as nb_winograd
-from .spec import ConvSpec, PoolBackwardSpec, PoolSpec
+from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, conv_hyper, pool_hyper
 
 # ----------------------------------------------------------------------------- backends
 
@@ -41,51 +42,6 @@ BACKENDS = {b.name: b for b in (c.BACKEND, numba.BACKEND, reference.BACKEND)}
 
 
 # ----------------------------------------------------------------------------- ops
-
-def _conv_hyper(spec: ConvSpec) -> dict:
-    """The public functions' hyper-parameters for spec (an asymmetric padding came from "same")."""
-    t, b, l, r = spec.padding
-    return dict(stride=spec.stride, padding=(t, l) if (t, l) == (b, r) else "same", dilation=spec.dilation,
-                groups=spec.groups)
-
-
-def _pool_hyper(spec: PoolSpec) -> dict:
-    return dict(kernel_size=spec.kernel, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
-                ceil_mode=spec.ceil_mode)
-
-
-def _torch_conv(which: str):
-    def call(spec: ConvSpec, t: dict):
-        import torch
-        hyper = _conv_hyper(spec)
-        if which == "fwd":
-            x, w, b = t["x"], t["w"], t["bias"]
-            return lambda: torch.nn.functional.conv2d(x, w, b, **hyper)
-        grad_y = t["grad_y"]
-        if which == "bwd_data":  # what autograd runs for that one gradient (aten's convolution_backward)
-            w = t["w"]
-            return lambda: torch.nn.grad.conv2d_input(spec.input_shape, w, grad_y, **hyper)
-        x = t["x"]
-        return lambda: torch.nn.grad.conv2d_weight(x, spec.weight_shape, grad_y, **hyper)
-    return call
-
-
-def _torch_pool(which: str):
-    def call(spec: PoolSpec, t: dict):
-        import torch
-        h = _pool_hyper(spec)
-        if which == "fwd":
-            x = t["x"]
-            return lambda: torch.nn.functional.max_pool2d(x, **h, return_indices=True)
-        # The kernel autograd runs for max_pool2d's backward, from (grad_y, indices) to grad_x as
-        # ours does.  Not max_unpool2d: it overwrites where overlapping windows (ResNet's 3x3/2
-        # pool) must add.  The input tensor only gives the shape and layout.
-        grad_y, indices = t["grad_y"], t["indices"]
-        x = t["x"] if "x" in t else torch.empty(spec.input_shape, dtype=getattr(torch, spec.dtype))
-        args = (h["kernel_size"], h["stride"], h["padding"], h["dilation"], h["ceil_mode"])
-        return lambda: torch.ops.aten.max_pool2d_with_indices_backward(grad_y, x, *args, indices)
-    return call
-
 
 @dataclass(frozen=True)
 class Op:
@@ -101,6 +57,8 @@ class Op:
     algo_arg: Optional[str] = None        # that function's argument naming this op's kernel
     output: Optional[int] = None          # the function returns several ops' results: this op's
     torch: Optional[Callable] = field(default=None, repr=False)  # (layer spec, tensors) -> a call
+    # (layer spec, arrays, threads) -> a call, or None for a dtype it lacks; None: no such op in it
+    onnxruntime: Optional[Callable] = field(default=None, repr=False)
 
     def spec_of(self, layer_spec):
         """This op's spec for a layer's (ConvSpec or PoolSpec)."""
@@ -120,19 +78,19 @@ class Op:
         return tuple(data[n] for n in self.args)
 
 
-_CONV = dict(layer="conv", spec_type=ConvSpec, hyper=_conv_hyper)
+_CONV = dict(layer="conv", spec_type=ConvSpec, hyper=conv_hyper)
 _CONV_BWD = dict(_CONV, pass_="bwd", public="conv2d_backward", public_args=("grad_y", "x", "w"))
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("conv2d.fwd", pass_="fwd", args=("x", "w", "bias"), public="conv2d", public_args=("x", "w", "bias"),
-       algo_arg="algo", torch=_torch_conv("fwd"), **_CONV),
-    Op("conv2d.bwd_data", args=("grad_y", "w"), algo_arg="algo", output=0, torch=_torch_conv("bwd_data"),
+       algo_arg="algo", torch=peers.torch_conv("fwd"), onnxruntime=peers.onnxruntime_conv, **_CONV),
+    Op("conv2d.bwd_data", args=("grad_y", "w"), algo_arg="algo", output=0, torch=peers.torch_conv("bwd_data"),
        **_CONV_BWD),
     Op("conv2d.bwd_weight", args=("grad_y", "x"), algo_arg="weight_algo", output=1,
-       torch=_torch_conv("bwd_weight"), **_CONV_BWD),
-    Op("maxpool2d.fwd", "pool", "fwd", PoolSpec, ("x",), "max_pool2d", ("x",), _pool_hyper,
-       torch=_torch_pool("fwd")),
+       torch=peers.torch_conv("bwd_weight"), **_CONV_BWD),
+    Op("maxpool2d.fwd", "pool", "fwd", PoolSpec, ("x",), "max_pool2d", ("x",), pool_hyper,
+       torch=peers.torch_pool("fwd"), onnxruntime=peers.onnxruntime_pool),
     Op("maxpool2d.bwd", "pool", "bwd", PoolBackwardSpec, ("grad_y", "indices"), "max_pool2d_backward",
-       ("grad_y", "indices"), lambda spec: dict(input_shape=spec.input_shape), torch=_torch_pool("bwd")),
+       ("grad_y", "indices"), lambda spec: dict(input_shape=spec.input_shape), torch=peers.torch_pool("bwd")),
 )}
 
 # The ops of each pass, per layer kind (tune's passes, bench's rows).

@@ -367,6 +367,21 @@ def index_error(op: str, spec: PoolBackwardSpec) -> ValueError:
                       "route a gradient to)")
 
 
+# ----------------------------------------------------------------------------- back to arguments
+
+def conv_hyper(spec: ConvSpec) -> dict:
+    """The public functions' (and torch's) hyper-parameters for spec (an asymmetric padding came
+    from "same")."""
+    t, b, l, r = spec.padding
+    return dict(stride=spec.stride, padding=(t, l) if (t, l) == (b, r) else "same", dilation=spec.dilation,
+                groups=spec.groups)
+
+
+def pool_hyper(spec: PoolSpec) -> dict:
+    return dict(kernel_size=spec.kernel, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                ceil_mode=spec.ceil_mode)
+
+
 # ----------------------------------------------------------------------------- JSON (the tuning cache's form)
 
 _SPEC_TYPES = {t.__name__: t for t in (ConvSpec, PoolSpec, PoolBackwardSpec)}
@@ -386,4 +401,4 @@ def spec_from_json(data: dict):
 
 
 __all__ = ["ConvSpec", "PoolSpec", "PoolBackwardSpec", "conv_out_size", "pool_out_size", "index_error",
-           "spec_to_json", "spec_from_json"]
+           "spec_to_json", "spec_from_json", "conv_hyper", "pool_hyper"]

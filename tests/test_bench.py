@@ -110,9 +110,9 @@ def test_progress_is_one_line_on_a_terminal_and_lines_in_a_log():
     assert log.getvalue().splitlines() == ["[1/2] pool2 ...", "[2/2] conv3 ..."]
 
 
-def test_importing_fastconv_imports_neither_torch_nor_matplotlib():
+def test_importing_fastconv_imports_no_optional_library():
     code = ("import sys, fastconv, fastconv.bench, fastconv.cli; "
-            "print([m for m in ('torch', 'matplotlib') if m in sys.modules])")
+            "print([m for m in ('torch', 'matplotlib', 'onnx', 'onnxruntime') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -129,3 +129,32 @@ def test_torch_contender_matches_the_reference(pass_):
     assert all(r.vs_torch is not None and r.vs_torch > 0 for r in rows)
     assert torch.get_num_threads() == threads  # restored after the run
     assert math.isfinite(bench.totals(rows)["auto"]["vs_torch"])
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "bwd"])
+def test_onnxruntime_contender_matches_the_reference(pass_):
+    """ONNX Runtime's CPU provider, one node per layer: forward only (it has no backward ops)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    rows = _run(_layers("conv2", "pool2"), pass_=pass_, compare=(bench.ORT,), kernel_names=("auto",))
+    mine = [r for r in rows if r.kernel == bench.ORT]
+    if pass_ == "bwd":
+        assert not mine and all(r.vs_onnxruntime is None for r in rows)
+        return
+    assert [r.layer for r in mine] == ["conv2", "pool2"]
+    for r in mine:  # its outputs, checked against the float64 reference like every contender's
+        assert r.error < 1e-5 and r.vs_onnxruntime == 1.0
+    assert all(r.vs_onnxruntime > 0 for r in rows)
+    totals = bench.totals(rows)
+    assert math.isfinite(totals["auto"]["vs_onnxruntime"]) and totals[bench.ORT]["vs_onnxruntime"] is None
+
+
+def test_onnxruntime_has_no_double_kernel_so_it_sits_float64_out():
+    pytest.importorskip("onnxruntime")
+    rows = _run(_layers("conv2"), dtype="float64", compare=(bench.ORT,), kernel_names=("auto",))
+    assert rows and not any(r.kernel == bench.ORT for r in rows)
+
+
+def test_an_unknown_peer_is_refused():
+    with pytest.raises(ValueError, match="tensorflow is not one of torch, onnxruntime"):
+        bench.run(_layers("conv2"), compare=("tensorflow",), progress=False)

@@ -71,7 +71,7 @@ def test_bench_backward_follows_the_registry(capsys, no_peak, monkeypatch):
     (["bench", "--net", "lenet9"], "unknown net 'lenet9'"),
     (["bench", "--net", "resnet18", "--layers", "conv9"], "--layers: conv9 not in resnet18"),
     (["bench", "--kernels", "c.auto"], "--kernels: c.auto not registered"),
-    (["bench", "--compare", "tensorflow"], "argument --compare: invalid choice: 'tensorflow'"),
+    (["bench", "--compare", "tensorflow"], "--compare: tensorflow is not one of torch, onnxruntime"),
     (["bench", "--json", "/nonexistent/dir/out.json"], "/nonexistent/dir/out.json: no such directory"),
     (["nets", "vgg99"], "unknown net 'vgg99'"),
 ])
@@ -110,6 +110,35 @@ def test_bench_auto_row_json_and_totals(capsys, no_peak, tmp_path):
     assert "2 layer shapes = 4 layers" in out
     line, auto = next(l for l in out.splitlines() if l.startswith("  auto ")), doc["totals"]["auto"]
     assert line.split()[1] == f"{auto['ms']:.2f}" and f"{auto['vs_reference']:.2f}x" in line
+
+
+def test_bench_compare_torch_and_onnxruntime(capsys, no_peak, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--net", "lenet5", "--layers", "pool1,conv2", "--repeats", "1", "--compare",
+            "torch,onnxruntime", "--json", str(path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "vs ort" in out and f"ONNX Runtime {ort.__version__}" in out and "not spinning" in out
+    doc = json.loads(path.read_text())
+    assert doc["onnxruntime"] == ort.__version__
+    mine = {r["layer"]: r for r in doc["rows"] if r["kernel"] == "onnxruntime"}
+    assert set(mine) == {"pool1", "conv2"}
+    for r in doc["rows"]:  # ONNX Runtime's time / the row's, from the same rounds as torch's
+        assert r["vs_onnxruntime"] == pytest.approx(mine[r["layer"]]["ms"] / r["ms"]) and r["vs_torch"] > 0
+    assert doc["totals"]["onnxruntime"]["vs_torch"] > 0 and doc["totals"]["auto"]["vs_onnxruntime"] > 0
+    assert "  onnxruntime " in out
+
+
+def test_bench_compare_names_what_it_does_not_know(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda *a, **kw: pytest.fail("timed before checking --compare"))
+    assert cli.main(["bench", "--net", "lenet5", "--compare", "torch,tensorflow"]) == 2
+    assert "--compare: tensorflow is not one of torch, onnxruntime" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    assert cli.main(["bench", "--net", "lenet5", "--compare", "onnxruntime"]) == 2
+    assert 'pip install "fastconv[onnx]"' in capsys.readouterr().err
 
 
 def test_bench_plot_writes_a_png(capsys, monkeypatch, tmp_path):
