@@ -33,6 +33,14 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+def cpu_label() -> str:
+    """The CPU's name with its family and model where /proc/cpuinfo gives them: two generations of
+    one brand name ('AMD EPYC') differ there ('family 25 model 1' Zen 3, 'model 17' Zen 4)."""
+    info = _cpuinfo()
+    fam, mod = info.get("cpu family"), info.get("model")
+    return cpu_model() + (f", family {fam} model {mod}" if fam and mod else "")
+
+
 def isa_flags() -> str:
     """The ISA flags, sorted ('Features' on ARM), or '' where they cannot be read."""
     info = _cpuinfo()
@@ -60,8 +68,8 @@ def facts() -> dict:
 
 
 def describe() -> str:
-    """One line: 'AMD EPYC (avx2), 2 CPUs, python 3.11.7'."""
-    return f"{cpu_model()} ({isa_path()}), {os.cpu_count()} CPUs, python {platform.python_version()}"
+    """One line: 'AMD EPYC, family 25 model 17 (avx512), 2 CPUs, python 3.11.7'."""
+    return f"{cpu_label()} ({isa_path()}), {os.cpu_count()} CPUs, python {platform.python_version()}"
 
 
-__all__ = ["cpu_model", "isa_flags", "isa_path", "python", "facts", "describe"]
+__all__ = ["cpu_model", "cpu_label", "isa_flags", "isa_path", "python", "facts", "describe"]
