@@ -19,6 +19,7 @@ once, so drifts of the machine hit all of them alike, and ratios of medians are 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 
@@ -66,10 +67,18 @@ def timed_run(fn, calls: int | None = None, clock=time.perf_counter) -> float:
 
 def interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> dict:
     """{name: [seconds per call, one per round]}: every round times every contender once, each
-    after a pause and a warm-up.  A contender whose single call exceeds ONCE_S runs only once."""
+    after a pause and a warm-up, the rounds in different orders (a fixed-seed shuffle after the
+    first), so no contender always follows the same one: on VGG conv4_2, c.winograd_f4k3 right
+    after a Numba kernel ran 13% slower than after a C kernel in one run of three (the median
+    of a contender that always came next would carry that).  A contender whose single call
+    exceeds ONCE_S runs only once."""
     times = {name: [] for name in contenders}
+    order, shuffle = list(contenders), random.Random(0).shuffle
     for round_ in range(repeats):
-        for name, fn in contenders.items():
+        if round_:
+            shuffle(order)
+        for name in order:
+            fn = contenders[name]
             if round_ and times[name] and times[name][0] > ONCE_S:
                 continue
             time.sleep(pause)
