@@ -65,10 +65,13 @@ class Row:
         return f"{self.kernel} ({' + '.join(dict.fromkeys(self.chosen.values()))})" if self.chosen else self.kernel
 
 
-def problems(spec, rng, data: dict | None = None) -> dict:
+def problems(spec, rng) -> dict:
     """{op: (op's spec, arguments of kernel.run after the spec)} for every op of one layer, on
     shared random data (registry.layer_data: the backward ops see the forward's x and w)."""
-    data = registry.layer_data(spec, rng) if data is None else data
+    return _problems_of(spec, registry.layer_data(spec, rng))
+
+
+def _problems_of(spec, data: dict) -> dict:
     kind = "conv" if isinstance(spec, ConvSpec) else "pool"
     return {op.name: (op.spec_of(spec), tuple(data[n] for n in op.args))
             for op in registry.OPS.values() if op.layer == kind}
@@ -132,7 +135,7 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
     compare = set(compare) | ({TORCH} if with_torch else set())
     spec = layer.spec(batch, dtype)
     data = registry.layer_data(spec, rng)
-    probs = problems(spec, rng, data)
+    probs = _problems_of(spec, data)
     ops = PASSES[pass_][layer.kind]
     passes = {"fwd": PASSES["fwd"][layer.kind], pass_: ops}  # a "bwd" row also times its forward
     ref_name = registry.kernels(ops[0])[-1].name

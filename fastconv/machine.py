@@ -47,12 +47,19 @@ def isa_flags() -> str:
     return " ".join(sorted((info.get("flags") or info.get("Features") or "").split()))
 
 
+# The flags of the x86-64 levels the C kernels are compiled for (GCC's arch=x86-64-v4 / -v3, which
+# csrc/build_info.c's fc_cpu_isa checks through cpuid), as /proc/cpuinfo spells them.
+_X86_64_V4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+_X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"}
+
+
 def isa_path() -> str:
-    """The widest x86 vector ISA the CPU offers, as a name: avx512, avx2, generic."""
+    """The widest x86 vector ISA the CPU offers, by the same levels as the C kernels' paths:
+    avx512 (x86-64-v4), avx2 (x86-64-v3), generic."""
     flags = set(isa_flags().split())
-    if "avx512f" in flags:
+    if _X86_64_V3 | _X86_64_V4 <= flags:
         return "avx512"
-    if {"avx2", "fma"} <= flags:
+    if _X86_64_V3 <= flags:
         return "avx2"
     return "generic"
 

@@ -81,6 +81,15 @@ def test_a_shape_asking_for_more_than_the_cpu_runs_is_lowered():
     assert status == 0 and fc.reference.rel_error(y, fc.reference.conv2d(x, w, padding=1)) <= 1e-5
 
 
+def test_the_machine_facts_and_cpuid_agree_on_the_cpus_path():
+    """fastconv.machine reads /proc/cpuinfo's flags, the C side cpuid: the same x86-64 levels."""
+    from fastconv import machine
+
+    if not machine.isa_flags():
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert machine.isa_path() == _lib.cpu_isa()
+
+
 def test_the_path_is_named_where_a_user_looks(capsys):
     from fastconv import cli
 

@@ -62,6 +62,8 @@ def isa() -> str:
 def cpu_isa() -> str:
     """The best ISA this CPU runs."""
     return ISA_NAMES[lib.fc_cpu_isa()] if lib is not None else "unknown"
+
+
 FC_OK, FC_ENOMEM, FC_EINDEX, FC_ESIZE = 0, 1, 2, 3
 
 
