@@ -65,6 +65,15 @@ def timed_run(fn, calls: int | None = None, clock=time.perf_counter) -> float:
     return (clock() - t0) / n
 
 
+def round_order(names, round_: int, rng: random.Random) -> list:
+    """The order in which round `round_` of an interleaved timing runs its contenders: as given in
+    the first round, shuffled by rng (seeded by the caller, so a run repeats) in every later one."""
+    order = list(names)
+    if round_:
+        rng.shuffle(order)
+    return order
+
+
 def interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> dict:
     """{name: [seconds per call, one per round]}: every round times every contender once, each
     after a pause and a warm-up, the rounds in different orders (a fixed-seed shuffle after the
@@ -73,11 +82,9 @@ def interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> dict:
     of a contender that always came next would carry that).  A contender whose single call
     exceeds ONCE_S runs only once."""
     times = {name: [] for name in contenders}
-    order, shuffle = list(contenders), random.Random(0).shuffle
+    rng = random.Random(0)
     for round_ in range(repeats):
-        if round_:
-            shuffle(order)
-        for name in order:
+        for name in round_order(contenders, round_, rng):
             fn = contenders[name]
             if round_ and times[name] and times[name][0] > ONCE_S:
                 continue
@@ -101,5 +108,5 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-__all__ = ["warm_up", "warm_calls", "timed_run", "interleaved", "matmul_peak_gflops",
+__all__ = ["warm_up", "warm_calls", "timed_run", "round_order", "interleaved", "matmul_peak_gflops",
            "WARM_S", "SPIN_S", "TIMED_RUN_S", "PAUSE_S", "ONCE_S"]

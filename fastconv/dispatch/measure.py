@@ -9,7 +9,8 @@ which must not be modified or aliased).  Phases:
 2. probe: after a pause and a warm-up (untimed calls), two timed calls each.  In MEASURE mode a
    contender whose faster call is over 3x the fastest cannot win and is not timed further;
 3. rounds: the remaining contenders run interleaved as fastconv.bench does -- in every round
-   each one gets a pause, a warm-up, then ``k`` timed calls (k makes a timed run last
+   (in a shuffled order after the first, fastconv.timing.round_order, so no contender always
+   follows the same one) each one gets a pause, a warm-up, then ``k`` timed calls (k makes a timed run last
    ~1 ms, so tiny problems are not timer noise).  A contender's figure is the median of its
    probe calls and its rounds.  In MEASURE mode, from the second round on, a contender whose
    median is over 1.5x the leader's stops (racing); the choice is made among those that finish;
@@ -61,6 +62,7 @@ a ruined probe; GoogLeNet's 1x1 layers lost c.im2col that way).
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -71,7 +73,7 @@ from .. import registry
 from ..common import config
 from ..reference import rel_error
 from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
-from ..timing import SPIN_S, TIMED_RUN_S, timed_run, warm_calls, warm_up
+from ..timing import SPIN_S, TIMED_RUN_S, round_order, timed_run, warm_calls, warm_up
 
 # rigor -> (rounds after the probe, drop ratio after the probe, racing ratio after each round,
 #           runoff rounds of the two best when they are within RUNOFF)
@@ -326,12 +328,15 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         def round_cost(ks):
             return sum(pause + (warm_calls(probe[k.name]) + reps[k.name]) * probe[k.name] for k in ks)
 
+        rng, rounds_run = random.Random(seed), [0]
+
         def one_round(ks) -> float:
             t_round = clock()
-            for k in ks:
+            for k in round_order(ks, rounds_run[0], rng):
                 sleep(pause)
                 warm_up(lambda: k.run(spec, *args), clock=clock)
                 samples[k.name].append(timed_run(lambda: k.run(spec, *args), calls=reps[k.name], clock=clock))
+            rounds_run[0] += 1
             return clock() - t_round
 
         def medians(ks) -> dict:
