@@ -32,6 +32,7 @@ typedef struct {
     int64_t stride_h, stride_w;
     int64_t pad_h, pad_w;
     int64_t dilation_h, dilation_w;
+    int64_t isa;                  /* FC_ISA_*: the loops to run (forward)       */
 } fc_pool2d_shape;
 
 /* Element strides of a weight read as w[g][o][c][i][j] (o and c within group g).  Lets a kernel

@@ -12,17 +12,6 @@
 
 #define FC_RESTRICT restrict
 
-/* Hot functions are compiled for several ISAs and picked at load time (GCC function
- * multi-versioning), so a portable wheel still uses AVX-512 where it exists.  With
- * FASTCONV_NATIVE=1 the whole build is -march=native and the clones are unnecessary. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__AVX512F__)
-#define FC_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FC_HOT
-#endif
-
-/* Per-ISA kernels (direct.c): each compiled for its ISA with a target attribute, so one portable
- * build holds all of them; a call runs the shape's isa, never above what this CPU executes. */
 #if defined(__GNUC__) && defined(__x86_64__)
 #define FC_X86 1
 #define FC_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))

@@ -16,7 +16,12 @@
  * threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY) (tasks split by
  * input channels).
  *
- * The file is a template: it includes itself once per dtype with FC_T / FC_SFX / FC_GEMM set.
+ * unfold_rows and col2im_rows are compiled once per vector ISA (generic, avx2, avx512, each under
+ * its target attribute, as in direct.c) and the shape's isa picks one per call; the GEMM is
+ * OpenBLAS's, which picks its own kernel for the CPU.
+ *
+ * The file is a template in two levels: it includes itself once per dtype with FC_T / FC_SFX /
+ * FC_GEMM set, and each of those once per ISA.
  */
 #ifndef FC_T
 
@@ -75,35 +80,48 @@ static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffe
 #undef FC_SFX
 #undef FC_GEMM
 
-#else /* template body */
+#elif !defined(FC_ISA_SFX) /* level 1, per dtype: the hot loops once per ISA, then the entries */
 
-/* cols[k][q] for the pixels of output rows [oh0, oh0 + rows): q = (oh - oh0) * out_w + ow. */
-static void FC_SFX(unfold_rows)(const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT cols,
-                                const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
-    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
-    for (int64_t c = 0; c < cg; c++)
-        for (int64_t i = 0; i < s->kh; i++)
-            for (int64_t j = 0; j < s->kw; j++) {
-                FC_T *dst = cols + ((c * s->kh + i) * s->kw + j) * width;
-                const int64_t iw0 = j * s->dilation_w - s->pad_left; /* iw = ow * sw + iw0 */
-                int64_t v_lo, v_hi;
-                fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
-                for (int64_t r = 0; r < rows; r++, dst += OW) {
-                    const int64_t ih = (oh0 + r) * s->stride_h - s->pad_top + i * s->dilation_h;
-                    if (ih < 0 || ih >= H) {
-                        memset(dst, 0, (size_t)OW * sizeof(FC_T));
-                        continue;
-                    }
-                    const FC_T *src = xg + (c * H + ih) * W;
-                    for (int64_t v = 0; v < v_lo; v++) dst[v] = 0;
-                    if (sw == 1)
-                        memcpy(dst + v_lo, src + v_lo + iw0, (size_t)(v_hi - v_lo) * sizeof(FC_T));
-                    else
-                        for (int64_t v = v_lo; v < v_hi; v++) dst[v] = src[v * sw + iw0];
-                    for (int64_t v = v_hi; v < OW; v++) dst[v] = 0;
-                }
-            }
+#define FC_ISA_SFX(name) FC_SFX(name##_generic)
+#define FC_TARGET
+#include "im2col.c"
+#undef FC_ISA_SFX
+#undef FC_TARGET
+#if FC_X86
+#define FC_ISA_SFX(name) FC_SFX(name##_avx2)
+#define FC_TARGET FC_TARGET_AVX2
+#include "im2col.c"
+#undef FC_ISA_SFX
+#undef FC_TARGET
+#define FC_ISA_SFX(name) FC_SFX(name##_avx512)
+#define FC_TARGET FC_TARGET_AVX512
+#include "im2col.c"
+#undef FC_ISA_SFX
+#undef FC_TARGET
+#endif
+
+/* unfold_rows and col2im_rows of the ISA a call runs (the shape's, lowered to this CPU's). */
+typedef void (*FC_SFX(rows_fn))(const FC_T *FC_RESTRICT, FC_T *FC_RESTRICT, const fc_conv2d_shape *, int64_t,
+                                 int64_t, int64_t);
+static FC_SFX(rows_fn) FC_SFX(unfold_rows_for)(int64_t isa) {
+    switch (fc_isa(isa)) {
+#if FC_X86
+    case FC_ISA_AVX512: return FC_SFX(unfold_rows_avx512);
+    case FC_ISA_AVX2: return FC_SFX(unfold_rows_avx2);
+#endif
+    default: return FC_SFX(unfold_rows_generic);
+    }
 }
+static FC_SFX(rows_fn) FC_SFX(col2im_rows_for)(int64_t isa) {
+    switch (fc_isa(isa)) {
+#if FC_X86
+    case FC_ISA_AVX512: return FC_SFX(col2im_rows_avx512);
+    case FC_ISA_AVX2: return FC_SFX(col2im_rows_avx2);
+#endif
+    default: return FC_SFX(col2im_rows_generic);
+    }
+}
+
 
 int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y,
                                  const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
@@ -112,6 +130,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
+    const FC_SFX(rows_fn) unfold = FC_SFX(unfold_rows_for)(s->isa);
     const int64_t planes = s->n * s->groups;
     int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
     if (planes < nt) rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes)); /* a task per thread */
@@ -132,7 +151,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
             ldb = P;
         } else {
             FC_T *mine = cols + (int64_t)FC_THREAD_ID() * K * rows * OW;
-            FC_SFX(unfold_rows)(xg, mine, s, cg, oh0, r);
+            unfold(xg, mine, s, cg, oh0, r);
             b = mine;
         }
         for (int64_t o = 0; o < og; o++) {
@@ -147,26 +166,6 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     return FC_OK;
 }
 
-/* gx[c][ih][iw] += dcols[k][q], the adjoint of unfold_rows (same walk, scatter instead of gather). */
-static void FC_SFX(col2im_rows)(const FC_T *FC_RESTRICT dcols, FC_T *FC_RESTRICT gxg,
-                                const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
-    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
-    for (int64_t c = 0; c < cg; c++)
-        for (int64_t i = 0; i < s->kh; i++)
-            for (int64_t j = 0; j < s->kw; j++) {
-                const FC_T *src = dcols + ((c * s->kh + i) * s->kw + j) * width;
-                const int64_t iw0 = j * s->dilation_w - s->pad_left;
-                int64_t v_lo, v_hi;
-                fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
-                for (int64_t r = 0; r < rows; r++, src += OW) {
-                    const int64_t ih = (oh0 + r) * s->stride_h - s->pad_top + i * s->dilation_h;
-                    if (ih < 0 || ih >= H) continue;
-                    FC_T *dst = gxg + (c * H + ih) * W + iw0;
-                    for (int64_t v = v_lo; v < v_hi; v++) dst[v * sw] += src[v];
-                }
-            }
-}
-
 /* grad_w = sum over images and pixels of dY . cols^T.  Unlike the forward, the threads share one
  * chunk of columns (as wide as the budget allows): they unfold it together, split by input channel,
  * then split the GEMM by output channels, each thread owning its rows of grad_w.  (Per-thread
@@ -179,6 +178,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
+    const FC_SFX(rows_fn) unfold = FC_SFX(unfold_rows_for)(s->isa);
     const int64_t rows = fc_im2col_rows(s, K, 1, workspace_bytes, (int64_t)sizeof(FC_T)); /* one shared buffer */
     const int64_t chunks = (OH + rows - 1) / rows;
     const int64_t oparts = fc_min64(nt, (og + 15) / 16), oblock = (og + oparts - 1) / oparts;
@@ -197,7 +197,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
                 if (!direct_cols) {
                     FC_OMP_PARALLEL_FOR(n_threads)
                     for (int64_t c = 0; c < cg; c++)
-                        FC_SFX(unfold_rows)(xg + c * HW, cols + c * taps * width, s, 1, oh0, r);
+                        unfold(xg + c * HW, cols + c * taps * width, s, 1, oh0, r);
                     b = cols;
                     ldb = width;
                 }
@@ -228,6 +228,7 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
+    const FC_SFX(rows_fn) col2im = FC_SFX(col2im_rows_for)(s->isa);
     const int64_t planes = s->n * s->groups;
     const int64_t split = fc_min64(cg, (nt + planes - 1) / planes); /* channel blocks per plane */
     const int64_t cb = (cg + split - 1) / split;
@@ -255,11 +256,61 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
             }
             FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(nc * taps), (int)width, (int)og,
                     (FC_T)1, wc, (int)K, gyg, (int)P, (FC_T)0, mine, (int)width);
-            FC_SFX(col2im_rows)(mine, gxc, s, nc, oh0, r);
+            col2im(mine, gxc, s, nc, oh0, r);
         }
     }
     free(dcols);
     return FC_OK;
+}
+
+#else /* level 2, the hot loops of one dtype (FC_T) and ISA (FC_ISA_SFX, FC_TARGET) */
+
+/* cols[k][q] for the pixels of output rows [oh0, oh0 + rows): q = (oh - oh0) * out_w + ow. */
+FC_TARGET static void FC_ISA_SFX(unfold_rows)(const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT cols,
+                                          const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
+    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
+    for (int64_t c = 0; c < cg; c++)
+        for (int64_t i = 0; i < s->kh; i++)
+            for (int64_t j = 0; j < s->kw; j++) {
+                FC_T *dst = cols + ((c * s->kh + i) * s->kw + j) * width;
+                const int64_t iw0 = j * s->dilation_w - s->pad_left; /* iw = ow * sw + iw0 */
+                int64_t v_lo, v_hi;
+                fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
+                for (int64_t r = 0; r < rows; r++, dst += OW) {
+                    const int64_t ih = (oh0 + r) * s->stride_h - s->pad_top + i * s->dilation_h;
+                    if (ih < 0 || ih >= H) {
+                        memset(dst, 0, (size_t)OW * sizeof(FC_T));
+                        continue;
+                    }
+                    const FC_T *src = xg + (c * H + ih) * W;
+                    for (int64_t v = 0; v < v_lo; v++) dst[v] = 0;
+                    if (sw == 1)
+                        memcpy(dst + v_lo, src + v_lo + iw0, (size_t)(v_hi - v_lo) * sizeof(FC_T));
+                    else
+                        for (int64_t v = v_lo; v < v_hi; v++) dst[v] = src[v * sw + iw0];
+                    for (int64_t v = v_hi; v < OW; v++) dst[v] = 0;
+                }
+            }
+}
+
+/* gx[c][ih][iw] += dcols[k][q], the adjoint of unfold_rows (same walk, scatter instead of gather). */
+FC_TARGET static void FC_ISA_SFX(col2im_rows)(const FC_T *FC_RESTRICT dcols, FC_T *FC_RESTRICT gxg,
+                                          const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
+    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
+    for (int64_t c = 0; c < cg; c++)
+        for (int64_t i = 0; i < s->kh; i++)
+            for (int64_t j = 0; j < s->kw; j++) {
+                const FC_T *src = dcols + ((c * s->kh + i) * s->kw + j) * width;
+                const int64_t iw0 = j * s->dilation_w - s->pad_left;
+                int64_t v_lo, v_hi;
+                fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
+                for (int64_t r = 0; r < rows; r++, src += OW) {
+                    const int64_t ih = (oh0 + r) * s->stride_h - s->pad_top + i * s->dilation_h;
+                    if (ih < 0 || ih >= H) continue;
+                    FC_T *dst = gxg + (c * H + ih) * W + iw0;
+                    for (int64_t v = v_lo; v < v_hi; v++) dst[v * sw] += src[v];
+                }
+            }
 }
 
 #endif

@@ -36,7 +36,7 @@
  * BT and AT are the generated constants of csrc/winograd_matrices.h: fully unrolled, their zeros
  * vanish and their +-1s become adds at compile time (combine()).
  *
- * Vectorization, checked in the assembly (objdump -d, gcc 12 -O3, the arch_x86_64_v3 clones):
+ * Vectorization, checked in the assembly (objdump -d, gcc 12 -O3, the avx2 kernels):
  * transform_input / output_task / transform_filter are ymm code (vaddps, vsubps, vfmadd*ps, vshufps /
  * vunpck*ps; the f4k3 f32 input task: 84 vshufps for a frame's 6 rows, no scalar arithmetic); the
  * microkernel is 2 aligned loads, 6 vbroadcastss and 12 vfmadd231ps per channel, as in direct.c;
@@ -374,7 +374,7 @@ static int FC_SFX(transform_filters)(const FC_T *w, const fc_weight_strides *ws,
 
 /* *out = sum_j c[j] * v[j] for a row c of a constant matrix: unrolled, the zero terms vanish and
  * +-1 terms are adds (no 0 + first term either, which strict IEEE would keep).  (Out through a
- * pointer: a returned vector draws GCC's -Wpsabi note in the non-AVX clone.) */
+ * pointer: a returned vector draws GCC's -Wpsabi note in the generic kernels.) */
 FC_TARGET FC_INLINE void FC_SFX(combine)(const double c[A], const VEC v[A], VEC *out) {
     VEC acc = {0};
     int any = 0;

@@ -9,7 +9,8 @@ itself is never imported (that would drag numpy and numba into the build environ
 - OpenMP is probed by compiling, linking and *running* a tiny program (scikit-learn's approach);
   ``FASTCONV_NO_OPENMP=1`` forces the serial fallback.
 - ``FASTCONV_NATIVE=1`` adds ``-march=native`` (non-portable binaries, opt-in). The default build
-  stays portable: hot loops carry ``target_clones`` instead.
+  stays portable: every kernel's hot loops are compiled once per vector ISA (``target``
+  attributes, csrc/fc_internal.h) and the shape's ``isa`` picks one per call.
 - ``FASTCONV_SANITIZE=1`` (or a list: ``address``, ``undefined``, ``address,undefined``) builds our
   C with AddressSanitizer / UndefinedBehaviorSanitizer (``-O1 -g``, no recovery): a debugging build,
   slow, and loadable only with the ASan runtime preloaded.  ``.ci/sanitize`` builds it out of tree

@@ -46,6 +46,22 @@ CHECK = """
                 y = fc.conv2d(x, w, b, algo=algo, backend="c", **kw)
                 err = fc.reference.rel_error(y, fc.reference.conv2d(x, w, b, **kw))
                 worst = max(worst, err / (1e-4 if dt == "float32" else 1e-11))
+            # im2col's unfold and its adjoint (col2im) run in the backward passes too
+            gy = rng.standard_normal(fc.reference.conv2d(x, w, b, **kw).shape).astype(dt)
+            got = fc.conv2d_backward(gy, x, w, algo="im2col", weight_algo="im2col", backend="c", **kw)
+            want = fc.reference.conv2d_backward(gy, x, w, **kw)
+            for g, r in zip(got, want):
+                worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
+    # max-pool: stride, padding, dilation, ceil mode, ties and NaN (values and argmax indices exact)
+    for xs, kw in [((2, 3, 17, 19), dict(kernel_size=3, stride=2, padding=1)),
+                   ((1, 4, 16, 16), dict(kernel_size=2, stride=2)),
+                   ((1, 2, 13, 11), dict(kernel_size=(3, 2), stride=(1, 3), dilation=2, ceil_mode=True))]:
+        for dt in ("float32", "float64"):
+            x = rng.integers(-3, 4, xs).astype(dt)  # many ties
+            x[0, 0, 1, 2] = np.nan
+            y, i = fc.max_pool2d(x, return_indices=True, backend="c", **kw)
+            ry, ri = fc.reference.max_pool2d(x, return_indices=True, **kw)
+            assert np.array_equal(y, ry, equal_nan=True) and np.array_equal(i, ri), (xs, kw, dt)
     print(_lib.isa(), worst)
 """
 

@@ -155,7 +155,7 @@ def pool_shape(spec: PoolSpec | PoolBackwardSpec):
         fields = dict(n=spec.n, c=spec.c, h=spec.h, w=spec.w, kh=spec.kernel[0], kw=spec.kernel[1],
                       out_h=spec.out_h, out_w=spec.out_w, stride_h=spec.stride[0], stride_w=spec.stride[1],
                       pad_h=spec.padding[0], pad_w=spec.padding[1],
-                      dilation_h=spec.dilation[0], dilation_w=spec.dilation[1])
+                      dilation_h=spec.dilation[0], dilation_w=spec.dilation[1], isa=ISA)
     return ffi.new("fc_pool2d_shape *", fields)
 
 
