@@ -19,6 +19,20 @@
   never share a cache entry), which runs in a forked child that must not launch a team
   (fastconv/threads.py).  The twin compiles on its first call, so a process that never forks never
   pays for it.
+- **Vector ISA.**  Numba compiles for the host CPU (LLVM's CPU name and features; its cache is
+  keyed on them), so the kernels use whatever vectors LLVM's tuning for that CPU prefers.  Per-path
+  builds, as csrc/ has, are not possible: Numba takes target features only process-wide
+  (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, read at import), and setting them would change every other
+  Numba user's code in the process.  So FASTCONV_ISA governs the C kernels only.  LLVM 22 uses
+  512-bit vectors on AMD Zen 4/5 (znver4/5) and prefers 256-bit ones on Intel's AVX-512 cores (its
+  ``prefer-256-bit`` tuning).  Measured on AMD EPYC Zen 5 (znver5), 2 threads, float32, batch 1,
+  medians of 7 interleaved runs, two processes each: the default (512-bit) against
+  ``NUMBA_CPU_FEATURES=<host's>,+prefer-256-bit``, VGG-16 conv1_2 / conv3_2 / conv5_1 in ms --
+  numba.direct 24.0-24.3 / 19.8-21.7 / 4.5-4.8 against 27.7-28.3 / 20.4-23.8 / 6.0-6.6;
+  numba.winograd_f4k3 7.8 / 5.1-5.9 / 3.7-3.9 against 8.0-9.0 / 5.3-6.2 / 4.6-4.7; numba.im2col
+  11.6-11.7 / 9.9-10.8 / 2.8-3.0 against 12.4-13.5 / 10.4-10.6 / 3.2-3.3.  So 512-bit is 5-25%
+  faster where LLVM picks it.  On an Intel AVX-512 machine a user may set NUMBA_CPU_FEATURES to the
+  host's features plus ``-prefer-256-bit`` before importing fastconv (not measured there).
 """
 import os
 import threading

@@ -1,6 +1,9 @@
 """Direct conv2d in Numba, the twin of csrc/direct.c.  The forward kernel is below; the backward
 passes run it on the transposed problems of fastconv/common/transpose.py.
 
+Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/numba/_options.py says why,
+with measurements.
+
 For every output row segment (image n, group g, row oh, pixels vs:ve) one task:
   pack_row_panel   panel[v, k] = x[n, g*cg + c, oh*sh - pt + i*dh, (vs + v)*sw - pl + j*dw] for
                    k = (c, i, j), zero where the tap falls in the padding: stride, dilation and

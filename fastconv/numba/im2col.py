@@ -9,6 +9,9 @@ K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chun
                 library, hence the same sgemm/dgemm code, as c.im2col (numba/_blas.py), run
                 single-threaded in each task of a prange over tasks, so there is one thread pool
                 (Numba's), not Numba and OpenBLAS pools spinning against each other.
+
+Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/numba/_options.py says why,
+with measurements.
 The column buffer of each thread is bounded: n_threads * chunk <= config.workspace_bytes() (rows
 are chunked by C's rule, task_rows below, at least one output row per chunk).
 Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all

@@ -8,6 +8,9 @@ PyTorch's CPU rules, kept exactly:
 Forward: one task per (n, c) plane; for each output row the taps are walked in scan order (i, j)
 and, for each tap, along all output columns, so the inner loop runs along an input row.
 Backward: one task per plane: zero it, then gx[idx] += gy (overlapping windows add up).
+
+Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/numba/_options.py says why,
+with measurements.
 """
 import numpy as np
 from numba import prange

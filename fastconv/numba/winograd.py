@@ -3,6 +3,9 @@ the twin of csrc/winograd.c.  The forward kernel is below; grad of input runs it
 channel-transposed problem of fastconv/common/transpose.py (a strided 5-D weight view, negative padding
 when the layer's padding exceeds 2, and ``out=``).
 
+Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/numba/_options.py says why,
+with measurements.
+
 With alpha = m + 2 the output is cut into tiles of m x m pixels, tiles_h = ceil(out_h / m) by
 tiles_w = ceil(out_w / m) per image, numbered across the batch (image, tile row, tile column); tile
 (th, tw) reads the alpha x alpha input patch at row th*m - pad_top, column tw*m - pad_left (zero
