@@ -160,13 +160,14 @@ static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, 
 #endif
 
 int FC_SFX(fc_conv2d_fwd_direct)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
-                                 const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
+                                 const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads,
+                                 double *profile) {
     switch (fc_isa(s->isa)) {
 #if FC_X86
-    case FC_ISA_AVX512: return FC_SFX(direct_fwd_avx512)(x, w, ws, bias, y, s, n_threads);
-    case FC_ISA_AVX2: return FC_SFX(direct_fwd_avx2)(x, w, ws, bias, y, s, n_threads);
+    case FC_ISA_AVX512: return FC_SFX(direct_fwd_avx512)(x, w, ws, bias, y, s, n_threads, profile);
+    case FC_ISA_AVX2: return FC_SFX(direct_fwd_avx2)(x, w, ws, bias, y, s, n_threads, profile);
 #endif
-    default: return FC_SFX(direct_fwd_generic)(x, w, ws, bias, y, s, n_threads);
+    default: return FC_SFX(direct_fwd_generic)(x, w, ws, bias, y, s, n_threads, profile);
     }
 }
 
@@ -312,7 +313,7 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(store)(
 FC_TARGET static void FC_ISA_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT wpack,
                                      const FC_T *FC_RESTRICT bias, FC_T *FC_RESTRICT y,
                                      FC_T *FC_RESTRICT panel, const fc_conv2d_shape *s,
-                                     const fc_direct_plan *pl, int64_t t) {
+                                     const fc_direct_plan *pl, int64_t t, double *phase) {
     const int64_t h = t % pl->ochunks, u = (t / pl->ochunks) % pl->runs;
     const int64_t g = (t / (pl->ochunks * pl->runs)) % s->groups;
     const int64_t n = t / (pl->ochunks * pl->runs * s->groups);
@@ -326,7 +327,9 @@ FC_TARGET static void FC_ISA_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_
     VEC acc[FC_MR][NV];
     for (int64_t k0 = 0; k0 < K; k0 += pl->kc) {
         const int64_t kc = fc_min64(pl->kc, K - k0);
+        const double t0 = phase ? fc_now() : 0;
         FC_ISA_SFX(pack_row_panel)(x + (n * s->c_in + g * pl->cg) * s->h * s->w, panel, s, k0, kc, p0, np);
+        const double t1 = phase ? fc_now() : 0;
         for (int64_t c0 = b0; c0 < b1; c0 += pl->mc) {
             const int64_t c1 = fc_min64(b1, c0 + pl->mc);
             for (int64_t v = 0; v < nv; v++) {
@@ -345,11 +348,16 @@ FC_TARGET static void FC_ISA_SFX(conv_task)(const FC_T *FC_RESTRICT x, const FC_
                 }
             }
         }
+        if (phase) { /* the stores (and bias) are interleaved with the microkernel: counted with it */
+            phase[FC_PHASE_INPUT] += t1 - t0;
+            phase[FC_PHASE_GEMM] += fc_now() - t1;
+        }
     }
 }
 
 static int FC_ISA_SFX(direct_fwd)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
-                                  const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
+                                  const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads,
+                                  double *profile) {
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     const fc_direct_plan pl = fc_direct_make_plan(s, nt, FC_MR, NR, (int64_t)sizeof(FC_T));
     const int64_t taps = s->kh * s->kw;
@@ -359,23 +367,32 @@ static int FC_ISA_SFX(direct_fwd)(const FC_T *x, const FC_T *w, const fc_weight_
     /* All workspace up front: one packed weight copy and one panel per thread. */
     FC_T *wpack = fc_alloc((size_t)(s->groups * pl.oblocks * pl.K * FC_MR) * sizeof(FC_T));
     FC_T *panels = fc_alloc((size_t)(nt * panel_size) * sizeof(FC_T));
-    if (!wpack || !panels) {
+    double *phases = profile ? calloc((size_t)(FC_PHASES * nt), sizeof(double)) : NULL; /* per thread */
+    if (!wpack || !panels || (profile && !phases)) {
         free(wpack);
         free(panels);
+        free(phases);
         return FC_ENOMEM;
     }
     FC_OMP_PARALLEL((int)nt)
     {
+        double *phase = phases ? phases + FC_PHASES * FC_THREAD_ID() : NULL;
+        const double t0 = phase ? fc_now() : 0;
         FC_OMP_FOR
         for (int64_t gb = 0; gb < s->groups * pl.oblocks; gb++)
             FC_ISA_SFX(pack_weights)(w, ws, wpack + gb / pl.oblocks * pl.oblocks * pl.K * FC_MR, s, &pl,
                                  gb / pl.oblocks, gb % pl.oblocks);
+        if (phase) phase[FC_PHASE_WEIGHT] += fc_now() - t0; /* with the barrier's wait */
         FC_OMP_FOR
         for (int64_t t = 0; t < pl.tasks; t++)
-            FC_ISA_SFX(conv_task)(x, wpack, bias, y, panels + (int64_t)FC_THREAD_ID() * panel_size, s, &pl, t);
+            FC_ISA_SFX(conv_task)(x, wpack, bias, y, panels + (int64_t)FC_THREAD_ID() * panel_size, s, &pl, t,
+                                  phase);
     }
+    if (profile)
+        for (int64_t i = 0; i < FC_PHASES * nt; i++) profile[i % FC_PHASES] += phases[i];
     free(wpack);
     free(panels);
+    free(phases);
     return FC_OK;
 }
 

@@ -44,22 +44,36 @@ typedef struct {
 
 enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2, FC_ESIZE = 3 };
 
+/* Where a forward call's time goes: the forward kernels take `double *profile`, NULL when not
+ * measured, else FC_PHASES slots to which each phase's thread-seconds are added. */
+enum {
+    FC_PHASE_INPUT = 0,  /* packing, unfolding or transforming the input        */
+    FC_PHASE_WEIGHT = 1, /* packing or transforming the weights                 */
+    FC_PHASE_GEMM = 2,   /* the multiply-adds: the microkernel or OpenBLAS GEMM */
+    FC_PHASE_OUTPUT = 3, /* the epilogue: bias, output transform                */
+    FC_PHASES = 4
+};
+
 const char *fc_build_info(void);
 int fc_has_openmp(void);
 
 /* y = conv2d(x, w) + bias; bias may be NULL; w is read through ws (NULL: contiguous). */
 int fc_conv2d_fwd_direct_f32(const float *x, const float *w, const fc_weight_strides *ws,
-                             const float *bias, float *y, const fc_conv2d_shape *s, int n_threads);
+                             const float *bias, float *y, const fc_conv2d_shape *s, int n_threads,
+                             double *profile);
 int fc_conv2d_fwd_direct_f64(const double *x, const double *w, const fc_weight_strides *ws,
-                             const double *bias, double *y, const fc_conv2d_shape *s, int n_threads);
+                             const double *bias, double *y, const fc_conv2d_shape *s, int n_threads,
+                             double *profile);
 
 /* y = conv2d(x, w) + bias by im2col + GEMM (OpenBLAS); the column buffers of all threads stay
  * within workspace_bytes (at least one output row each).  FC_ESIZE if a GEMM dimension exceeds
  * OpenBLAS's 32-bit integers. */
 int fc_conv2d_fwd_im2col_f32(const float *x, const float *w, const float *bias, float *y,
-                             const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+                             const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                             double *profile);
 int fc_conv2d_fwd_im2col_f64(const double *x, const double *w, const double *bias, double *y,
-                             const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+                             const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                             double *profile);
 
 /* grad_w of conv2d by im2col + GEMM; grad_x by GEMM + col2im.  Same workspace rule. */
 int fc_conv2d_bwd_weight_im2col_f32(const float *gy, const float *x, float *gw,

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <time.h>
 
 #include "fastconv.h"
 
@@ -57,6 +58,13 @@ static inline void fc_inside(int64_t offset, int64_t stride, int64_t size, int64
                              int64_t *lo, int64_t *hi) {
     *lo = offset >= 0 ? 0 : fc_min64((-offset + stride - 1) / stride, outputs);
     *hi = offset >= size ? *lo : fc_max64(*lo, fc_min64(outputs, (size - 1 - offset) / stride + 1));
+}
+
+/* Seconds on a wall clock, for the phase profiles (fastconv.h: FC_PHASE_*). */
+static inline double fc_now(void) {
+    struct timespec t;
+    timespec_get(&t, TIME_UTC);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 /* 64-byte aligned workspace (uninitialised); NULL on failure (callers return FC_ENOMEM). */

@@ -124,7 +124,8 @@ static FC_SFX(rows_fn) FC_SFX(col2im_rows_for)(int64_t isa) {
 
 
 int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y,
-                                 const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
+                                 const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
+                                 double *profile) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t K = cg * s->kh * s->kw, OH = s->out_h, OW = s->out_w, P = OH * OW;
     const int64_t nt = n_threads > 0 ? n_threads : 1;
@@ -136,10 +137,17 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     if (planes < nt) rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes)); /* a task per thread */
     const int64_t chunks = (OH + rows - 1) / rows, tasks = planes * chunks;
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
-    if (!direct_cols && !cols) return FC_ENOMEM;
+    double *phases = profile ? calloc((size_t)(FC_PHASES * nt), sizeof(double)) : NULL; /* per thread */
+    if ((!direct_cols && !cols) || (profile && !phases)) {
+        free(cols);
+        free(phases);
+        return FC_ENOMEM;
+    }
 
     FC_OMP_PARALLEL_FOR(n_threads)
     for (int64_t t = 0; t < tasks; t++) {
+        double *phase = phases ? phases + FC_PHASES * FC_THREAD_ID() : NULL;
+        const double t0 = phase ? fc_now() : 0;
         const int64_t chunk = t % chunks, g = (t / chunks) % s->groups, n = t / (chunks * s->groups);
         const int64_t oh0 = chunk * rows, r = fc_min64(rows, OH - oh0), width = r * OW;
         const FC_T *xg = x + (n * s->c_in + g * cg) * s->h * s->w;
@@ -154,15 +162,25 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
             unfold(xg, mine, s, cg, oh0, r);
             b = mine;
         }
+        const double t1 = phase ? fc_now() : 0;
         for (int64_t o = 0; o < og; o++) {
             const FC_T bo = bias ? bias[g * og + o] : (FC_T)0;
             for (int64_t q = 0; q < width; q++) yg[o * P + q] = bo;
         }
+        const double t2 = phase ? fc_now() : 0;
         /* OpenBLAS runs single-threaded here (set once at load by fastconv/c/_lib.py). */
         FC_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)width, (int)K,
                 (FC_T)1, w + g * og * K, (int)K, b, (int)ldb, (FC_T)1, yg, (int)P);
+        if (phase) {
+            phase[FC_PHASE_INPUT] += t1 - t0;
+            phase[FC_PHASE_OUTPUT] += t2 - t1; /* the bias, written before the GEMM adds to it */
+            phase[FC_PHASE_GEMM] += fc_now() - t2;
+        }
     }
+    if (profile)
+        for (int64_t i = 0; i < FC_PHASES * nt; i++) profile[i % FC_PHASES] += phases[i];
     free(cols);
+    free(phases);
     return FC_OK;
 }
 

@@ -71,8 +71,6 @@
  */
 #ifndef FC_T
 
-#include <time.h>
-
 #include "fc_internal.h"
 #include "winograd_matrices.h"
 
@@ -178,12 +176,6 @@ static inline __attribute__((always_inline)) void fc_wino_combine_d(const double
 
 /* Output channels per block of U for the ISA a call runs (fastconv/c/winograd.py sizes U by it). */
 int fc_winograd_mr(int64_t isa) { return fc_isa(isa) == FC_ISA_AVX512 ? FC_WINO_MR_AVX512 : FC_WINO_MR; }
-
-static double fc_wino_now(void) {
-    struct timespec t;
-    timespec_get(&t, TIME_UTC);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* Per dtype: FC_TI the integer of FC_T's size (lane masks), FC_TL the lanes of a ymm register. */
 #define FC_T float
@@ -359,7 +351,7 @@ static int FC_SFX(transform_filters)(const FC_T *w, const fc_weight_strides *ws,
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t oblocks = fc_wino_ceil_div(og, FC_MR), xi_stride = oblocks * cg * FC_MR;
     const fc_weight_strides contiguous = {og * cg * 9, cg * 9, 9, 3, 1};
-    const double t0 = profile ? fc_wino_now() : 0;
+    const double t0 = profile ? fc_now() : 0;
     if (!ws) ws = &contiguous;
     FC_OMP_PARALLEL_FOR(n_threads)
     for (int64_t gb = 0; gb < s->groups * oblocks; gb++) {
@@ -368,7 +360,7 @@ static int FC_SFX(transform_filters)(const FC_T *w, const fc_weight_strides *ws,
         for (int64_t e = 0; e < cg * FC_MR; e += 4)
             FC_SFX(transform_filter)(w, ws, ub, xi_stride, cg, og, g, b, e);
     }
-    if (profile) profile[1] += (fc_wino_now() - t0) * (n_threads > 0 ? n_threads : 1);
+    if (profile) profile[FC_PHASE_WEIGHT] += (fc_now() - t0) * (n_threads > 0 ? n_threads : 1);
     return FC_OK;
 }
 
@@ -657,14 +649,14 @@ FC_TARGET static void FC_SFX(output_task)(const FC_T *FC_RESTRICT u, const FC_T 
                                        int64_t q1, double *phase) {
     const int64_t b0 = h * pl->ochunk, b1 = fc_min64(pl->oblocks, b0 + pl->ochunk);
     const int64_t o0 = g * pl->og + b0 * FC_MR, no = fc_min64(pl->og, b1 * FC_MR) - b0 * FC_MR;
-    const double t0 = phase ? fc_wino_now() : 0;
+    const double t0 = phase ? fc_now() : 0;
     FC_SFX(batched_gemm)(u + g * pl->alpha2 * pl->oblocks * pl->cg * FC_MR,
                          v + g * pl->alpha2 * pl->v_xi, mb, pl, b0, b1, q1 - q0);
-    const double t1 = phase ? fc_wino_now() : 0;
+    const double t1 = phase ? fc_now() : 0;
     FC_SFX(transform_output)(mb, bias ? bias + o0 : NULL, y + o0 * s->out_h * s->out_w, s, pl, no, q0, q1);
     if (phase) {
         phase[1] += t1 - t0;
-        phase[2] += fc_wino_now() - t1;
+        phase[2] += fc_now() - t1;
     }
 }
 
@@ -693,10 +685,10 @@ static int FC_SFX(forward)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T 
             FC_OMP_FOR
             for (int64_t gc = 0; gc < s->c_in; gc++) {
                 const int64_t g = gc / cg, c = gc % cg;
-                const double t0 = phase ? fc_wino_now() : 0;
+                const double t0 = phase ? fc_now() : 0;
                 FC_SFX(transform_input)(x + gc * s->h * s->w, v + g * pl.alpha2 * pl.v_xi + c * NR,
                                    s, &pl, q0, q1);
-                if (phase) phase[0] += fc_wino_now() - t0;
+                if (phase) phase[0] += fc_now() - t0;
             }
             FC_OMP_FOR
             for (int64_t gh = 0; gh < s->groups * pl.ochunks; gh++)
@@ -706,9 +698,9 @@ static int FC_SFX(forward)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T 
     }
     if (profile)
         for (int64_t i = 0; i < nt; i++) {
-            profile[0] += phases[3 * i];
-            profile[2] += phases[3 * i + 1];
-            profile[3] += phases[3 * i + 2];
+            profile[FC_PHASE_INPUT] += phases[3 * i];
+            profile[FC_PHASE_GEMM] += phases[3 * i + 1];
+            profile[FC_PHASE_OUTPUT] += phases[3 * i + 2];
         }
     free(v);
     free(ms);

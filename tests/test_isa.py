@@ -93,7 +93,7 @@ def test_a_shape_asking_for_more_than_the_cpu_runs_is_lowered():
     shape.isa = 99
     y = np.empty(spec.output_shape, np.float32)
     status = _lib.lib.fc_conv2d_fwd_direct_f32(_lib.ptr(x), _lib.ptr(w), _lib.ffi.NULL, _lib.ffi.NULL,
-                                                _lib.ptr(y, out=True), shape, 1)
+                                                _lib.ptr(y, out=True), shape, 1, _lib.ffi.NULL)
     assert status == 0 and fc.reference.rel_error(y, fc.reference.conv2d(x, w, padding=1)) <= 1e-5
 
 

@@ -5,12 +5,17 @@ dilation, groups (depthwise too), 1x1 and 7x7 filters, batch 1 and 3, and non-co
 Tolerances are per kernel and dtype, from the registry.  A kernel that refuses a case must raise
 the documented ValueError naming itself, never return something wrong.
 """
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
+from fastconv import threads
+from fastconv.c import _lib as c_lib
+from fastconv.c import phases
 from fastconv.spec import ConvSpec
 
 from conftest import kernel_params, random_array, rel_err
@@ -120,3 +125,37 @@ def test_every_forward_kernel_is_reachable_by_name():
     for kernel in fc.kernels("conv2d.fwd"):
         if kernel.refusal(ConvSpec.from_args(x, w)) is None:
             np.testing.assert_array_equal(fc.conv2d(x, w, algo=kernel.algo, backend=kernel.backend), 9.0)
+
+
+# ----------------------------------------------------------------------------- phase profiles
+
+@pytest.mark.skipif(c_lib.lib is None, reason="C extension not built")
+@pytest.mark.parametrize("name", sorted(phases.FORWARD))
+def test_a_profiled_call_computes_the_same_and_accounts_for_its_threads_time(name):
+    """fastconv.c.phases: profiling changes no output bit, every phase the kernel has is counted
+    (a 3x3 layer unfolds, packs or transforms its input; every kernel multiplies), and the threads'
+    phase seconds fit within the call's wall time on its threads."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 16, 20, 18), dtype=np.float32)
+    w = rng.standard_normal((24, 16, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(24, dtype=np.float32)
+    spec = ConvSpec.from_args(x, w, b, padding=1)
+    run = phases.FORWARD[name]
+    plain = run(spec, x, w, b)
+    acc = np.zeros(len(phases.PHASES))
+    t0 = time.perf_counter()
+    profiled = run(spec, x, w, b, profile=acc)
+    wall = time.perf_counter() - t0
+    assert np.array_equal(plain, profiled)
+    got = dict(zip(phases.PHASES, acc))
+    assert got["input"] > 0 and got["gemm"] > 0 and min(acc) >= 0, got
+    assert acc.sum() <= wall * threads.get_num_threads() * 1.05 + 1e-4, (got, wall)
+    out = phases.profile(name, spec, x, w, b, seconds=0.01)
+    assert out["wall_s"] > 0 and set(out["phases"]) == set(phases.PHASES)
+
+
+def test_the_gemm_phase_counts_winograds_own_multiply_adds():
+    spec = ConvSpec.from_args(np.zeros((1, 8, 10, 10), np.float32), np.zeros((4, 8, 3, 3), np.float32), padding=1)
+    assert phases.gemm_flops(spec) == 2 * 4 * 100 * 8 * 9        # direct: every tap of every pixel
+    assert phases.gemm_flops(spec, 2) == 2 * 16 * 25 * 4 * 8    # F(2x2): 16 positions, 5x5 tiles
+    assert phases.gemm_flops(spec, 4) == 2 * 36 * 9 * 4 * 8     # F(4x4): 36 positions, 3x3 tiles (one partial)

@@ -1,4 +1,8 @@
-"""c.direct: wrapper over csrc/direct.c; the backward passes run it on transposed problems."""
+"""c.direct: wrapper over csrc/direct.c; the backward passes run it on transposed problems.
+
+``profile``, a float64 array of 4 when given, accumulates the thread-seconds of the forward's
+phases (fastconv.h's FC_PHASE_*: packing the input panels, packing the weights, the microkernel
+with its stores, and nothing for the epilogue, which the stores do)."""
 import numpy as np
 
 from ..common import transpose
@@ -8,10 +12,11 @@ if lib is not None:
     FORWARD = per_dtype(lib.fc_conv2d_fwd_direct_f32, lib.fc_conv2d_fwd_direct_f64)
 
 
-def conv2d_forward(spec, x, w, bias, out=None):
+def conv2d_forward(spec, x, w, bias, out=None, profile=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[spec.dtype](
-        ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads(spec))
+        ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads(spec),
+        ptr(profile, out=True))
     check(status, "c.direct")
     return y
 

@@ -1,4 +1,8 @@
-"""c.im2col: wrapper over csrc/im2col.c."""
+"""c.im2col: wrapper over csrc/im2col.c.
+
+``profile``, a float64 array of 4 when given, accumulates the thread-seconds of the forward's
+phases (fastconv.h's FC_PHASE_*: the unfold, nothing for the weights, the OpenBLAS GEMM, and the
+bias written into the output before the GEMM adds to it)."""
 import numpy as np
 
 from ..common import config
@@ -10,10 +14,11 @@ if lib is not None:
     BACKWARD_WEIGHT = per_dtype(lib.fc_conv2d_bwd_weight_im2col_f32, lib.fc_conv2d_bwd_weight_im2col_f64)
 
 
-def conv2d_forward(spec, x, w, bias):
+def conv2d_forward(spec, x, w, bias, profile=None):
     y = np.empty(spec.output_shape, spec.dtype)
     status = FORWARD[spec.dtype](
-        ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
+        ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec),
+        ptr(profile, out=True))
     check(status, "c.im2col")
     return y
 
