@@ -2,6 +2,7 @@
 line.  Tiny layers only (LeNet-5), one round: these check the plumbing, not the speed."""
 import io
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastconv import bench, dispatch, nets, registry
+from fastconv.c import _lib as c_lib
 
 
 def _layers(*names, net="lenet5"):
@@ -158,3 +160,23 @@ def test_onnxruntime_has_no_double_kernel_so_it_sits_float64_out():
 def test_an_unknown_peer_is_refused():
     with pytest.raises(ValueError, match="tensorflow is not one of torch, onnxruntime"):
         bench.run(_layers("conv2"), compare=("tensorflow",), progress=False)
+
+
+@pytest.mark.skipif(c_lib.lib is None, reason="C extension not built")
+def test_the_profile_script_lays_out_every_conv_layer_and_kernel(tmp_path):
+    """benchmarks/profile.py on LeNet-5: a row per conv layer and C kernel that serves it, phase
+    shares that are percentages, and the per-layer best and the net total after them."""
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "profile.py"
+    out = subprocess.run([sys.executable, str(script), "--net", "lenet5", "--seconds", "0.001",
+                          "--kernels", "c.direct,c.im2col"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    convs = [layer.name for layer in nets.get("lenet5") if layer.kind == "conv"]
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] and line.split()[0] in convs]
+    assert sorted((r[0], r[7]) for r in rows[:2 * len(convs)]) == sorted(
+        (name, k) for name in convs for k in ("c.direct", "c.im2col"))
+    assert all(0 <= int(c.rstrip("%")) <= 100 for r in rows for c in r if c.endswith("%"))
+    assert "fastest C kernel per layer" in out.stdout and "net total" in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--kernels", "numba.direct"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "profiled kernels: c.direct" in bad.stderr
