@@ -261,9 +261,12 @@ def _tune(args) -> int:
     print(f"{len(plans)} problems in {elapsed:.1f} s; the heuristic's pick is within 10% of the measured best "
           f"on {agree}/{len(ratios)}; cache: {summary['cache_file']}")
     if checks:
+        n = max(1, summary["verified"])
         print(f"re-timed afterwards (new inputs): the cached choice is within 10% of the fastest on "
-              f"{summary['choice_within_10pct']}/{summary['verified']} by medians ('re-timed' = choice / fastest), "
-              f"{summary['choice_within_10pct_by_min']}/{summary['verified']} by best times")
+              f"{summary['choice_within_10pct']}/{summary['verified']} "
+              f"({100 * summary['choice_within_10pct'] / n:.0f}%) by medians ('re-timed' = choice / fastest), "
+              f"{summary['choice_within_10pct_by_min']}/{summary['verified']} "
+              f"({100 * summary['choice_within_10pct_by_min'] / n:.0f}%) by best times")
     return 0
 
 

@@ -156,3 +156,27 @@ def test_the_memo_stays_bounded_and_its_choices_right():
         assert dispatch.choose("conv2d.fwd", spec, caller="t") is expected
         assert fc.explain(spec.input_shape, spec.weight_shape).chosen == expected.name
     dispatch.forget()
+
+
+def test_a_near_tie_goes_to_the_heuristics_pick_and_explain_says_so():
+    """Medians within choosing.TIE of each other are a tie, which noise decides: the heuristic's
+    order breaks it (at most TIE slower); further apart, the fastest median wins."""
+    from fastconv.dispatch import choosing, plans
+
+    spec = ConvSpec.from_args(np.zeros((1, 64, 56, 56), np.float32), np.zeros((64, 64, 3, 3), np.float32), padding=1)
+    ks = [registry.kernel("conv2d.fwd", n) for n in ("c.winograd_f4k3", "numba.winograd_f4k3", "c.im2col")]
+    assert choosing.heuristic("conv2d.fwd", spec, ks).name == "c.winograd_f4k3"
+
+    def entry(numba_ms):
+        times = {"c.winograd_f4k3": 1.0, "numba.winograd_f4k3": numba_ms, "c.im2col": 1.6}
+        return {"op": "conv2d.fwd", "rigor": "measure", "failed": {},
+                "times": {n: {"median": t * 1e-3, "dropped": False} for n, t in times.items()}}
+
+    tie = 1 / (1 + choosing.TIE)
+    assert choosing._pick(entry(1.01 * tie), ks, "measure", spec).name == "c.winograd_f4k3"
+    assert choosing._pick(entry(0.99 * tie), ks, "measure", spec).name == "numba.winograd_f4k3"
+    assert choosing._pick(entry(0.98), ks, "measure", spec).name == "c.winograd_f4k3"
+    # explain names the tie when it decided
+    cands = [plans.Candidate(k.name, entry(0.98)["times"][k.name]["median"], None, None, 1e-5, None) for k in ks]
+    assert "numba.winograd_f4k3 timed 2% faster, within the 5% of a tie" in plans._tie_note("c.winograd_f4k3", cands)
+    assert plans._tie_note("numba.winograd_f4k3", cands) == ""

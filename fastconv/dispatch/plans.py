@@ -170,6 +170,8 @@ def plan_of(key: tuple, d: Decision) -> Plan:
         detail = f"{d.cache.path} [{problem_key(op, spec)}], rigor {entry.get('rigor')}"
     elif d.source == "measured now":
         detail = f"rigor {entry.get('rigor')}, budget {entry.get('budget_s', 0):.2g} s, stored in {d.cache.path}"
+    if d.source in ("cache", "measured now"):
+        detail += _tie_note(d.kernel.name, cands)
     elif d.source == "heuristic":
         detail = d.why_heuristic
     else:
@@ -184,6 +186,19 @@ def plan_of(key: tuple, d: Decision) -> Plan:
         if h is not None and c is not None and h.median_s is not None and c.median_s is not None:
             plan.saving_per_call_s = max(0.0, h.median_s - c.median_s)
     return plan
+
+
+def _tie_note(chosen: str, cands) -> str:
+    """Why the choice is not the fastest median, when the tie rule (choosing.TIE) made it."""
+    timed = [c for c in cands if c.median_s is not None and not c.note.startswith("excluded")]
+    mine = next((c for c in timed if c.name == chosen), None)
+    if mine is None:
+        return ""
+    fastest = min(timed, key=lambda c: c.median_s)
+    if fastest.name == chosen:
+        return ""
+    return (f"; {fastest.name} timed {mine.median_s / fastest.median_s - 1:.0%} faster, within the "
+            f"{choosing.TIE:.0%} of a tie, which the heuristic's order decides")
 
 
 def explain_spec(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
