@@ -64,7 +64,16 @@
  * better): VGG conv2_2 avx2 0.38-0.53 / avx512 0.32-0.33, conv3_2 0.38-0.43 / 0.33-0.34, conv4_2
  * 0.46-0.49 / 0.29-0.46, conv5_1 0.76-0.81 / 0.53-0.69, ResNet 256@14x14 0.69-0.91 / 0.55-0.74;
  * effective 430-525 GFLOP/s on conv2_2 / conv3_2 against numpy's 177-202 GFLOP/s GEMM.  The
- * transforms stay 256-bit on every path (their shuffles are written for 8 float lanes).
+ * transforms stay 256-bit on every path (their shuffles are written for 8 float lanes), by
+ * measurement: on AMD EPYC Zen 5 (two 512-bit FMA pipes) a 512-bit version (a frame of 16 tiles
+ * per zmm, one microkernel block; masks extended lane by lane) was slower, the output transform's
+ * share of the threads' time rising from 7-13% to 12-20% on conv1_2..conv2_2 and F4's call times
+ * 2-70% longer on the early layers (benchmarks/profile.py --kernels c.winograd_f4k3, the two
+ * builds alternated twice): wider frames waste more lanes at a row's end, and the transforms are
+ * bound by moving the input in (12% of the cycles in memcpy filling the band, perf) and V out,
+ * not by their shuffles.  Nor did a 2-block register tile (2 x 12 or 2 x 14 channels, half the
+ * loads per FMA) help the batched GEMM there: the two blocks' V no longer fit L1 at 256-512
+ * channels, and conv4_2 / conv5_1 ran 10-30% slower.
  *
  * The file is a template in two levels: it includes itself once per tile size and dtype, and each
  * of those once per ISA.
