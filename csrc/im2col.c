@@ -82,46 +82,13 @@ static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffe
 
 #elif !defined(FC_ISA_SFX) /* level 1, per dtype: the hot loops once per ISA, then the entries */
 
-#define FC_ISA_SFX(name) FC_SFX(name##_generic)
-#define FC_TARGET
-#include "im2col.c"
-#undef FC_ISA_SFX
-#undef FC_TARGET
-#if FC_X86
-#define FC_ISA_SFX(name) FC_SFX(name##_avx2)
-#define FC_TARGET FC_TARGET_AVX2
-#include "im2col.c"
-#undef FC_ISA_SFX
-#undef FC_TARGET
-#define FC_ISA_SFX(name) FC_SFX(name##_avx512)
-#define FC_TARGET FC_TARGET_AVX512
-#include "im2col.c"
-#undef FC_ISA_SFX
-#undef FC_TARGET
-#endif
+#define FC_PER_ISA_FILE "im2col.c"
+#include "fc_per_isa.h"
+#undef FC_PER_ISA_FILE
 
-/* unfold_rows and col2im_rows of the ISA a call runs (the shape's, lowered to this CPU's). */
+/* unfold_rows and col2im_rows, as FC_ISA_PICK picks them for a call. */
 typedef void (*FC_SFX(rows_fn))(const FC_T *FC_RESTRICT, FC_T *FC_RESTRICT, const fc_conv2d_shape *, int64_t,
                                  int64_t, int64_t);
-static FC_SFX(rows_fn) FC_SFX(unfold_rows_for)(int64_t isa) {
-    switch (fc_isa(isa)) {
-#if FC_X86
-    case FC_ISA_AVX512: return FC_SFX(unfold_rows_avx512);
-    case FC_ISA_AVX2: return FC_SFX(unfold_rows_avx2);
-#endif
-    default: return FC_SFX(unfold_rows_generic);
-    }
-}
-static FC_SFX(rows_fn) FC_SFX(col2im_rows_for)(int64_t isa) {
-    switch (fc_isa(isa)) {
-#if FC_X86
-    case FC_ISA_AVX512: return FC_SFX(col2im_rows_avx512);
-    case FC_ISA_AVX2: return FC_SFX(col2im_rows_avx2);
-#endif
-    default: return FC_SFX(col2im_rows_generic);
-    }
-}
-
 
 int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y,
                                  const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
@@ -131,7 +98,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
-    const FC_SFX(rows_fn) unfold = FC_SFX(unfold_rows_for)(s->isa);
+    const FC_SFX(rows_fn) unfold = FC_ISA_PICK(s->isa, unfold_rows);
     const int64_t planes = s->n * s->groups;
     int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
     if (planes < nt) rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes)); /* a task per thread */
@@ -196,7 +163,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
-    const FC_SFX(rows_fn) unfold = FC_SFX(unfold_rows_for)(s->isa);
+    const FC_SFX(rows_fn) unfold = FC_ISA_PICK(s->isa, unfold_rows);
     const int64_t rows = fc_im2col_rows(s, K, 1, workspace_bytes, (int64_t)sizeof(FC_T)); /* one shared buffer */
     const int64_t chunks = (OH + rows - 1) / rows;
     const int64_t oparts = fc_min64(nt, (og + 15) / 16), oblock = (og + oparts - 1) / oparts;
@@ -246,7 +213,7 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
     const int64_t nt = n_threads > 0 ? n_threads : 1;
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
-    const FC_SFX(rows_fn) col2im = FC_SFX(col2im_rows_for)(s->isa);
+    const FC_SFX(rows_fn) col2im = FC_ISA_PICK(s->isa, col2im_rows);
     const int64_t planes = s->n * s->groups;
     const int64_t split = fc_min64(cg, (nt + planes - 1) / planes); /* channel blocks per plane */
     const int64_t cb = (cg + split - 1) / split;

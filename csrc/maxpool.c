@@ -38,42 +38,18 @@
 
 #elif !defined(FC_ISA_SFX) /* level 1, per dtype: the hot loops once per ISA, then the entries */
 
-#define FC_ISA_SFX(name) FC_SFX(name##_generic)
-#define FC_TARGET
-#include "maxpool.c"
-#undef FC_ISA_SFX
-#undef FC_TARGET
-#if FC_X86
-#define FC_ISA_SFX(name) FC_SFX(name##_avx2)
-#define FC_TARGET FC_TARGET_AVX2
-#include "maxpool.c"
-#undef FC_ISA_SFX
-#undef FC_TARGET
-#define FC_ISA_SFX(name) FC_SFX(name##_avx512)
-#define FC_TARGET FC_TARGET_AVX512
-#include "maxpool.c"
-#undef FC_ISA_SFX
-#undef FC_TARGET
-#endif
+#define FC_PER_ISA_FILE "maxpool.c"
+#include "fc_per_isa.h"
+#undef FC_PER_ISA_FILE
 
-/* pool_plane of the ISA a call runs (the shape's, lowered to this CPU's). */
+/* pool_plane, as FC_ISA_PICK picks it for a call. */
 typedef void (*FC_SFX(plane_fn))(const FC_T *FC_RESTRICT, FC_T *FC_RESTRICT, int64_t *FC_RESTRICT,
                                   const fc_pool2d_shape *);
-static FC_SFX(plane_fn) FC_SFX(pool_plane_for)(int64_t isa) {
-    switch (fc_isa(isa)) {
-#if FC_X86
-    case FC_ISA_AVX512: return FC_SFX(pool_plane_avx512);
-    case FC_ISA_AVX2: return FC_SFX(pool_plane_avx2);
-#endif
-    default: return FC_SFX(pool_plane_generic);
-    }
-}
-
 
 int FC_SFX(fc_maxpool2d_fwd_direct)(const FC_T *x, FC_T *y, int64_t *idx,
                                     const fc_pool2d_shape *s, int n_threads) {
     const int64_t planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->out_h * s->out_w;
-    const FC_SFX(plane_fn) pool_plane = FC_SFX(pool_plane_for)(s->isa);
+    const FC_SFX(plane_fn) pool_plane = FC_ISA_PICK(s->isa, pool_plane);
     FC_OMP_PARALLEL_FOR(n_threads)
     for (int64_t p = 0; p < planes; p++)
         pool_plane(x + p * in_plane, y + p * out_plane, idx + p * out_plane, s);
