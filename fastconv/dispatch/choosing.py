@@ -145,10 +145,10 @@ def choose(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optio
 
 
 # Medians this close are a tie, which the timing's noise decides: the heuristic's order breaks it.
-# On ResNet-18's 64-channel 3x3 layer (AMD EPYC Zen 5) the tuner timed numba.winograd_f4k3 2%
-# faster than c.winograd_f4k3 in one run of five and 2-15% slower in the others; inside a
-# network-like sequence (each call after another layer's) c.winograd_f4k3 ran 13% faster, and the
-# heuristic prefers it.  A tie costs at most TIE (within the 10% that "auto picks the fastest" allows).
+# On ResNet-18's 64-channel 3x3 layer (AMD EPYC Zen 5, avx512) the tuner timed numba.winograd_f4k3
+# 2% faster than c.winograd_f4k3 in one bench run of five and 3-17% slower in the others; inside a
+# network-like sequence (each call after another layer's) c.winograd_f4k3 ran 13-15% faster, and
+# the heuristic prefers it.  A tie costs at most TIE (within the 10% that "auto picks the fastest" allows).
 TIE = 0.05
 
 
