@@ -25,11 +25,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import c, numba, peers, reference
+from .c import depthwise as c_depthwise
 from .c import direct as c_direct
 from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
 from .c import winograd as c_winograd
-from .common import im2col, nonfinite, winograd
+from .common import depthwise, im2col, nonfinite, winograd
+from .numba import depthwise as nb_depthwise
 from .numba import direct as nb_direct
 from .numba import im2col as nb_im2col
 from .numba import maxpool as nb_maxpool
@@ -222,6 +224,7 @@ def _winograd_rank(op: str, spec) -> int:
 
 
 FAMILY_RANK: dict = {  # family -> (op, spec) -> rank; max-pool has one family: registry order
+    "depthwise": lambda op, spec: 0,  # it serves depthwise problems only, and is made for them
     "winograd": _winograd_rank,
     "im2col": lambda op, spec: 2 if _one_input_channel(op, spec) else 1,
     "direct": lambda op, spec: 1 if _one_input_channel(op, spec) else 2,
@@ -242,8 +245,8 @@ def _winograd(name: str, op: str, m: int, run: Callable, fallback: Kernel) -> Ke
                       data=True, weights=False)
 
 
-def _direct_backward_data(name: str, run: Callable, fallback: Kernel) -> Kernel:
-    return _rerouting(Kernel(name, "conv2d.bwd_data", run), fallback, data=False, weights=True)
+def _direct_backward_data(name: str, run: Callable, fallback: Kernel, why_not: Callable = _always) -> Kernel:
+    return _rerouting(Kernel(name, "conv2d.bwd_data", run, why_not), fallback, data=False, weights=True)
 
 
 # im2col's limits are OpenBLAS's, the same in both backends
@@ -263,6 +266,8 @@ KERNELS: tuple[Kernel, ...] = (
     _winograd("numba.winograd_f2k3", "conv2d.fwd", 2, nb_winograd.conv2d_forward_f2k3, NB_IM2COL_FWD),
     _winograd("numba.winograd_f4k3", "conv2d.fwd", 4, nb_winograd.conv2d_forward_f4k3, NB_IM2COL_FWD),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
+    Kernel("c.depthwise", "conv2d.fwd", c_depthwise.conv2d_forward, depthwise.why_not),
+    Kernel("numba.depthwise", "conv2d.fwd", nb_depthwise.conv2d_forward, depthwise.why_not),
     Kernel("numpy.reference", "conv2d.fwd", reference._conv2d),
     # conv2d backward: input gradient and weight gradient are chosen separately; the direct
     # kernels run their forward engine on the transposed problems of common/transpose.py
@@ -274,11 +279,16 @@ KERNELS: tuple[Kernel, ...] = (
     _winograd("numba.winograd_f4k3", "conv2d.bwd_data", 4, nb_winograd.conv2d_backward_data_f4k3, NB_IM2COL_BWD_DATA),
     _direct_backward_data("c.direct", c_direct.conv2d_backward_data, C_IM2COL_BWD_DATA),
     _direct_backward_data("numba.direct", nb_direct.conv2d_backward_data, NB_IM2COL_BWD_DATA),
+    _direct_backward_data("c.depthwise", c_depthwise.conv2d_backward_data, C_IM2COL_BWD_DATA, depthwise.why_not),
+    _direct_backward_data("numba.depthwise", nb_depthwise.conv2d_backward_data, NB_IM2COL_BWD_DATA,
+                          depthwise.why_not),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
     Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, im2col.why_not),
     Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, im2col.why_not),
     Kernel("c.direct", "conv2d.bwd_weight", c_direct.conv2d_backward_weight),
     Kernel("numba.direct", "conv2d.bwd_weight", nb_direct.conv2d_backward_weight),
+    Kernel("c.depthwise", "conv2d.bwd_weight", c_depthwise.conv2d_backward_weight, depthwise.why_not),
+    Kernel("numba.depthwise", "conv2d.bwd_weight", nb_depthwise.conv2d_backward_weight, depthwise.why_not),
     Kernel("numpy.reference", "conv2d.bwd_weight", reference._conv2d_grad_weight),
     # max-pool
     Kernel("c.maxpool", "maxpool2d.fwd", c_maxpool.max_pool2d_forward),

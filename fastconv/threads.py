@@ -106,6 +106,11 @@ def get_num_threads() -> int:
 # 20 us of one core's work, where a second thread could save little anyway (PyTorch's parallel_for
 # has the same kind of grain size).
 SERIAL_WORK = 1 << 20
+# A depthwise layer (one input channel per group) streams its planes at a few FLOPs per byte, so a
+# FLOP of it costs several of a dense layer's: c.depthwise ran MobileNet-v2's 960 x 7 x 7 layer
+# (0.85 MFLOP) at 7 GFLOP/s on one core, 121 us, where 2^20 FLOPs of a dense layer take about 20
+# (Intel Xeon, AVX-512).  Its work counts its FLOPs this many times.
+DEPTHWISE_WORK_PER_FLOP = 8
 
 
 _launched = False  # this process has launched a kernel (an OpenMP team, a Numba parallel loop)
@@ -130,7 +135,10 @@ def for_problem(spec=None) -> int:
         return 1
     if spec is None:
         return _num_threads
-    work = spec.flops if hasattr(spec, "flops") else 2 * math.prod(spec.input_shape)
+    if hasattr(spec, "flops"):
+        work = spec.flops * (DEPTHWISE_WORK_PER_FLOP if spec.c_in == spec.groups > 1 else 1)
+    else:
+        work = 2 * math.prod(spec.input_shape)
     return 1 if work < SERIAL_WORK else _num_threads
 
 

@@ -52,6 +52,20 @@ CHECK = """
             want = fc.reference.conv2d_backward(gy, x, w, **kw)
             for g, r in zip(got, want):
                 worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
+    # depthwise: forward and both backward passes; a multiplier, stride 2 (four phases), a plane
+    # smaller than a vector, a row of several vectors with a partial last one
+    for xs, ws, kw in [((2, 6, 13, 12), (12, 1, 3, 3), dict(padding=1, groups=6)),
+                       ((1, 5, 23, 70), (5, 1, 5, 3), dict(stride=2, padding=(2, 1), dilation=(1, 2), groups=5)),
+                       ((3, 9, 7, 7), (9, 1, 3, 3), dict(padding=1, groups=9))]:
+        for dt in ("float32", "float64"):
+            x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
+            b = rng.standard_normal(ws[0]).astype(dt)
+            y = fc.conv2d(x, w, b, algo="depthwise", backend="c", **kw)
+            gy = rng.standard_normal(y.shape).astype(dt)
+            got = (y, *fc.conv2d_backward(gy, x, w, algo="depthwise", weight_algo="depthwise", backend="c", **kw))
+            want = (fc.reference.conv2d(x, w, b, **kw), *fc.reference.conv2d_backward(gy, x, w, **kw))
+            for g, r in zip(got, want):
+                worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
     # max-pool: stride, padding, dilation, ceil mode, ties and NaN (values and argmax indices exact)
     for xs, kw in [((2, 3, 17, 19), dict(kernel_size=3, stride=2, padding=1)),
                    ((1, 4, 16, 16), dict(kernel_size=2, stride=2)),

@@ -34,6 +34,14 @@ CASES = {
     "dilation": ((1, 4, 15, 14), (6, 4, 3, 3), 1, 2, (2, 3), 1),
     "groups": ((2, 8, 9, 10), (12, 2, 3, 3), 1, 1, 1, 4),
     "depthwise": ((1, 16, 12, 12), (16, 1, 3, 3), 2, 1, 1, 16),
+    # depthwise kernels' own edges (csrc/depthwise.c): a channel multiplier, stride 2 with a
+    # dilated 5x5 and uneven padding (four phases of the copy), planes smaller than one vector,
+    # a row of many vectors with a partial last one, and padding past the kernel
+    "depthwise-multiplier": ((2, 3, 11, 10), (6, 1, 3, 3), 1, 1, 1, 3),
+    "depthwise-stride2-dilated-5x5": ((1, 4, 17, 16), (4, 1, 5, 5), 2, (2, 3), (2, 1), 4),
+    "depthwise-small-planes": ((3, 20, 7, 7), (20, 1, 3, 3), 1, 1, 1, 20),
+    "depthwise-wide-rows": ((1, 2, 5, 75), (4, 1, 3, 3), (1, 3), (0, 2), 1, 2),
+    "depthwise-padding-beyond-kernel": ((1, 3, 4, 6), (3, 1, 2, 3), (1, 2), (3, 4), 1, 3),
     "pointwise": ((2, 32, 7, 7), (19, 32, 1, 1), 1, 0, 1, 1),
     "same-even-kernel": ((1, 3, 9, 8), (2, 3, 4, 2), 1, "same", (1, 2), 1),
     "valid-wide-kernel": ((1, 2, 5, 30), (3, 2, 5, 29), 1, "valid", 1, 1),
@@ -104,6 +112,28 @@ def conv_problems(draw):
     w = draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * 3), 24))
     n = draw(st.integers(1, 3))
     return (n, cin, h, w), (cout, cin // groups, kh, kw), stride, padding, dilation, groups
+
+
+@st.composite
+def depthwise_problems(draw):
+    """groups = in_channels, with a channel multiplier: the depthwise kernels' space (the other
+    kernels serve it too, as grouped convolutions)."""
+    (n, cin, h, w), (_, _, kh, kw), stride, padding, dilation, _ = draw(conv_problems())
+    cin, mult = draw(st.integers(1, 8)), draw(st.integers(1, 3))
+    return (n, cin, h, w), (cin * mult, 1, kh, kw), stride, padding, dilation, cin
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", FORWARD)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=depthwise_problems(), seed=st.integers(0, 2**32 - 1))
+def test_forward_depthwise_property(kernel, dtype, problem, seed):
+    xs, ws, stride, padding, dilation, groups = problem
+    try:
+        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
+    except ValueError:
+        return
+    _run_case(kernel, problem, dtype, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

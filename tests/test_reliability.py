@@ -28,9 +28,14 @@ def _run(script: str, tmp_path, timeout: float = 600, env=None) -> subprocess.Co
                           timeout=timeout, cwd=tmp_path, env=dict(os.environ, **(env or {})))
 
 
-def _call(kernel, x, w, gy, *, padding=1):
-    """kernel's op through the public API, with the kernel named (registry.Op: which function)."""
-    spec = ConvSpec.from_args(x, w, padding=padding)
+def _call(kernel, x, w, gy, *, padding=1, groups=1):
+    """kernel's op through the public API, with the kernel named (registry.Op: which function).
+    A depthwise kernel given a dense problem runs the depthwise one on the same x (its weights and
+    gy repeated from the given ones to (C, 1, kH, kW) and C channels: the kind it serves)."""
+    if kernel.family == "depthwise" and groups == 1 and w.shape[1] != 1:
+        groups = x.shape[1]
+        w, gy = np.resize(w, (groups, 1, *w.shape[2:])), np.resize(gy, (gy.shape[0], groups, *gy.shape[2:]))
+    spec = ConvSpec.from_args(x, w, padding=padding, groups=groups)
     call = api.op_call(kernel.op, spec, {"x": x, "w": w, "bias": None, "grad_y": gy}, kernel)
     return registry.OPS[kernel.op].output_of(call())
 
@@ -50,6 +55,7 @@ FORK_SCRIPT = """
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)   # large enough for two threads
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    w_depthwise = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
     gy = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
 
     def every_kernel(_=None):
@@ -58,17 +64,19 @@ FORK_SCRIPT = """
             if k.backend == "numpy":
                 continue
             pick = dict(backend=k.backend)
+            # a depthwise kernel on a depthwise problem, every other kernel on a dense one
+            wk, pick["groups"] = (w_depthwise, 16) if k.family == "depthwise" else (w, 1)
             if k.op == "conv2d.fwd":
-                out[k.op, k.name] = fc.conv2d(x, w, padding=1, algo=k.algo, **pick)
+                out[k.op, k.name] = fc.conv2d(x, wk, padding=1, algo=k.algo, **pick)
             elif k.op == "conv2d.bwd_data":
-                out[k.op, k.name] = fc.conv2d_backward(gy, x, w, padding=1, algo=k.algo, **pick)[0]
+                out[k.op, k.name] = fc.conv2d_backward(gy, x, wk, padding=1, algo=k.algo, **pick)[0]
             elif k.op == "conv2d.bwd_weight":
-                out[k.op, k.name] = fc.conv2d_backward(gy, x, w, padding=1, weight_algo=k.algo, **pick)[1]
+                out[k.op, k.name] = fc.conv2d_backward(gy, x, wk, padding=1, weight_algo=k.algo, **pick)[1]
             elif k.op == "maxpool2d.fwd":
-                out[k.op, k.name] = fc.max_pool2d(x, 3, 2, 1, **pick)[1]
+                out[k.op, k.name] = fc.max_pool2d(x, 3, 2, 1, backend=k.backend)[1]
             else:
                 y, idx = fc.max_pool2d(x, 3, 2, 1)
-                out[k.op, k.name] = fc.max_pool2d_backward(y, idx, x.shape, **pick)
+                out[k.op, k.name] = fc.max_pool2d_backward(y, idx, x.shape, backend=k.backend)
         return out, threads.serial_only
 
     if __name__ == "__main__":
@@ -149,7 +157,10 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_parameter_gradients():
     # nothing is timed for it (explain says so), and every kernel may be named
     assert "N = 0" in fc.explain(x.shape, w.shape, padding=1, rigor="measure").detail
     for k in fc.kernels("conv2d.fwd"):
-        assert fc.conv2d(x, w, padding=1, algo=k.algo, backend=k.backend).shape == (0, 4, 7, 6)
+        if k.family == "depthwise":  # on a depthwise problem, the only kind it serves
+            assert fc.conv2d(x, w[:3, :1], padding=1, groups=3, algo=k.algo, backend=k.backend).shape == (0, 3, 7, 6)
+        else:
+            assert fc.conv2d(x, w, padding=1, algo=k.algo, backend=k.backend).shape == (0, 4, 7, 6)
 
 
 @pytest.mark.parametrize("shape", [(1, 0, 5, 5), (2, 3, 0, 5), (2, 3, 5, 0)])
@@ -182,18 +193,20 @@ def test_non_finite_weights_land_where_the_reference_puts_them(kernel, bad, tap)
     """(For the weight gradient, non-finite inputs.)  Winograd mixed an inf weight into NaN across its channel (PyTorch: +inf in the 64 outputs);
     direct and Winograd grad of input multiplied a corner NaN by the padding (36 NaN, PyTorch 25)."""
     rng = np.random.default_rng(7)
+    # a depthwise kernel on a depthwise problem with a channel multiplier of 2, the others dense
+    groups, c_out, c = (4, 8, 0) if kernel.family == "depthwise" else (1, 5, 1)
     x = np.abs(rng.standard_normal((2, 4, 8, 8))) + 0.1   # positive: an inf weight stays inf
-    w = rng.standard_normal((5, 4, 3, 3))
-    gy = np.abs(rng.standard_normal((2, 5, 8, 8))) + 0.1
+    w = rng.standard_normal((c_out, 4 // groups, 3, 3))
+    gy = np.abs(rng.standard_normal((2, c_out, 8, 8))) + 0.1
     # the weight gradient does not read the weights: there the input holds the value
-    (x[1, 2] if kernel.op == "conv2d.bwd_weight" else w[2, 1])[tap] = bad
-    spec = ConvSpec.from_args(x, w, None, 1, 1)
+    (x[1, 2] if kernel.op == "conv2d.bwd_weight" else w[2, c])[tap] = bad
+    spec = ConvSpec.from_args(x, w, None, 1, 1, groups=groups)
     reason = kernel.refusal(spec)
     assert reason is None, reason
     for dtype in ("float32", "float64"):
         xs, ws, gys = x.astype(dtype), w.astype(dtype), gy.astype(dtype)
-        got = _call(kernel, xs, ws, gys)
-        want = _call(fc.kernels(kernel.op)[-1], xs, ws, gys)   # the reference
+        got = _call(kernel, xs, ws, gys, groups=groups)
+        want = _call(fc.kernels(kernel.op)[-1], xs, ws, gys, groups=groups)   # the reference
         assert np.isnan(want).any() or np.isinf(want).any()
         _same_pattern(got, want)
         ok = np.isfinite(want)
@@ -225,11 +238,13 @@ def test_torch_agrees_with_non_finite_weights_in_both_passes():
     xt = torch.from_numpy(x).requires_grad_()
     F.conv2d(xt, torch.from_numpy(w), padding=1).backward(torch.from_numpy(gy))
     assert int(xt.grad.isnan().sum()) == 25
-    for k in fc.kernels("conv2d.bwd_data"):
+    # (dense kernels: the depthwise ones' patterns are checked against the reference's above)
+    dense = lambda op: [k for k in fc.kernels(op) if k.family != "depthwise"]  # noqa: E731
+    for k in dense("conv2d.bwd_data"):
         _same_pattern(_call(k, x, w, gy), xt.grad.numpy())
     w[1, 0, 0, 0] = np.inf
     want = F.conv2d(torch.from_numpy(np.abs(x)), torch.from_numpy(w), padding=1).numpy()
-    for k in fc.kernels("conv2d.fwd"):
+    for k in dense("conv2d.fwd"):
         _same_pattern(_call(k, np.abs(x), w, gy), want)
 
 
@@ -271,8 +286,9 @@ def test_foreign_byte_order_pool_and_dtype_variants():
     assert not raw.flags.aligned
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     for k in fc.kernels("conv2d.fwd"):
-        np.testing.assert_array_equal(fc.conv2d(raw, w, padding=1, algo=k.algo, backend=k.backend),
-                                      fc.conv2d(x, w, padding=1, algo=k.algo, backend=k.backend))
+        wk, groups = (w[:3, :1], 3) if k.family == "depthwise" else (w, 1)  # the kind it serves
+        np.testing.assert_array_equal(fc.conv2d(raw, wk, padding=1, groups=groups, algo=k.algo, backend=k.backend),
+                                      fc.conv2d(x, wk, padding=1, groups=groups, algo=k.algo, backend=k.backend))
 
 
 # ----------------------------------------------------------------------------- 5. huge problems
@@ -449,16 +465,19 @@ def test_eight_threads_on_every_kernel_and_op_match_serial_calls(tmp_path):
         x = rng.standard_normal((2, 8, 13, 11)).astype(np.float32)
         w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
         gy = rng.standard_normal((2, 6, 13, 11)).astype(np.float32)
+        w_dw, gy_dw = w[:1].reshape(8, 1, 3, 3)[:8], rng.standard_normal((2, 8, 13, 11)).astype(np.float32)
         y, idx = fc.reference.max_pool2d(x, 3, 2, 1)
         calls = {}
         for k in fc.kernels():
             pick = dict(backend=k.backend)
+            if k.op.startswith("conv2d"):  # a depthwise kernel on a depthwise problem
+                wk, g, pick["groups"] = (w_dw, gy_dw, 8) if k.family == "depthwise" else (w, gy, 1)
             if k.op == "conv2d.fwd":
-                calls[k.op, k.name] = lambda a=k.algo, p=pick: fc.conv2d(x, w, padding=1, algo=a, **p)
+                calls[k.op, k.name] = lambda a=k.algo, p=pick, wk=wk: fc.conv2d(x, wk, padding=1, algo=a, **p)
             elif k.op == "conv2d.bwd_data":
-                calls[k.op, k.name] = lambda a=k.algo, p=pick: fc.conv2d_backward(gy, x, w, padding=1, algo=a, **p)[0]
+                calls[k.op, k.name] = lambda a=k.algo, p=pick, wk=wk, g=g: fc.conv2d_backward(g, x, wk, padding=1, algo=a, **p)[0]
             elif k.op == "conv2d.bwd_weight":
-                calls[k.op, k.name] = lambda a=k.algo, p=pick: fc.conv2d_backward(gy, x, w, padding=1, weight_algo=a, **p)[1]
+                calls[k.op, k.name] = lambda a=k.algo, p=pick, wk=wk, g=g: fc.conv2d_backward(g, x, wk, padding=1, weight_algo=a, **p)[1]
             elif k.op == "maxpool2d.fwd":
                 calls[k.op, k.name] = lambda p=pick: np.stack(fc.max_pool2d(x, 3, 2, 1, **p)).astype(np.float64)
             else:

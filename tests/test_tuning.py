@@ -644,7 +644,10 @@ def test_heuristic_rule(monkeypatch):
     assert pick((1, 3, 224, 224), (64, 3, 3, 3), padding=1) == "c.im2col"             # too few channels
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_data") == "c.winograd_f4k3"
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_weight") == "c.im2col"
-    assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, op="conv2d.bwd_weight") == "c.direct"  # depthwise
+    assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, op="conv2d.bwd_weight") == "c.depthwise"
+    # a depthwise problem whose plane copy the depthwise kernels refuse: im2col's GEMMs would be dot products
+    assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, padding=3000, dilation=3000,
+                op="conv2d.bwd_weight") == "c.direct"
     # in estimate mode (the test session's) auto follows it, and C falls back to Numba
     x, w = np.ones((1, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)
     assert choose(ConvSpec.from_args(x, w)).name == "c.im2col"

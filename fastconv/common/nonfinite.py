@@ -11,7 +11,7 @@ another kernel of the same backend (its im2col), and ``explain`` and ``fastconv 
   time); the weights through their transform, which the filter cache keeps with its finiteness:
   free on a cache hit (fastconv/common/winograd.py raises NonFinite).  A transform is finite exactly when
   the weights are, but for an overflow, which then also goes to im2col.
-- **direct grad of input.**  It runs the forward engine on the transposed problem
+- **direct and depthwise grad of input.**  They run the forward engine on the transposed problem
   (fastconv/common/transpose.py), whose zero padding a NaN or inf weight then multiplies (0 x NaN = NaN),
   where PyTorch (and im2col's col2im) never forms those products: a NaN corner tap of a 6x6 layer
   with padding 1 gave 36 NaNs against PyTorch's 25.  The weights are summed on each call: every

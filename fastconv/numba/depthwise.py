@@ -1,0 +1,161 @@
+"""Depthwise conv2d in Numba, the twin of csrc/depthwise.c (its header has the why): groups =
+C_in, any channel multiplier, stride, padding and dilation.  Forward and grad of weight here; the
+grad of input runs the forward on the transposed problems of fastconv/common/transpose.py (the
+forward serves any cg input channels per group for them).
+
+Per task, a run of consecutive planes (n, g), as in C:
+  copy_plane   the zero-padded copy of an input plane split by stride phase in both axes, rows
+               of `pitch` = out_w + (kw - 1) * dw // sw columns, flat; tap (c, i, j) of output
+               (oh, ow) reads it at toff[c, i, j] + oh * pitch + ow (C's header derives it);
+  forward      the outputs as one flat run per chunk of rows: the bias, then per tap one loop
+               acc[f] += w * xq[toff + f] over the whole run, which LLVM vectorizes (contiguous,
+               indexed from 0, so no wraparound checks; one loop per tap and chunk, not per row);
+               the rows of acc (pitch apart, the columns past out_w dropped) are copied into y;
+  weight grad  per tap the dot products of gy's rows with the tap's rows of the copy (out_w
+               columns each: a reduction LLVM vectorizes under FASTMATH's reassoc), summed over
+               the batch in order.
+Numba's vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path (fastconv/numba/_options.py).
+"""
+import numpy as np
+from numba import prange
+
+from .. import threads
+from ..common import transpose
+from ._options import driver, helper, launch_threads
+
+TASKS_PER_THREAD = 8  # runs of planes per thread, as in C
+
+
+CHUNK_ELEMS = 2048  # flat outputs per chunk of rows: its buffer stays in L1 (as in C)
+
+
+@helper
+def layout(OH, OW, kh, kw, sh, sw, dh, dw):
+    """(pitch, rows, elements per phase, elements per channel) of a plane's copy."""
+    pitch, rows = OW + (kw - 1) * dw // sw, OH + (kh - 1) * dh // sh
+    psize = (rows + 1) * pitch  # the last run reads up to pitch - 1 past the rows
+    return pitch, rows, psize, sh * sw * psize
+
+
+@helper
+def tap_offsets(cg, kh, kw, sh, sw, dh, dw, pitch, psize, csize):
+    toff = np.empty(cg * kh * kw, np.int64)
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                di, dj = i * dh, j * dw
+                phase = (di % sh) * sw + dj % sw
+                toff[(c * kh + i) * kw + j] = c * csize + phase * psize + di // sh * pitch + dj // sw
+    return toff
+
+
+@helper
+def copy_plane(x, n, c, xq, base, pt, pl, sh, sw, rows, pitch, psize):
+    """xq[base + phase (rh, rw), row r, column q] = x[n, c, r * sh + rh - pt, q * sw + rw - pl],
+    zero outside the plane and past the rows."""
+    H, W = x.shape[2], x.shape[3]
+    for rh in range(sh):
+        for rw in range(sw):
+            start = base + (rh * sw + rw) * psize
+            xq[start:start + psize] = 0.0
+            off = rw - pl
+            lo = 0 if off >= 0 else min((-off + sw - 1) // sw, pitch)  # the q reading inside [0, W)
+            hi = lo if off >= W else max(lo, min(pitch, (W - 1 - off) // sw + 1))
+            for r in range(rows):
+                ih = r * sh + rh - pt
+                if 0 <= ih < H:
+                    src = x[n, c, ih]
+                    dst = xq[start + r * pitch:start + (r + 1) * pitch]
+                    for q in range(lo, hi):
+                        dst[q] = src[q * sw + off]
+
+
+@driver
+def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, run):
+    N = x.shape[0]
+    O, cg, kh, kw = w.shape
+    OH, OW = y.shape[2], y.shape[3]
+    og, taps = O // groups, cg * kh * kw
+    pitch, rows, psize, csize = layout(OH, OW, kh, kw, sh, sw, dh, dw)
+    toff = tap_offsets(cg, kh, kw, sh, sw, dh, dw, pitch, psize, csize)
+    chunk = max(1, min(OH, CHUNK_ELEMS // pitch))
+    planes = N * groups
+    for t in prange((planes + run - 1) // run):
+        xq = np.empty(cg * csize, x.dtype)
+        acc = np.empty(chunk * pitch, x.dtype)
+        for p in range(t * run, min(planes, (t + 1) * run)):
+            n, g = p // groups, p % groups
+            for c in range(cg):
+                copy_plane(x, n, g * cg + c, xq, c * csize, pt, pl, sh, sw, rows, pitch, psize)
+            for o in range(og):
+                oc = g * og + o
+                wl = w[oc].reshape(taps)
+                for oh0 in range(0, OH, chunk):
+                    nrows = min(chunk, OH - oh0)
+                    F, f0 = nrows * pitch, oh0 * pitch
+                    b = bias[oc]
+                    for f in range(F):
+                        acc[f] = b
+                    for k in range(taps):
+                        wv = wl[k]
+                        src = xq[toff[k] + f0:toff[k] + f0 + F]
+                        for f in range(F):
+                            acc[f] += wv * src[f]
+                    for r in range(nrows):
+                        y[n, oc, oh0 + r, :] = acc[r * pitch:r * pitch + OW]
+
+
+@driver
+def _conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, run):
+    N = x.shape[0]
+    O, _, kh, kw = gw.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    og, taps = O // groups, kh * kw
+    pitch, rows, psize, csize = layout(OH, OW, kh, kw, sh, sw, dh, dw)
+    toff = tap_offsets(1, kh, kw, sh, sw, dh, dw, pitch, psize, csize)
+    for t in prange((groups + run - 1) // run):
+        xq = np.empty(csize, x.dtype)
+        sums = np.empty(og * taps, gw.dtype)
+        for g in range(t * run, min(groups, (t + 1) * run)):
+            sums[:] = 0.0
+            for n in range(N):
+                copy_plane(x, n, g, xq, 0, pt, pl, sh, sw, rows, pitch, psize)
+                for o in range(og):
+                    for k in range(taps):
+                        s = gw.dtype.type(0)
+                        for oh in range(OH):  # out_w columns per row only (C's header: no 0 x NaN)
+                            gr = gy[n, g * og + o, oh]
+                            src = xq[toff[k] + oh * pitch:toff[k] + oh * pitch + OW]
+                            for q in range(OW):
+                                s += gr[q] * src[q]
+                        sums[o * taps + k] += s
+            for o in range(og):
+                gw[g * og + o].reshape(taps)[:] = sums[o * taps:(o + 1) * taps]
+
+
+def _run(items, spec) -> int:
+    """Planes (or groups) per task: a few tasks per thread."""
+    tasks = min(items, TASKS_PER_THREAD * threads.for_problem(spec))
+    return -(-items // tasks)
+
+
+def conv2d_forward(spec, x, w, bias, out=None):
+    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
+    bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
+    launch_threads(spec)
+    _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups,
+                    _run(spec.n * spec.groups, spec))
+    return y
+
+
+def conv2d_backward_data(spec, grad_y, w):
+    return transpose.backward_data(conv2d_forward, spec, grad_y, w)
+
+
+def conv2d_backward_weight(spec, grad_y, x):
+    grad_w = np.empty(spec.weight_shape, spec.dtype)
+    launch_threads(spec)
+    _conv2d_backward_weight(grad_y, x, grad_w, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation,
+                            spec.groups, _run(spec.groups, spec))
+    return grad_w
