@@ -28,7 +28,8 @@ from fastconv import __version__, bench, machine, nets, registry
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_NETS = ("vgg16", "resnet18", "googlenet", "mobilenetv2")
 TITLES = {"vgg16": "VGG-16", "resnet18": "ResNet-18", "googlenet": "GoogLeNet (Inception-v1)",
-          "mobilenetv2": "MobileNet-v2, depthwise layers", "alexnet": "AlexNet", "lenet5": "LeNet-5"}
+          "mobilenetv2": "MobileNet-v2 (its whole conv stack)", "mobilenetv2dw": "MobileNet-v2, depthwise layers",
+          "alexnet": "AlexNet", "lenet5": "LeNet-5"}
 
 
 def _x(v) -> str:
@@ -49,7 +50,7 @@ def net_section(name: str, rows, peak, chart: str, batch: int) -> list[str]:
     head += ["torch ms", "vs torch"] if has_torch else []
     head += ["ONNX Runtime ms", "vs ort"] if has_ort else []
     head += ["vs NumPy ref"]
-    lines = [f"## {TITLES.get(name, name)}, batch {batch}", "",
+    lines = [f"## {TITLES.get(name.lower().replace('-', '').replace('_', ''), name)}, batch {batch}", "",
              f"![GFLOP/s per layer and kernel]({chart})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     kernels = {r.kernel for r in rows} - {bench.AUTO, *bench.PEERS}

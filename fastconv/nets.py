@@ -120,23 +120,36 @@ GOOGLENET = _distinct((
     *_inception("5a", 832, 7, 256, 160, 320, 32, 128, 128), *_inception("5b", 832, 7, 384, 192, 384, 48, 128, 128),
 ))
 
-# MobileNet-v2's depthwise 3x3 convs (Sandler et al. 2018; torchvision's, 224x224 input): one per
-# inverted-residual block, groups = channels; the block's 1x1 expand/project convs are not listed.
-MOBILENET_V2_DEPTHWISE = (
-    _conv("dw32_112", 32, 112, 32, groups=32),
-    _conv("dw96_112_s2", 96, 112, 96, stride=2, groups=96),
-    _conv("dw144_56", 144, 56, 144, groups=144),
-    _conv("dw144_56_s2", 144, 56, 144, stride=2, groups=144),
-    _conv("dw192_28", 192, 28, 192, groups=192, count=2),
-    _conv("dw192_28_s2", 192, 28, 192, stride=2, groups=192),
-    _conv("dw384_14", 384, 14, 384, groups=384, count=4),
-    _conv("dw576_14", 576, 14, 576, groups=576, count=2),
-    _conv("dw576_14_s2", 576, 14, 576, stride=2, groups=576),
-    _conv("dw960_7", 960, 7, 960, groups=960, count=3),
-)
+# MobileNet-v2 (Sandler et al. 2018; torchvision's mobilenet_v2, width 1.0, 224x224 input), its
+# whole conv stack: a 3x3/2 stem, 17 inverted-residual blocks of (t, c, n, s) below (a 1x1
+# "expand" conv to t * C_in channels when t > 1, a 3x3 depthwise conv with groups = channels and
+# the block's first stride, a 1x1 "project" conv to c channels), and a 1x1 conv to 1280.  No conv
+# biases (BatchNorm follows each).
+MOBILENET_V2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _mobilenet_v2():
+    layers, c, hw = [_conv("conv1", 3, 224, 32, stride=2)], 32, 112
+    for t, c_out, n, s in MOBILENET_V2_BLOCKS:
+        for i in range(n):
+            stride, hidden = s if i == 0 else 1, c * t
+            if t != 1:
+                layers.append(_conv(f"pw{c}to{hidden}_{hw}", c, hw, hidden, k=1, pad=0))
+            layers.append(_conv(f"dw{hidden}_{hw}" + ("_s2" if stride == 2 else ""), hidden, hw, hidden,
+                                stride=stride, groups=hidden))
+            hw = (hw - 1) // stride + 1  # a 3x3 with padding 1
+            layers.append(_conv(f"pw{hidden}to{c_out}_{hw}", hidden, hw, c_out, k=1, pad=0))
+            c = c_out
+    return _distinct((*layers, _conv(f"pw{c}to1280_{hw}", c, hw, 1280, k=1, pad=0)))
+
+
+MOBILENET_V2 = _mobilenet_v2()
+# Its depthwise layers alone, the layer class a depthwise kernel is measured on.
+MOBILENET_V2_DEPTHWISE = tuple(l for l in MOBILENET_V2 if l.groups > 1)
 
 NETS = {"lenet5": LENET5, "alexnet": ALEXNET, "vgg16": VGG16, "googlenet": GOOGLENET, "resnet18": RESNET18,
-        "mobilenetv2": MOBILENET_V2_DEPTHWISE}
+        "mobilenetv2": MOBILENET_V2, "mobilenetv2dw": MOBILENET_V2_DEPTHWISE}
 
 
 def get(name: str) -> tuple[Layer, ...]:

@@ -45,9 +45,23 @@ def test_small_nets_totals():
 
 
 def test_depthwise_table_is_depthwise():
-    layers = _convs("mobilenetv2")
+    layers = _convs("mobilenetv2_dw")
     assert sum(l.count for l in layers) == 17  # one per inverted-residual block
     assert all(l.groups == l.input_chw[0] == l.weight[0] and l.weight[1:] == (1, 3, 3) for l in layers)
+    assert layers == [l for l in _convs("mobilenetv2") if l.groups > 1]
+
+
+def test_mobilenet_v2_stack_counts_its_published_size():
+    # 52 convs: the stem, 17 blocks of depthwise + 1x1 project (16 with a 1x1 expand, t > 1), the last 1x1
+    layers = _convs("mobilenetv2")
+    assert sum(l.count for l in layers) == 1 + 17 * 2 + 16 + 1
+    _, totals = nets.table("mobilenetv2")
+    # the paper's 300M multiply-adds (Table 3, 224x224, width 1.0; its classifier's 1.28M are no conv)
+    assert abs(totals["flops"] / 2 - 300e6) < 0.01 * 300e6
+    # torchvision's 3,504,872 parameters: the convs' weights, a BatchNorm (weight and bias) after
+    # every conv, and the 1280 -> 1000 classifier
+    batchnorm = 2 * sum(l.count * l.weight[0] for l in layers)
+    assert totals["weights"] + batchnorm + 1280 * 1000 + 1000 == 3_504_872
 
 
 def test_vgg16_table_totals_and_receptive_fields():
@@ -210,15 +224,16 @@ def _table(net) -> Counter:
 CONV_PARAMS = {"lenet5": 50_692, "alexnet": 2_469_696, "vgg16": 14_714_688, "resnet18": 11_166_912}
 
 
-@pytest.mark.parametrize("net", ["lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("net", ["lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "mobilenetv2",
+                                 "mobilenetv2_dw"])
 def test_table_matches_torch_model(net):
     torch = pytest.importorskip("torch")
     nn = torch.nn
     model = {"lenet5": lambda: _lenet5(nn), "alexnet": lambda: _alexnet(nn), "vgg16": lambda: _vgg16(nn),
              "googlenet": lambda: _googlenet(nn, torch), "resnet18": lambda: _resnet18(nn, torch),
-             "mobilenetv2": lambda: _mobilenet_v2(nn, torch)}[net]()
+             "mobilenetv2": lambda: _mobilenet_v2(nn, torch), "mobilenetv2_dw": lambda: _mobilenet_v2(nn, torch)}[net]()
     image = (1, 32, 32) if net == "lenet5" else (3, 224, 224)
-    keep = (lambda m: isinstance(m, nn.Conv2d) and m.groups > 1) if net == "mobilenetv2" else (lambda m: True)
+    keep = (lambda m: isinstance(m, nn.Conv2d) and m.groups > 1) if net == "mobilenetv2_dw" else (lambda m: True)
     assert _table(net) == _traced(model, torch, image, keep)
     if net in CONV_PARAMS:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
