@@ -97,6 +97,16 @@ def test_forward_non_contiguous_input(kernel, case, rng):
     _run_case(kernel, case, "float32", rng, contiguous=False)
 
 
+def valid(problem, dtype) -> bool:
+    """Whether a drawn problem is a valid convolution (its output at least 1x1)."""
+    xs, ws, stride, padding, dilation, groups = problem
+    try:
+        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
+    except ValueError:
+        return False
+    return True
+
+
 @st.composite
 def conv_problems(draw):
     groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
@@ -128,12 +138,8 @@ def depthwise_problems(draw):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=depthwise_problems(), seed=st.integers(0, 2**32 - 1))
 def test_forward_depthwise_property(kernel, dtype, problem, seed):
-    xs, ws, stride, padding, dilation, groups = problem
-    try:
-        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
-    except ValueError:
-        return
-    _run_case(kernel, problem, dtype, np.random.default_rng(seed))
+    if valid(problem, dtype):  # else the output is smaller than 1: the spec tests cover that refusal
+        _run_case(kernel, problem, dtype, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -141,12 +147,8 @@ def test_forward_depthwise_property(kernel, dtype, problem, seed):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=conv_problems(), seed=st.integers(0, 2**32 - 1))
 def test_forward_property(kernel, dtype, problem, seed):
-    xs, ws, stride, padding, dilation, groups = problem
-    try:
-        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
-    except ValueError:
-        return  # output smaller than 1: the spec tests cover that refusal
-    _run_case(kernel, problem, dtype, np.random.default_rng(seed))
+    if valid(problem, dtype):  # else the output is smaller than 1: the spec tests cover that refusal
+        _run_case(kernel, problem, dtype, np.random.default_rng(seed))
 
 
 def test_every_forward_kernel_is_reachable_by_name():

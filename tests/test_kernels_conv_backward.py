@@ -11,7 +11,7 @@ from fastconv import api, registry
 from fastconv.spec import ConvSpec
 
 from conftest import assert_matches_finite_differences, kernel_params, random_array, rel_err
-from test_kernels_conv import CASES, DTYPES, conv_problems, depthwise_problems
+from test_kernels_conv import CASES, DTYPES, conv_problems, depthwise_problems, valid
 
 BACKWARD = kernel_params("conv2d.bwd_data") + kernel_params("conv2d.bwd_weight")
 
@@ -48,12 +48,8 @@ def test_backward_edge_cases(kernel, case, dtype, rng):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=conv_problems(), seed=st.integers(0, 2**32 - 1))
 def test_backward_property(kernel, dtype, problem, seed):
-    xs, ws, stride, padding, dilation, groups = problem
-    try:
-        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
-    except ValueError:
-        return
-    _check(kernel, problem, dtype, np.random.default_rng(seed))
+    if valid(problem, dtype):
+        _check(kernel, problem, dtype, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -61,12 +57,8 @@ def test_backward_property(kernel, dtype, problem, seed):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=depthwise_problems(), seed=st.integers(0, 2**32 - 1))
 def test_backward_depthwise_property(kernel, dtype, problem, seed):
-    xs, ws, stride, padding, dilation, groups = problem
-    try:
-        ConvSpec.from_shapes(xs, ws, stride, padding, dilation, groups, dtype)
-    except ValueError:
-        return
-    _check(kernel, problem, dtype, np.random.default_rng(seed))
+    if valid(problem, dtype):
+        _check(kernel, problem, dtype, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("data_kernel", kernel_params("conv2d.bwd_data"))
