@@ -26,7 +26,7 @@
  *                a fixed order (deterministic at any thread count).
  * Tasks: runs of consecutive planes (n, g), a few per thread (dynamic scheduling); a 7x7 plane is
  * too small a task alone.  Each thread owns one plane copy of cg channels and its gathered
- * weights.  The copy is bounded by the Python side (DW_COPY_LIMIT), so a hostile dilation or
+ * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a hostile dilation or
  * padding goes to another kernel instead of failing here.
  *
  * The hot loops are compiled once per vector ISA (fc_per_isa.h: generic, avx2, avx512, each with
@@ -110,12 +110,8 @@ typedef void (*FC_SFX(dw_fwd_fn))(const FC_T *, const FC_T *, const fc_weight_st
                                   FC_T *, const fc_conv2d_shape *, const int64_t *, int64_t, int64_t, FC_T *);
 typedef void (*FC_SFX(dw_bwd_weight_fn))(const FC_T *, const FC_T *, FC_T *, const fc_conv2d_shape *,
                                          const int64_t *, int64_t, int64_t, FC_T *);
-/* Vector elements of the ISA a call runs (its flat runs are whole vectors). */
-#if FC_X86
-#define FC_DW_VLEN(isa) ((int64_t)((fc_isa(isa) == FC_ISA_AVX512 ? 64 : fc_isa(isa) == FC_ISA_AVX2 ? 32 : 16) / sizeof(FC_T)))
-#else
-#define FC_DW_VLEN(isa) ((int64_t)(16 / sizeof(FC_T)))
-#endif
+/* Vector elements of the ISA a call runs (its copies' slack is a vector), from that ISA's level 2. */
+#define FC_DW_VLEN(isa) (FC_ISA_PICK(isa, dw_vlen)())
 
 int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
                                     const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
@@ -197,6 +193,8 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(copy_run)(FC_T *FC_RESTRICT dst, const FC_T 
     for (; q < len; q++) dst[q] = src ? src[q] : (FC_T)0;
 #endif
 }
+
+FC_TARGET static int64_t FC_ISA_SFX(dw_vlen)(void) { return VLEN; }
 
 /* xq = the padded, phase-split copy of the plane xc (fc_dw_layout), zero past its rows. */
 FC_TARGET FC_INLINE void FC_ISA_SFX(copy_plane)(const FC_T *FC_RESTRICT xc, FC_T *FC_RESTRICT xq,
