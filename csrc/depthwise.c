@@ -51,7 +51,7 @@
 typedef struct {
     int64_t pitch;  /* columns per row of a phase: out_w + (kw - 1) * dw / sw */
     int64_t rows;   /* rows per phase: out_h + (kh - 1) * dh / sh */
-    int64_t psize;  /* elements per phase: rows * pitch, plus what the last vector reads past it */
+    int64_t psize;  /* elements per phase: (rows + 1) * pitch + a vector, what the last runs read */
     int64_t csize;  /* elements per channel: sh * sw phases */
     int64_t chunk;  /* output rows per chunk of the flat run (its buffer stays in L1) */
 } fc_dw_layout;

@@ -245,7 +245,9 @@ def _winograd(name: str, op: str, m: int, run: Callable, fallback: Kernel) -> Ke
                       data=True, weights=False)
 
 
-def _direct_backward_data(name: str, run: Callable, fallback: Kernel, why_not: Callable = _always) -> Kernel:
+def _transposed_backward_data(name: str, run: Callable, fallback: Kernel, why_not: Callable = _always) -> Kernel:
+    """A grad of input that runs its backend's forward on transpose.py's problems (direct,
+    depthwise): its calls with non-finite weights go to fallback (common/nonfinite.py)."""
     return _rerouting(Kernel(name, "conv2d.bwd_data", run, why_not), fallback, data=False, weights=True)
 
 
@@ -277,10 +279,10 @@ KERNELS: tuple[Kernel, ...] = (
     NB_IM2COL_BWD_DATA,
     _winograd("numba.winograd_f2k3", "conv2d.bwd_data", 2, nb_winograd.conv2d_backward_data_f2k3, NB_IM2COL_BWD_DATA),
     _winograd("numba.winograd_f4k3", "conv2d.bwd_data", 4, nb_winograd.conv2d_backward_data_f4k3, NB_IM2COL_BWD_DATA),
-    _direct_backward_data("c.direct", c_direct.conv2d_backward_data, C_IM2COL_BWD_DATA),
-    _direct_backward_data("numba.direct", nb_direct.conv2d_backward_data, NB_IM2COL_BWD_DATA),
-    _direct_backward_data("c.depthwise", c_depthwise.conv2d_backward_data, C_IM2COL_BWD_DATA, depthwise.why_not),
-    _direct_backward_data("numba.depthwise", nb_depthwise.conv2d_backward_data, NB_IM2COL_BWD_DATA,
+    _transposed_backward_data("c.direct", c_direct.conv2d_backward_data, C_IM2COL_BWD_DATA),
+    _transposed_backward_data("numba.direct", nb_direct.conv2d_backward_data, NB_IM2COL_BWD_DATA),
+    _transposed_backward_data("c.depthwise", c_depthwise.conv2d_backward_data, C_IM2COL_BWD_DATA, depthwise.why_not),
+    _transposed_backward_data("numba.depthwise", nb_depthwise.conv2d_backward_data, NB_IM2COL_BWD_DATA,
                           depthwise.why_not),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
     Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, im2col.why_not),

@@ -1,9 +1,9 @@
 """What the depthwise kernels of both backends share (the twins: csrc/depthwise.c and
 fastconv/numba/depthwise.py): which problems they serve, and how large their plane copy is.
 
-Both work a plane along its rows through a zero-padded copy whose columns are split by stride
-phase (csrc/depthwise.c's header says why).  The copy of one channel holds
-``stride_w * rows * cols`` elements; its size follows the padding and the dilation, which a valid
+Both work a plane along its rows through a zero-padded copy split by stride phase in both axes
+(csrc/depthwise.c's header says why).  The copy of one channel holds ``copy_elements`` elements;
+its size follows the padding and the dilation, which a valid
 but hostile problem can make enormous, so past ``COPY_LIMIT`` elements per thread the kernels
 refuse and ``auto`` picks another one (a call must not fail for memory another kernel does not
 need).  The grad of input runs the forward on the transposed problems of

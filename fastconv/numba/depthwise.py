@@ -24,8 +24,6 @@ from ..common import transpose
 from ._options import driver, helper, launch_threads
 
 TASKS_PER_THREAD = 8  # runs of planes per thread, as in C
-
-
 CHUNK_ELEMS = 2048  # flat outputs per chunk of rows: its buffer stays in L1 (as in C)
 
 
