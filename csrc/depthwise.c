@@ -42,7 +42,6 @@
 #include <immintrin.h> /* AVX-512's masked loads and stores, for the ends of short rows */
 #endif
 
-#define FC_INLINE static inline __attribute__((always_inline))
 #define FC_DW_TASKS_PER_THREAD 8 /* runs of planes per thread: balance without tiny tasks */
 #define FC_DW_NV 4               /* vectors of the flat run per register tile */
 

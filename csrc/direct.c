@@ -58,8 +58,6 @@
 #ifndef FC_NV_AVX512
 #define FC_NV_AVX512 1
 #endif
-/* Helpers of the hot task, inlined so they are compiled for the ISA of their kernel. */
-#define FC_INLINE static inline __attribute__((always_inline))
 /* Cache blocks, in bytes so float and double block alike: the kc x NR panel block (L1), the
  * mc x kc weight block (L2), and the longest pixel run of one task, in NR-pixel blocks. */
 #define FC_KC_BYTES (16 << 10)

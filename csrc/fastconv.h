@@ -114,7 +114,8 @@ int fc_conv2d_fwd_winograd_f4k3_f64(const double *x, const double *u, const doub
                                     const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
                                     double *profile);
 
-/* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention. */
+/* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention.
+ * idx NULL: y alone, no index computed or stored. */
 int fc_maxpool2d_fwd_direct_f32(const float *x, float *y, int64_t *idx,
                                 const fc_pool2d_shape *s, int n_threads);
 int fc_maxpool2d_fwd_direct_f64(const double *x, double *y, int64_t *idx,

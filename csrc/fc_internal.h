@@ -12,6 +12,8 @@
 #include "fastconv.h"
 
 #define FC_RESTRICT restrict
+/* Helpers of a hot loop, inlined so they are compiled for the ISA (target attribute) of their caller. */
+#define FC_INLINE static inline __attribute__((always_inline))
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define FC_X86 1

@@ -8,6 +8,7 @@
  * Forward: one task per (n, c) plane.  For each output row the window taps are walked in scan
  * order (i, j) and, for each tap, over all output columns at once, so the inner loop runs along a
  * row of the input and vectorizes; each output still sees its taps in scan order.
+ * Without idx (NULL: the caller asked for no indices) the same walk keeps only the running max.
  * Backward: one task per plane: zero the plane, then gx[idx] += gy (overlapping windows add up).
  *
  * The forward's plane loop is compiled once per vector ISA (generic, avx2, avx512, each under its
@@ -49,10 +50,10 @@ typedef void (*FC_SFX(plane_fn))(const FC_T *FC_RESTRICT, FC_T *FC_RESTRICT, int
 int FC_SFX(fc_maxpool2d_fwd_direct)(const FC_T *x, FC_T *y, int64_t *idx,
                                     const fc_pool2d_shape *s, int n_threads) {
     const int64_t planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->out_h * s->out_w;
-    const FC_SFX(plane_fn) pool_plane = FC_ISA_PICK(s->isa, pool_plane);
+    const FC_SFX(plane_fn) pool_plane = idx ? FC_ISA_PICK(s->isa, pool_plane) : FC_ISA_PICK(s->isa, pool_plane_values);
     FC_OMP_PARALLEL_FOR(n_threads)
     for (int64_t p = 0; p < planes; p++)
-        pool_plane(x + p * in_plane, y + p * out_plane, idx + p * out_plane, s);
+        pool_plane(x + p * in_plane, y + p * out_plane, idx ? idx + p * out_plane : NULL, s);
     return FC_OK;
 }
 
@@ -85,8 +86,11 @@ int FC_SFX(fc_maxpool2d_bwd_direct)(const FC_T *gy, const int64_t *idx, FC_T *gx
 
 #else /* level 2, the forward of one plane for one dtype (FC_T) and ISA (FC_ISA_SFX, FC_TARGET) */
 
-FC_TARGET static void FC_ISA_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRICT y,
-                                             int64_t *FC_RESTRICT idx, const fc_pool2d_shape *s) {
+/* One plane's pool; with_idx is a constant at each call below, so the index-free copy carries no
+ * index code at all (an inference caller's pool is a plain running max, half the stores). */
+FC_TARGET FC_INLINE void FC_ISA_SFX(pool_plane_body)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRICT y,
+                                                    int64_t *FC_RESTRICT idx, const fc_pool2d_shape *s,
+                                                    const int with_idx) {
     const int64_t H = s->h, W = s->w, sw = s->stride_w, dh = s->dilation_h, dw = s->dilation_w;
     /* Column taps j that some output column reads inside the row: iw0 = j * dw - pad_w must lie
      * in [-(out_w - 1) * sw, W - 1]. */
@@ -94,7 +98,7 @@ FC_TARGET static void FC_ISA_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC
     fc_inside(-s->pad_w + (s->out_w - 1) * sw, dw, W + (s->out_w - 1) * sw, s->kw, &j_lo, &j_hi);
     for (int64_t oh = 0; oh < s->out_h; oh++) {
         FC_T *yrow = y + oh * s->out_w;
-        int64_t *irow = idx + oh * s->out_w;
+        int64_t *irow = with_idx ? idx + oh * s->out_w : NULL;
         const int64_t ih_start = oh * s->stride_h - s->pad_h;
         int64_t i_lo, i_hi;
         fc_inside(ih_start, dh, H, s->kh, &i_lo, &i_hi);
@@ -102,10 +106,12 @@ FC_TARGET static void FC_ISA_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC
          * longer negative (also where no tap is inside). */
         const int64_t ih_first = ih_start < 0 ? ih_start + (-ih_start + dh - 1) / dh * dh : ih_start;
         for (int64_t ow = 0; ow < s->out_w; ow++) {
-            int64_t iw_first = ow * sw - s->pad_w;
-            if (iw_first < 0) iw_first += (-iw_first + dw - 1) / dw * dw;
             yrow[ow] = (FC_T)-INFINITY;
-            irow[ow] = ih_first * W + iw_first;
+            if (with_idx) {
+                int64_t iw_first = ow * sw - s->pad_w;
+                if (iw_first < 0) iw_first += (-iw_first + dw - 1) / dw * dw;
+                irow[ow] = ih_first * W + iw_first;
+            }
         }
         for (int64_t i = i_lo; i < i_hi; i++) {
             const int64_t ih = ih_start + i * dh;
@@ -116,15 +122,25 @@ FC_TARGET static void FC_ISA_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC
                 fc_inside(iw0, sw, W, s->out_w, &v_lo, &v_hi);
                 for (int64_t ow = v_lo; ow < v_hi; ow++) {
                     const int64_t iw = ow * sw + iw0;
-                    const FC_T val = xrow[iw];
-                    if (val > yrow[ow] || val != val) {
-                        yrow[ow] = val;
-                        irow[ow] = ih * W + iw;
-                    }
+                    const FC_T val = xrow[iw], cur = yrow[ow];
+                    const int take = val > cur || val != val;
+                    /* selects, not a conditional store: every ISA's build vectorizes them */
+                    yrow[ow] = take ? val : cur;
+                    if (with_idx) irow[ow] = take ? ih * W + iw : irow[ow];
                 }
             }
         }
     }
+}
+
+FC_TARGET static void FC_ISA_SFX(pool_plane)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRICT y,
+                                             int64_t *FC_RESTRICT idx, const fc_pool2d_shape *s) {
+    FC_ISA_SFX(pool_plane_body)(x, y, idx, s, 1);
+}
+
+FC_TARGET static void FC_ISA_SFX(pool_plane_values)(const FC_T *FC_RESTRICT x, FC_T *FC_RESTRICT y,
+                                                    int64_t *FC_RESTRICT idx, const fc_pool2d_shape *s) {
+    FC_ISA_SFX(pool_plane_body)(x, y, idx, s, 0);
 }
 
 #endif

@@ -83,7 +83,6 @@
 #include "fc_internal.h"
 #include "winograd_matrices.h"
 
-#define FC_INLINE static inline __attribute__((always_inline))
 /* Output channels of the batched GEMM's register tile (U is packed for it): AVX-512 holds a
  * block's NR tiles in one zmm per channel, 16 channels; AVX2 two ymm per channel, 6 channels. */
 #define FC_WINO_MR_AVX512 16

@@ -61,12 +61,13 @@ def _conv_spec(x, w, bias, stride, padding, dilation, groups, op: str) -> ConvSp
     return _memo(sig, lambda: ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups, op=op))
 
 
-def _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolSpec:
+def _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode, indices) -> PoolSpec:
     sig = None
     if type(x) is np.ndarray and _plain(kernel_size) and (stride is None or _plain(stride)) and _plain(padding) \
-            and _plain(dilation) and type(ceil_mode) is bool:
-        sig = ("pool", x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode)
-    return _memo(sig, lambda: PoolSpec.from_args(x, kernel_size, stride, padding, dilation, ceil_mode))
+            and _plain(dilation) and type(ceil_mode) is bool and type(indices) is bool:
+        sig = ("pool", x.shape, x.dtype, kernel_size, stride, padding, dilation, ceil_mode, indices)
+    return _memo(sig, lambda: PoolSpec.from_args(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                                 indices=indices))
 
 
 def _pool_backward_spec(grad_y, indices, input_shape) -> PoolBackwardSpec:
@@ -118,17 +119,16 @@ def grad_bias(grad_y: np.ndarray) -> np.ndarray:
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=True, *, backend="auto"):
-    """torch.nn.functional.max_pool2d; returns (y, indices) or y.  Indices are int64 flat
-    offsets into each (H, W) input plane."""
-    spec = _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode)
-    if type(return_indices) is not bool:
-        return_indices = _check_bool("max_pool2d", "return_indices", return_indices)
+    """torch.nn.functional.max_pool2d; returns (y, indices) or, with return_indices=False, y
+    alone, computed without indices.  Indices are int64 flat offsets into each (H, W) input plane."""
+    spec = _pool_spec(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     kernel = dispatch.choose("maxpool2d.fwd", spec, "auto", backend, caller="max_pool2d")
     if spec.n == 0:
-        y, indices = np.empty(spec.output_shape, spec.dtype), np.empty(spec.output_shape, np.int64)
+        y = np.empty(spec.output_shape, spec.dtype)
+        indices = np.empty(spec.output_shape, np.int64) if spec.indices else None
     else:
         y, indices = kernel.run(spec, _c(x))
-    return (y, indices) if return_indices else y
+    return (y, indices) if spec.indices else y
 
 
 def max_pool2d_backward(grad_y, indices, input_shape, *, backend="auto"):

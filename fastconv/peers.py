@@ -38,7 +38,7 @@ def torch_pool(which: str):
         h = pool_hyper(spec)
         if which == "fwd":
             x = t["x"]
-            return lambda: torch.nn.functional.max_pool2d(x, **h, return_indices=True)
+            return lambda: torch.nn.functional.max_pool2d(x, **h)  # h: with indices as spec asks
         # The kernel autograd runs for max_pool2d's backward, from (grad_y, indices) to grad_x as
         # ours does.  Not max_unpool2d: it overwrites where overlapping windows (ResNet's 3x3/2
         # pool) must add.  The input tensor only gives the shape and layout.
@@ -100,16 +100,18 @@ def onnxruntime_conv(spec: ConvSpec, data: dict, threads: int):
 
 
 def onnxruntime_pool(spec: PoolSpec, data: dict, threads: int):
-    """A MaxPool node with its Indices output (fastconv and torch compute indices too)."""
+    """A MaxPool node, with its Indices output when spec asks for indices (as fastconv and torch
+    then compute them)."""
     from onnx import TensorProto, helper
 
     if spec.dtype != "float32":
         return None
     (ph, pw) = spec.padding
-    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=list(spec.kernel), strides=list(spec.stride),
+    outputs = ["y", "i"] if spec.indices else ["y"]
+    node = helper.make_node("MaxPool", ["x"], outputs, kernel_shape=list(spec.kernel), strides=list(spec.stride),
                             pads=[ph, pw, ph, pw], dilations=list(spec.dilation), ceil_mode=int(spec.ceil_mode))
     sess = _session(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(spec.input_shape))],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(spec.output_shape)),
-                     helper.make_tensor_value_info("i", TensorProto.INT64, list(spec.output_shape))], [], threads)
+                    [helper.make_tensor_value_info(o, TensorProto.INT64 if o == "i" else TensorProto.FLOAT,
+                                                   list(spec.output_shape)) for o in outputs], [], threads)
     feed = {"x": data["x"]}
     return lambda: tuple(sess.run(None, feed))

@@ -107,7 +107,8 @@ ORACLE_TAPS = 1 << 27
 
 
 def _max_pool2d(spec: PoolSpec, x):
-    """Values and PyTorch's int64 flat (H, W) argmax indices."""
+    """Values and PyTorch's int64 flat (H, W) argmax indices (None when spec.indices is False:
+    the oracle still finds them, the kernels skip them)."""
     (kh, kw), (ph, pw), (sh, sw), (dh, dw) = spec.kernel, spec.padding, spec.stride, spec.dilation
     out_hw = (spec.out_h, spec.out_w)
     if spec.out_h * spec.out_w * kh * kw > ORACLE_TAPS:
@@ -141,7 +142,7 @@ def _max_pool2d(spec: PoolSpec, x):
     first_h = np.where(start_h < 0, start_h + (-start_h + dh - 1) // dh * dh, start_h)
     first_w = np.where(start_w < 0, start_w + (-start_w + dw - 1) // dw * dw, start_w)
     indices = np.where(ok.any(axis=-1), indices, first_h * spec.w + first_w)
-    return np.ascontiguousarray(values, dtype=spec.dtype), np.ascontiguousarray(indices)
+    return np.ascontiguousarray(values, dtype=spec.dtype), np.ascontiguousarray(indices) if spec.indices else None
 
 
 def _max_pool2d_backward(spec: PoolBackwardSpec, grad_y, indices):

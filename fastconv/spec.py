@@ -269,6 +269,7 @@ class PoolSpec:
     dilation: tuple[int, int]
     ceil_mode: bool
     dtype: str
+    indices: bool = True  # the caller wants the argmax indices (return_indices); False: values only
 
     @property
     def out_h(self) -> int:
@@ -288,7 +289,7 @@ class PoolSpec:
 
     @classmethod
     def from_shape(cls, input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                   dtype="float32", *, op: str = "max_pool2d") -> "PoolSpec":
+                   dtype="float32", *, indices: bool = True, op: str = "max_pool2d") -> "PoolSpec":
         xs = _as_shape(op, "input shape", input_shape)
         if len(xs) != 4:
             raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got {len(xs)}-D with shape {xs}")
@@ -303,9 +304,10 @@ class PoolSpec:
             if p > k // 2:
                 raise ValueError(f"{op}: padding={p} (along {axis}) must be at most half of kernel_size={k}")
         ceil_mode = _check_bool(op, "ceil_mode", ceil_mode)
+        indices = _check_bool(op, "return_indices", indices)
         for axis in (0, 1):
             _check_extent(op, "kernel_size", kernel_size, xs[2 + axis], 2 * padding[axis], kernel[axis], dilation[axis])
-        spec = cls(*xs, kernel, stride, padding, dilation, ceil_mode, dtype)
+        spec = cls(*xs, kernel, stride, padding, dilation, ceil_mode, dtype, indices)
         if spec.out_h < 1 or spec.out_w < 1:
             raise ValueError(
                 f"{op}: output size would be {spec.out_h}x{spec.out_w} for input {xs[2]}x{xs[3]}, "
@@ -319,9 +321,10 @@ class PoolSpec:
 
     @classmethod
     def from_args(cls, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  *, op: str = "max_pool2d") -> "PoolSpec":
+                  *, indices: bool = True, op: str = "max_pool2d") -> "PoolSpec":
         _check_array(op, "x", x, 4)
-        return cls.from_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode, x.dtype, op=op)
+        return cls.from_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode, x.dtype,
+                              indices=indices, op=op)
 
 
 @dataclass(frozen=True)
@@ -379,7 +382,7 @@ def conv_hyper(spec: ConvSpec) -> dict:
 
 def pool_hyper(spec: PoolSpec) -> dict:
     return dict(kernel_size=spec.kernel, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
-                ceil_mode=spec.ceil_mode)
+                ceil_mode=spec.ceil_mode, return_indices=spec.indices)
 
 
 # ----------------------------------------------------------------------------- JSON (the tuning cache's form)

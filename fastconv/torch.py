@@ -169,7 +169,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    """torch.nn.functional.max_pool2d on fastconv's kernels; indices as torch's (int64, per plane); any order."""
+    """torch.nn.functional.max_pool2d on fastconv's kernels; indices as torch's (int64, per plane); any order.
+    Without return_indices, when no gradient can flow back (torch.no_grad(), inference_mode, or an
+    input that does not require grad), the indices are neither computed nor stored."""
+    if not return_indices and not (input.requires_grad and torch.is_grad_enabled()):
+        y = fastconv.max_pool2d(_numpy(input, "input", "max_pool2d"), kernel_size, stride, padding,
+                                dilation, ceil_mode, return_indices=False)
+        return _tensor(y)
     y, idx = _MaxPool2d.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
     return (y, idx) if return_indices else y
 

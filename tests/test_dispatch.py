@@ -123,8 +123,11 @@ def test_repeated_pool_calls_reuse_the_spec_but_never_skip_a_check():
     from fastconv import api
 
     y, idx = fc.max_pool2d(X, 2)
-    key = ("pool", X.shape, X.dtype, 2, None, 0, 1, False)
+    key = ("pool", X.shape, X.dtype, 2, None, 0, 1, False, True)
     assert api._SPECS[key] == PoolSpec.from_args(X, 2)
+    y_alone = fc.max_pool2d(X, 2, return_indices=False)  # another problem: no indices to compute
+    assert api._SPECS[key[:-1] + (False,)] == PoolSpec.from_args(X, 2, indices=False)
+    np.testing.assert_array_equal(y_alone, y)
     np.testing.assert_array_equal(fc.max_pool2d(X, 2)[0], y)
     with pytest.raises(ValueError, match="padding"):
         fc.max_pool2d(X, 2, padding=2)  # more than half the window

@@ -66,7 +66,8 @@ CHECK = """
             want = (fc.reference.conv2d(x, w, b, **kw), *fc.reference.conv2d_backward(gy, x, w, **kw))
             for g, r in zip(got, want):
                 worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
-    # max-pool: stride, padding, dilation, ceil mode, ties and NaN (values and argmax indices exact)
+    # max-pool: stride, padding, dilation, ceil mode, ties and NaN (values and argmax indices exact,
+    # with and without indices)
     for xs, kw in [((2, 3, 17, 19), dict(kernel_size=3, stride=2, padding=1)),
                    ((1, 4, 16, 16), dict(kernel_size=2, stride=2)),
                    ((1, 2, 13, 11), dict(kernel_size=(3, 2), stride=(1, 3), dilation=2, ceil_mode=True))]:
@@ -76,6 +77,8 @@ CHECK = """
             y, i = fc.max_pool2d(x, return_indices=True, backend="c", **kw)
             ry, ri = fc.reference.max_pool2d(x, return_indices=True, **kw)
             assert np.array_equal(y, ry, equal_nan=True) and np.array_equal(i, ri), (xs, kw, dt)
+            alone = fc.max_pool2d(x, return_indices=False, backend="c", **kw)  # the index-free walk
+            assert np.array_equal(alone, ry, equal_nan=True), (xs, kw, dt)
     print(_lib.isa(), worst)
 """
 

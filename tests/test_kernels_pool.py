@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
-from fastconv.spec import PoolBackwardSpec
+from fastconv.spec import PoolBackwardSpec, PoolSpec
 
 from conftest import kernel_params
 
@@ -50,6 +50,11 @@ def _check_forward(kernel, case, dtype, flavour, rng):
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(idx, i_ref)
     np.testing.assert_array_equal(x, x0)
+    # Without indices (inference): the kernel returns none, and the same values.
+    values_only = PoolSpec.from_shape(shape, *args, dtype=dtype, indices=False)
+    y_alone, no_idx = kernel.run(values_only, x)
+    assert no_idx is None
+    np.testing.assert_array_equal(y_alone, y_ref)
     assert np.array_equal(fc.max_pool2d(x, *args, return_indices=False, backend=kernel.backend), y_ref,
                           equal_nan=True)
 

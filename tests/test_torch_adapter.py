@@ -1,5 +1,6 @@
 """fastconv.torch: autograd functions checked by torch.autograd.gradcheck, modules and patch()
 against the native layers, state dicts both ways, and the optional-dependency contract."""
+import contextlib
 import subprocess
 import sys
 
@@ -113,6 +114,28 @@ def test_first_order_backward_does_not_build_the_differentiable_path(monkeypatch
     fct.max_pool2d(fct.conv2d(x, w, b, padding=1), 2).sum().backward()
     assert x.grad is not None and w.grad is not None and b.grad is not None
     assert not x.grad.requires_grad
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "input without grad"])
+def test_inference_pools_compute_no_indices(mode, monkeypatch):
+    # Where no gradient can flow back, max_pool2d asks fastconv for the values alone (the kernels
+    # then neither compute nor store indices) and still matches native torch.
+    asked = []
+    real = fct.fastconv.max_pool2d
+    monkeypatch.setattr(fct.fastconv, "max_pool2d", lambda *a, **k: asked.append(k["return_indices"]) or real(*a, **k))
+    x = torch.randn(2, 3, 11, 10, requires_grad=mode != "input without grad")
+    scope = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode, contextlib.nullcontext)
+    with scope():
+        y = fct.max_pool2d(x, 3, 2, 1, ceil_mode=True)
+        with_idx = fct.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+        assert not y.requires_grad
+        torch.testing.assert_close(y, F.max_pool2d(x, 3, 2, 1, ceil_mode=True), rtol=0, atol=0)
+    assert asked == [False, True]  # indices only where the caller asked for them
+    torch.testing.assert_close(with_idx[1], F.max_pool2d(x.detach(), 3, 2, 1, ceil_mode=True, return_indices=True)[1])
+    # with a graph to record, the indices are kept for the backward
+    if mode != "input without grad":
+        fct.max_pool2d(x, 3, 2, 1).sum().backward()
+        assert asked[-1] is True and x.grad is not None
 
 
 def test_hessian_vector_product_through_a_patched_model_matches_native():

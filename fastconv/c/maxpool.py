@@ -11,7 +11,7 @@ if lib is not None:
 
 def max_pool2d_forward(spec, x):
     y = np.empty(spec.output_shape, spec.dtype)
-    idx = np.empty(spec.output_shape, np.int64)
+    idx = np.empty(spec.output_shape, np.int64) if spec.indices else None  # None: values only
     status = FORWARD[spec.dtype](
         ptr(x), ptr(y, out=True), ptr(idx, out=True), pool_shape(spec), n_threads(spec))
     check(status, "c.maxpool")

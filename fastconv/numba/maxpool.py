@@ -7,6 +7,7 @@ PyTorch's CPU rules, kept exactly:
   - padding taps are never read (they act as -inf).
 Forward: one task per (n, c) plane; for each output row the taps are walked in scan order (i, j)
 and, for each tap, along all output columns, so the inner loop runs along an input row.
+Without indices (return_indices=False) the same walk keeps only the running max.
 Backward: one task per plane: zero it, then gx[idx] += gy (overlapping windows add up).
 
 Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/numba/_options.py says why,
@@ -30,7 +31,8 @@ def inside(offset, stride, size, outputs):
 
 
 @helper
-def pool_plane(x, y, idx, n, c, kh, kw, sh, sw, ph, pw, dh, dw):
+def pool_plane(x, y, idx, n, c, kh, kw, sh, sw, ph, pw, dh, dw, with_idx):
+    """One plane; with_idx False (inference): the running max alone, idx is not touched."""
     H, W = x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
     # column taps j that some output column reads inside the row: j * dw - pw in [-(OW-1)*sw, W-1]
@@ -41,11 +43,12 @@ def pool_plane(x, y, idx, n, c, kh, kw, sh, sw, ph, pw, dh, dw):
         # PyTorch's initial index: the start stepped by the dilation until it is not negative
         ih_first = ih_start + (-ih_start + dh - 1) // dh * dh if ih_start < 0 else ih_start
         for ow in range(OW):
-            iw_first = ow * sw - pw
-            if iw_first < 0:
-                iw_first += (-iw_first + dw - 1) // dw * dw
             y[n, c, oh, ow] = -np.inf
-            idx[n, c, oh, ow] = ih_first * W + iw_first
+            if with_idx:
+                iw_first = ow * sw - pw
+                if iw_first < 0:
+                    iw_first += (-iw_first + dw - 1) // dw * dw
+                idx[n, c, oh, ow] = ih_first * W + iw_first
         for i in range(i_lo, i_hi):
             ih = ih_start + i * dh
             for j in range(j_lo, j_hi):
@@ -53,17 +56,29 @@ def pool_plane(x, y, idx, n, c, kh, kw, sh, sw, ph, pw, dh, dw):
                 v_lo, v_hi = inside(iw0, sw, W, OW)
                 for ow in range(v_lo, v_hi):
                     iw = ow * sw + iw0
-                    val = x[n, c, ih, iw]
-                    if val > y[n, c, oh, ow] or val != val:
-                        y[n, c, oh, ow] = val
-                        idx[n, c, oh, ow] = ih * W + iw
+                    val, cur = x[n, c, ih, iw], y[n, c, oh, ow]
+                    take = val > cur or val != val
+                    # selects, not a conditional store, so that LLVM vectorizes the row
+                    y[n, c, oh, ow] = val if take else cur
+                    if with_idx:
+                        idx[n, c, oh, ow] = ih * W + iw if take else idx[n, c, oh, ow]
 
 
 @driver
 def _max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     N, C = x.shape[0], x.shape[1]
     for p in prange(N * C):
-        pool_plane(x, y, idx, p // C, p % C, kh, kw, sh, sw, ph, pw, dh, dw)
+        pool_plane(x, y, idx, p // C, p % C, kh, kw, sh, sw, ph, pw, dh, dw, True)
+
+
+@driver
+def _max_pool2d_values(x, y, kh, kw, sh, sw, ph, pw, dh, dw):
+    """The forward without indices: pool_plane with its index code off (a constant, which LLVM
+    folds away) and no index array."""
+    N, C = x.shape[0], x.shape[1]
+    no_idx = np.empty((1, 1, 1, 1), np.int64)
+    for p in prange(N * C):
+        pool_plane(x, y, no_idx, p // C, p % C, kh, kw, sh, sw, ph, pw, dh, dw, False)
 
 
 @driver
@@ -90,9 +105,13 @@ def _max_pool2d_backward(grad_y, idx, grad_x):
 
 def max_pool2d_forward(spec, x):
     y = np.empty(spec.output_shape, spec.dtype)
-    idx = np.empty(spec.output_shape, np.int64)
     launch_threads(spec)
-    _max_pool2d_forward(x, y, idx, *spec.kernel, *spec.stride, *spec.padding, *spec.dilation)
+    hyper = (*spec.kernel, *spec.stride, *spec.padding, *spec.dilation)
+    if not spec.indices:
+        _max_pool2d_values(x, y, *hyper)
+        return y, None
+    idx = np.empty(spec.output_shape, np.int64)
+    _max_pool2d_forward(x, y, idx, *hyper)
     return y, idx
 
 
