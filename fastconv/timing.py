@@ -10,8 +10,9 @@ The machine is shared and noisy, and three effects decide whether a figure means
   after 0.1 s of idleness took a whole scheduler tick or two (4-8 ms) whatever the kernel (a
   0.25 ms one included), and only a few milliseconds of work brought it back to speed: so every
   timed run follows WARM_S of untimed calls (``warm_up``).
-- **short calls are timer noise.**  A timed run repeats a call until it lasts TIMED_RUN_S (or a
-  count fixed from a probe), and its figure is the time per call (``timed_run``).
+- **short calls are timer noise, and stalls hit single calls.**  A timed run repeats a call until
+  it lasts TIMED_RUN_S (or a count fixed from a probe), and its figure is the median of its calls'
+  times (``timed_run``), so a stall of the VM costs one call, not the run.
 
 ``interleaved`` puts them together for side-by-side figures: every round times every contender
 once, so drifts of the machine hit all of them alike, and ratios of medians are what we quote.
@@ -27,7 +28,8 @@ import numpy as np
 
 WARM_S = 0.005  # untimed calls before timing, at least this long (and at least two calls)
 SPIN_S = 0.15  # how long OpenBLAS's threads busy-wait after a call (~0.1 s), with a margin
-TIMED_RUN_S = 1e-3  # a timed run repeats the call until it lasts about this long
+TIMED_RUN_S = 1e-3  # a timed run repeats the call until it lasts about this long (the tuner's)
+SIDE_BY_SIDE_RUN_S = 5e-3  # interleaved's timed runs: more calls to take the median of, next to its pause
 PAUSE_S = 0.1  # the pause between contenders of a side-by-side run (their pools stop spinning)
 ONCE_S = 3.0  # interleaved: a contender whose first timed call took longer runs only once
 
@@ -51,18 +53,24 @@ def warm_calls(call_s: float) -> int:
     return max(2, math.ceil(WARM_S / max(call_s, 1e-9))) + 1
 
 
-def timed_run(fn, calls: int | None = None, clock=time.perf_counter) -> float:
-    """Seconds per call over one timed run of fn: `calls` calls, or (None) as many as make the run
-    last TIMED_RUN_S, so a sub-millisecond call is not one call's jitter."""
-    n, t0 = 0, clock()
+def timed_run(fn, calls: int | None = None, clock=time.perf_counter, seconds: float = TIMED_RUN_S) -> float:
+    """Seconds per call of one timed run of fn: `calls` calls, or (None) as many as make the run
+    last `seconds`, each timed on its own; the figure is their median.  A run's mean carried every
+    stall that fell into it: on this shared VM calls of 0.3-0.6 ms (GoogLeNet's 3b_pool_proj, by
+    torch, c.im2col, numba.im2col) took 2-19 ms in a third of the rounds, which moved medians of
+    nine rounds by up to 2x; the median of the calls inside a run keeps a stall to the call it hit."""
+    times, t_end = [], clock() + seconds
     if calls is None:
-        while not n or clock() - t0 < TIMED_RUN_S:
+        while not times or clock() < t_end:
+            t0 = clock()
             fn()
-            n += 1
+            times.append(clock() - t0)
     else:
-        for n in range(1, calls + 1):
+        for _ in range(calls):
+            t0 = clock()
             fn()
-    return (clock() - t0) / n
+            times.append(clock() - t0)
+    return statistics.median(times)
 
 
 def round_order(names, round_: int, rng: random.Random) -> list:
@@ -90,7 +98,7 @@ def interleaved(contenders: dict, repeats: int, pause: float = PAUSE_S) -> dict:
                 continue
             time.sleep(pause)
             warm_up(fn)
-            times[name].append(timed_run(fn))
+            times[name].append(timed_run(fn, seconds=SIDE_BY_SIDE_RUN_S))
     return times
 
 
@@ -109,4 +117,4 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 __all__ = ["warm_up", "warm_calls", "timed_run", "round_order", "interleaved", "matmul_peak_gflops",
-           "WARM_S", "SPIN_S", "TIMED_RUN_S", "PAUSE_S", "ONCE_S"]
+           "WARM_S", "SPIN_S", "TIMED_RUN_S", "SIDE_BY_SIDE_RUN_S", "PAUSE_S", "ONCE_S"]
