@@ -43,6 +43,10 @@ CASES = {
     "depthwise-wide-rows": ((1, 2, 5, 75), (4, 1, 3, 3), (1, 3), (0, 2), 1, 2),
     "depthwise-padding-beyond-kernel": ((1, 3, 4, 6), (3, 1, 2, 3), (1, 2), (3, 4), 1, 3),
     "pointwise": ((2, 32, 7, 7), (19, 32, 1, 1), 1, 0, 1, 1),
+    # batch-1 1x1s big enough for two threads, whose output channels im2col splits between them
+    # (an uneven split: 67 + 66), without an unfold and with one (stride 2)
+    "pointwise-batch1-split": ((1, 50, 9, 9), (133, 50, 1, 1), 1, 0, 1, 1),
+    "pointwise-batch1-split-stride2": ((1, 50, 17, 17), (133, 50, 1, 1), 2, 0, 1, 1),
     "same-even-kernel": ((1, 3, 9, 8), (2, 3, 4, 2), 1, "same", (1, 2), 1),
     "valid-wide-kernel": ((1, 2, 5, 30), (3, 2, 5, 29), 1, "valid", 1, 1),
     "kernel-bigger-than-input-with-padding": ((1, 2, 3, 3), (2, 2, 5, 5), 1, 2, 1, 1),

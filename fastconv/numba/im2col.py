@@ -1,7 +1,8 @@
 """im2col + GEMM conv2d in Numba (forward and backward), the twin of csrc/im2col.c.
 
 Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
-K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows):
+K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows), and at batch 1 of a 1x1 also a part of the
+output channels, so that its threads share one plane without thin GEMMs:
   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
                 unpadded convolution needs no unfold (the input already is cols);
@@ -56,6 +57,7 @@ BLAS_ABI = "c4efe2326a699faf"  # sha256 of numba/_blas.py, first 16 hex digits
 CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses its columns
 WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
 MIN_COLUMNS = 2048  # ... and is given at least this many columns
+SPLIT_OG = 64  # a batch-1 1x1 splits its output channels, this many at least per part
 U = np.uint64  # the type of flat indices in the copy loops (see gather)
 
 
@@ -75,6 +77,19 @@ def task_rows(spec, k, buffers, workspace_bytes, itemsize) -> int:
     by_cache = CHUNK_BYTES // row_bytes
     by_gemm = -(-MIN_COLUMNS // OW) if og >= WIDE_OG else 0
     return max(1, min(OH, max(by_cache, by_gemm), workspace_bytes // (buffers * row_bytes)))
+
+
+def forward_split(spec, nt, rows) -> tuple:
+    """(rows, oparts): the forward's rows per chunk and output-channel parts (C's rule in
+    fc_conv2d_fwd_im2col).  With too few tasks for the threads (batch 1) a 1x1 splits its output
+    channels (its columns cost no unfold, or a small one), anything else its rows."""
+    planes, og = spec.n * spec.groups, spec.c_out // spec.groups
+    tasks = planes * -(-spec.out_h // rows)
+    if tasks >= nt:
+        return rows, 1
+    if spec.kh * spec.kw == 1 and og >= nt * SPLIT_OG:
+        return rows, -(-nt // tasks)
+    return max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes)), 1  # a task per thread
 
 
 def _shape(spec):
@@ -169,30 +184,36 @@ def col2im_rows(dcols, gx, n, c0, cg, oh0, rows, s):
 
 
 @driver
-def _conv2d_forward(x, w, bias, y, cols, s, rows, direct):
-    """y = conv2d(x, w) + bias; cols is (threads, K * rows * out_w), one buffer per thread."""
+def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct):
+    """y = conv2d(x, w) + bias; cols is (threads, K * rows * out_w), one buffer per thread; tasks
+    are (image, group, chunk of rows, part of the output channels)."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
     N, C, H, W = x.shape
     O = w.shape[0]
     cg, og = C // groups, O // groups
     K, P = cg * kh * kw, OH * OW
     chunks = (OH + rows - 1) // rows
+    oblock = (og + oparts - 1) // oparts
     yf = y.reshape(y.size)
-    for t in prange(N * groups * chunks):
-        chunk, g, n = t % chunks, (t // chunks) % groups, t // (chunks * groups)
+    for t in prange(N * groups * chunks * oparts):
+        o0, tc = (t % oparts) * oblock, t // oparts
+        m = min(oblock, og - o0)
+        chunk, g, n = tc % chunks, (tc // chunks) % groups, tc // (chunks * groups)
         oh0 = chunk * rows
         r = min(rows, OH - oh0)
         width = r * OW
-        yg = (n * O + g * og) * P + oh0 * OW  # where Y_g[:, chunk] starts in y
-        for o in range(og):
-            fill(yf, yg + o * P, width, bias[g * og + o])
+        yg = (n * O + g * og + o0) * P + oh0 * OW  # where Y_g[o0:, chunk] starts in y
+        if m <= 0:
+            continue
+        for o in range(m):
+            fill(yf, yg + o * P, width, bias[g * og + o0 + o])
         if direct:  # B is the input plane itself
-            gemm(False, False, og, width, K, 1.0, w, g * og * K, K,
+            gemm(False, False, m, width, K, 1.0, w, (g * og + o0) * K, K,
                  x, (n * C + g * cg) * H * W + oh0 * OW, P, 1.0, y, yg, P)
         else:
             mine = cols[get_thread_id()]
             unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, s)
-            gemm(False, False, og, width, K, 1.0, w, g * og * K, K, mine, 0, width, 1.0, y, yg, P)
+            gemm(False, False, m, width, K, 1.0, w, (g * og + o0) * K, K, mine, 0, width, 1.0, y, yg, P)
 
 
 @driver
@@ -279,13 +300,10 @@ def conv2d_forward(spec, x, w, bias):
     nt = for_problem(spec)
     y = np.empty(spec.output_shape, spec.dtype)
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
-    planes = spec.n * spec.groups
-    rows = task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize)
-    if planes < nt:  # a task per thread
-        rows = max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes))
+    rows, oparts = forward_split(spec, nt, task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize))
     cols = _columns(spec, nt, _taps(spec), rows)
     launch_threads(spec)
-    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, direct_cols(spec))
+    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, oparts, direct_cols(spec))
     return y
 
 
