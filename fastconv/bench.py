@@ -15,6 +15,7 @@ layer weighted by how often its shape occurs; ``plot`` charts GFLOP/s per conv l
 """
 from __future__ import annotations
 
+import collections
 import math
 import statistics
 import sys
@@ -57,6 +58,9 @@ class Row:
     vs_onnxruntime: float | None = None  # ONNX Runtime's time / this row's (--compare onnxruntime)
     chosen: dict | None = None     # AUTO: {op: the kernel the dispatcher chose}
     count: int = 1                 # how often the layer's shape occurs in the net (Layer.count)
+    # calls of this kernel in this layer's timing that the inf/NaN guard handed to its backend's
+    # im2col (fastconv/common/nonfinite.py; auto's calls count under the kernel it chose)
+    rerouted: int = 0
 
     @property
     def label(self) -> str:
@@ -153,12 +157,14 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
     if with_reference:
         jobs[ref_name] = {p: _job(ref_name, o, probs) for p, o in passes.items()}
     contenders = {(name, p): job[p] for name, job in jobs.items() if all(job[p] for p in passes) for p in passes}
+    rerouted_before = collections.Counter(nonfinite.REROUTED)
     expected = _job(ref_name, ops, probs)()  # also the correctness check of every contender
     outputs = {key: fn() for key, fn in contenders.items()}  # compiles the JIT kernels; auto chooses
     # what auto's first call chose: the dispatcher's memo, under the key api's call used
     chosen = {op: dispatch.choose(op, probs[op][0], caller="bench").name for op in ops} if AUTO in jobs else None
     times = interleaved(contenders, repeats)
     medians = {key: statistics.median(t) for key, t in times.items()}
+    rerouted = collections.Counter(nonfinite.REROUTED) - rerouted_before  # this layer's, not the process's
     ref_time, torch_time, ort_time = (medians.get((name, pass_)) for name in (ref_name, TORCH, ORT))
     # the row's ops' FLOPs (both backward ops do the forward's multiply-adds; the bias gradient is negligible)
     flops = sum(registry.OPS[op].flops(probs[op][0]) or 0 for op in ops) or None
@@ -171,7 +177,7 @@ def bench_layer(layer, batch: int, dtype: str, kernel_names, repeats: int, with_
                         ref_time / t if ref_time else None, rel_error(outputs[(name, p)], expected),
                         len(times[(name, p)]), fwd_ms, vs_torch=torch_time / t if torch_time else None,
                         vs_onnxruntime=ort_time / t if ort_time else None,
-                        chosen=chosen if name == AUTO else None, count=layer.count))
+                        chosen=chosen if name == AUTO else None, count=layer.count, rerouted=rerouted[name]))
     return rows
 
 
@@ -213,7 +219,10 @@ def format_table(rows, peak: float | None) -> str:
         note = "  (1 run: over the time box)" if r.runs == 1 and r.ms > ONCE_S * 1e3 else ""
         lines.append(f"{r.layer if first else '':10s} {r.shape if first else '':34s} {r.label:{width}s} "
                      f"{ms} {gf} {pk} {vs} {vt}{r.error:8.1e}{note}")
-    rerouted = {name: n for name, n in nonfinite.REROUTED.items() if n}
+    rerouted = collections.Counter()
+    for r in rows:
+        rerouted[r.kernel] += r.rerouted
+    rerouted = {name: n for name, n in rerouted.items() if n}
     if rerouted:  # calls holding inf/NaN ran on another kernel (fastconv/common/nonfinite.py)
         lines.append("inf/NaN guard rerouted calls to the backend's im2col: " +
                      ", ".join(f"{name} {n}" for name, n in sorted(rerouted.items())))

@@ -52,6 +52,16 @@ def test_auto_only_when_asked_among_kernels():
     assert [r.kernel for r in rows] == ["auto", "numpy.reference"] and 0 < rows[0].vs_reference
 
 
+def test_the_table_reports_only_its_own_runs_reroutes(monkeypatch):
+    # calls that some earlier work in the process had rerouted (inf/NaN) are not this bench's
+    from fastconv.common import nonfinite
+    monkeypatch.setattr(nonfinite, "REROUTED", nonfinite.collections.Counter({"c.direct": 7}))
+    rows = _run(_layers("conv3"), kernel_names=("c.direct",), with_reference=False)
+    assert rows[0].rerouted == 0 and "rerouted" not in bench.format_table(rows, None)
+    rows[0].rerouted = 2  # as a layer whose data held NaN would leave it
+    assert bench.format_table(rows, None).endswith("inf/NaN guard rerouted calls to the backend's im2col: c.direct 2")
+
+
 def _row(layer, kernel, ms, count, vs_ref=None, vs_torch=None, chosen=None):
     return bench.Row(layer, "", kernel, ms, None, vs_ref, 0.0, 1, vs_torch=vs_torch, chosen=chosen, count=count)
 
