@@ -204,8 +204,9 @@ class Kernel:
 #
 # Measured on VGG-16, ResNet-18, GoogLeNet, AlexNet, LeNet-5 and MobileNet-v2's depthwise layers
 # (2-core AMD EPYC, forward and both backward passes): im2col beat direct on the median layer in
-# every group, small K and depthwise included (which is why there is no "direct for small K"
-# rule), except the depthwise weight gradient, where im2col's GEMMs degenerate to dot products;
+# every group, small K and depthwise included, except the depthwise weight gradient, where
+# im2col's GEMMs degenerate to dot products, and (on the Intel Xeon, avx512) first layers, whose
+# 1-4 input channels give im2col a short K behind a large unfold (``_direct_first``);
 # Winograd won about half the layers with >= 64 channels and lost most of those with fewer.
 # ``fastconv tune`` and ``explain`` print the heuristic's pick beside the measured best, which is
 # how the rule is checked against a machine (README: "Choosing kernels").
@@ -218,6 +219,18 @@ def _one_input_channel(op: str, spec) -> bool:
     return op == "conv2d.bwd_weight" and spec.c_in // spec.groups == 1
 
 
+FIRST_LAYER_CHANNELS = 4  # input channels per group up to which direct is ranked first in the forward
+
+
+def _direct_first(op: str, spec) -> bool:
+    """Where direct beats im2col: the depthwise weight gradient (im2col's GEMMs degenerate to dot
+    products) and first layers' forwards (few input channels: im2col's unfold copies each input
+    value kh*kw times for a GEMM with a short K).  Measured on the Intel Xeon model 167, avx512,
+    batch 1, c.direct / c.im2col time: VGG conv1_1 0.57, AlexNet conv1 0.51, MobileNet-v2 conv1
+    0.72, ResNet-18 conv1 0.79."""
+    return _one_input_channel(op, spec) or (op == "conv2d.fwd" and spec.c_in // spec.groups <= FIRST_LAYER_CHANNELS)
+
+
 def _winograd_rank(op: str, spec) -> int:
     amortizes = min(spec.c_in, spec.c_out) // spec.groups >= WINOGRAD_MIN_CHANNELS
     return 0 if amortizes and winograd.why_not(spec) is None else UNRANKED - 1
@@ -226,8 +239,8 @@ def _winograd_rank(op: str, spec) -> int:
 FAMILY_RANK: dict = {  # family -> (op, spec) -> rank; max-pool has one family: registry order
     "depthwise": lambda op, spec: 0,  # it serves depthwise problems only, and is made for them
     "winograd": _winograd_rank,
-    "im2col": lambda op, spec: 2 if _one_input_channel(op, spec) else 1,
-    "direct": lambda op, spec: 1 if _one_input_channel(op, spec) else 2,
+    "im2col": lambda op, spec: 2 if _direct_first(op, spec) else 1,
+    "direct": lambda op, spec: 1 if _direct_first(op, spec) else 2,
 }
 
 

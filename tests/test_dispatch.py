@@ -45,6 +45,16 @@ def test_auto_follows_the_heuristic_in_estimate_mode():
     assert plan.chosen == chosen.name and plan.source == "heuristic" and plan.detail == "mode estimate"
 
 
+@pytest.mark.parametrize("c_in, family", [(3, "direct"), (4, "direct"), (5, "im2col")])
+def test_the_heuristic_ranks_direct_first_for_first_layers_forward(c_in, family):
+    # first layers (registry.FIRST_LAYER_CHANNELS input channels or fewer): direct; else im2col,
+    # and their gradients keep im2col too
+    spec = ConvSpec.from_shapes((1, c_in, 32, 32), (16, c_in, 7, 7), (2, 2), (3, 3), (1, 1), 1, "float32")
+    assert dispatch.heuristic("conv2d.fwd", spec, dispatch.eligible("conv2d.fwd", spec, caller="t")[0]).family == family
+    for op in ("conv2d.bwd_data", "conv2d.bwd_weight"):
+        assert dispatch.heuristic(op, spec, dispatch.eligible(op, spec, caller="t")[0]).family == "im2col"
+
+
 def test_a_hit_is_a_lookup_until_the_kernel_list_changes(monkeypatch):
     spec = ConvSpec.from_args(X, W)
     first = dispatch.choose("conv2d.fwd", spec, caller="t")

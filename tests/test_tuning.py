@@ -24,7 +24,7 @@ from fastconv.dispatch import measure, settings, tuning, tuning_cache
 from fastconv.registry import Kernel
 from fastconv.spec import ConvSpec
 
-SHAPES = ((1, 2, 6, 6), (3, 2, 3, 3))  # a tiny problem: the reference runs it in microseconds
+SHAPES = ((1, 5, 6, 6), (3, 5, 3, 3))  # tiny (the reference runs it in microseconds), not a first layer
 SLOW_S = 0.004
 
 
@@ -208,7 +208,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import fastconv as fc
-    x = np.ones((1, 2, {h}, 6), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+    x = np.ones((1, 5, {h}, 6), np.float32); w = np.ones((3, 5, 3, 3), np.float32)
     fc.conv2d(x, w, backend="c")  # the C kernels only: no Numba kernel to load in every process
     p = fc.explain(x.shape, w.shape, backend="c")
     print(json.dumps([p.chosen, p.source, p.cache_file]))
@@ -247,7 +247,7 @@ PUT = textwrap.dedent("""
 
 
 def test_cache_round_trip_and_concurrent_writers(measuring):
-    x, w = np.ones((1, 2, 6, 6), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    x, w = np.ones((1, 5, 6, 6), np.float32), np.ones((3, 5, 3, 3), np.float32)
     fc.conv2d(x, w, backend="c")  # measured here, read back by a fresh process below
     plan = fc.explain(x.shape, w.shape, backend="c")
     first = [plan.chosen, plan.source, plan.cache_file]
@@ -309,7 +309,7 @@ def test_damaged_or_foreign_files_are_reported_once_and_rebuilt(slow_and_fast, d
         assert choose(spec) is quick  # measured: the damaged file's entry is never trusted
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
-        choose(spec_of((1, 2, 7, 7)))
+        choose(spec_of((1, 5, 7, 7)))
     doc = json.load(open(path))  # rebuilt: ours, valid, with both measured problems
     assert doc["environment"] == tuning_cache.current(threads.get_num_threads()).env and len(doc["entries"]) == 2
 
@@ -383,7 +383,7 @@ def test_a_malformed_entry_is_dropped_and_every_reader_survives(damage, monkeypa
 
     slow, quick = fake(BEST), fake(OTHER)
     install(monkeypatch, slow, quick)
-    spec, other = spec_of(), spec_of((1, 2, 7, 7))
+    spec, other = spec_of(), spec_of((1, 5, 7, 7))
     doc = _valid_doc(other, quick.name, [slow.name])  # a good entry beside it stays trusted
     doc["entries"][tuning_cache.problem_key("conv2d.fwd", spec)] = MALFORMED[damage](_entry(spec, slow.name, [quick.name]))
     _write(cache_file(), json.dumps(doc))
@@ -393,11 +393,11 @@ def test_a_malformed_entry_is_dropped_and_every_reader_survives(damage, monkeypa
         plan = fc.explain(*SHAPES)
     assert plan.source == "heuristic" and plan.detail == "mode frozen, no cache entry for it"
     str(plan), json.dumps(plan.to_dict())
-    assert fc.explain((1, 2, 7, 7), SHAPES[1]).source == "cache"
+    assert fc.explain((1, 5, 7, 7), SHAPES[1]).source == "cache"
     assert cli.main(["cache", "show", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["entries"]
     assert [r["key"] for r in shown] == [tuning_cache.problem_key("conv2d.fwd", other)]
-    assert cli.main(["cache", "show"]) == 0 and "x 1x2x7x7" in capsys.readouterr().out
+    assert cli.main(["cache", "show"]) == 0 and "x 1x5x7x7" in capsys.readouterr().out
 
 
 def test_cache_show_survives_a_spec_of_the_right_types_but_absurd_values(measuring, capsys):
@@ -446,7 +446,7 @@ def test_unwritable_directory_degrades_to_memory(slow_and_fast, monkeypatch, tmp
         assert choose(spec_of()) is quick
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert choose(spec_of((1, 2, 7, 7))) is quick
+        assert choose(spec_of((1, 5, 7, 7))) is quick
         dispatch.forget()
         assert choose(spec_of()) is quick  # from the in-memory entries
     assert len(calls) == 2
@@ -471,7 +471,7 @@ def test_explain_says_why(monkeypatch, measuring):
                  why_not=lambda s: None if s.stride == (1, 1) else f"needs stride 1, got {s.stride[0]}")
     loose = fake("numba.winograd_f2k3", rtol={"float32": 1e-3, "float64": 1e-9})
     install(monkeypatch, picky, fake("c.im2col_slow", delay=SLOW_S), fake("numba.direct_fast"), loose)
-    plan = fc.explain((1, 2, 7, 7), (3, 2, 3, 3), stride=2, rtol=1e-4)
+    plan = fc.explain((1, 5, 7, 7), (3, 5, 3, 3), stride=2, rtol=1e-4)
     assert "c.winograd_f4k3: needs stride 1, got 2" in plan.refused
     assert any(r.startswith("numba.winograd_f2k3:") and "over the rtol=0.0001 budget" in r for r in plan.refused)
     assert plan.chosen == "numba.direct_fast" and plan.source == "measured now"
@@ -485,7 +485,7 @@ def test_explain_says_why(monkeypatch, measuring):
         assert piece in text
     json.dumps(plan.to_dict())
     dispatch.forget()  # a new process would read it from the cache file
-    again = fc.explain((1, 2, 7, 7), (3, 2, 3, 3), stride=2, rtol=1e-4)
+    again = fc.explain((1, 5, 7, 7), (3, 5, 3, 3), stride=2, rtol=1e-4)
     assert again.source == "cache" and again.chosen == plan.chosen and again.key in again.detail
 
 
@@ -503,7 +503,7 @@ def test_explain_repro_runs_and_errors_name_the_argument():
 
 def test_frozen_mode_never_changes_a_choice(slow_and_fast, monkeypatch):
     slow, quick = slow_and_fast
-    spec, other = spec_of(), spec_of((1, 2, 7, 7))
+    spec, other = spec_of(), spec_of((1, 5, 7, 7))
     assert choose(spec) is quick  # measured, in the file
     dispatch.set_tuning("frozen")
     forbid_measuring(monkeypatch)
@@ -511,7 +511,7 @@ def test_frozen_mode_never_changes_a_choice(slow_and_fast, monkeypatch):
     plan = fc.explain(*SHAPES)
     assert plan.source == "cache"
     assert choose(other) is slow  # no entry: the heuristic, not timed
-    assert "mode frozen" in fc.explain((1, 2, 7, 7), SHAPES[1]).detail
+    assert "mode frozen" in fc.explain((1, 5, 7, 7), SHAPES[1]).detail
     # another process rewrites the file: this one's choices stay as they were
     _write(cache_file(), json.dumps(_valid_doc(spec, slow.name, [quick.name])))
     dispatch.forget()
@@ -588,7 +588,7 @@ def test_tune_fills_the_cache_with_a_progress_bar(slow_and_fast, monkeypatch):
 
     slow, quick = slow_and_fast
     bar = io.StringIO()
-    specs = [spec_of(), spec_of((1, 2, 7, 7)), spec_of()]  # the duplicate is tuned once
+    specs = [spec_of(), spec_of((1, 5, 7, 7)), spec_of()]  # the duplicate is tuned once
     plans = fc.tune(specs, progress=bar)
     assert [p.chosen for p in plans] == [quick.name] * 2 and all(p.source == "measured now" for p in plans)
     assert "2/2" in bar.getvalue() and bar.getvalue().endswith("\n")
@@ -641,7 +641,8 @@ def test_heuristic_rule(monkeypatch):
 
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), padding=1) == "c.winograd_f4k3"    # the largest tile
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), padding=1, stride=2) == "c.im2col"
-    assert pick((1, 3, 224, 224), (64, 3, 3, 3), padding=1) == "c.im2col"             # too few channels
+    assert pick((1, 3, 224, 224), (64, 3, 3, 3), padding=1) == "c.direct"             # a first layer
+    assert pick((1, 8, 224, 224), (64, 8, 3, 3), padding=1) == "c.im2col"             # too few channels
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_data") == "c.winograd_f4k3"
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_weight") == "c.im2col"
     assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, op="conv2d.bwd_weight") == "c.depthwise"
@@ -649,7 +650,7 @@ def test_heuristic_rule(monkeypatch):
     assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, padding=3000, dilation=3000,
                 op="conv2d.bwd_weight") == "c.direct"
     # in estimate mode (the test session's) auto follows it, and C falls back to Numba
-    x, w = np.ones((1, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    x, w = np.ones((1, 8, 8, 8), np.float32), np.ones((4, 8, 3, 3), np.float32)
     assert choose(ConvSpec.from_args(x, w)).name == "c.im2col"
     assert choose(ConvSpec.from_args(x, w), backend="numba").name == "numba.im2col"
 

@@ -25,7 +25,7 @@ from fastconv.dispatch import measure, tuning_cache
 from fastconv.registry import Kernel
 from fastconv.spec import ConvSpec, PoolSpec
 
-SHAPES = ((1, 2, 6, 6), (3, 2, 3, 3))
+SHAPES = ((1, 5, 6, 6), (3, 5, 3, 3))  # not a first layer: the heuristic picks im2col
 
 
 def spec_of(x_shape=SHAPES[0], w_shape=SHAPES[1], **kw):
@@ -263,9 +263,9 @@ def test_the_reference_runs_only_when_its_time_and_memory_fit(monkeypatch):
 
 def test_a_problem_over_the_tuning_limit_is_not_timed_and_explain_says_why(monkeypatch, measuring):
     install(monkeypatch, fake("c.im2col_a"), fake("numba.direct_b"))
-    x_shape, w_shape = (1, 1, 512, 512), (1, 1, 1, 1)
+    x_shape, w_shape = (1, 5, 256, 256), (3, 5, 1, 1)  # 5 channels: not a first layer, im2col first
     spec = spec_of(x_shape, w_shape)
-    assert measure.call_bytes("conv2d.fwd", spec) == 4 * (2 * 512 * 512 + 2)
+    assert measure.call_bytes("conv2d.fwd", spec) == 4 * (8 * 256 * 256 + 15 + 3)
     monkeypatch.setattr(measure, "MAX_BYTES", 1 << 20)
     real_run = measure.run
     forbid_measuring(monkeypatch)
@@ -275,7 +275,7 @@ def test_a_problem_over_the_tuning_limit_is_not_timed_and_explain_says_why(monke
                            "(FASTCONV_TUNE_MAX_MB)")
     assert f"chosen: c.im2col_a  (heuristic: {plan.detail})" in str(plan)
     rng = np.random.default_rng(3)
-    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in (x_shape, w_shape, (1,)))
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in (x_shape, w_shape, (3,)))
     np.testing.assert_array_equal(fc.conv2d(x, w, b), fc.reference.conv2d(x, w, b))
     assert not os.path.exists(tuning_cache.current(threads.get_num_threads()).path)  # nothing stored
     # the limit is not remembered as a failure: raised, the same problem is timed
@@ -291,7 +291,7 @@ def test_a_problem_whose_probes_cannot_fit_the_budget_is_not_timed(monkeypatch, 
     forbid_measuring(monkeypatch)
     plan = fc.explain(*SHAPES)
     assert plan.source == "heuristic" and plan.detail == (
-        "not timed: one call takes at least 17.3 s, and timing 2 kernels takes at least 10 calls (173 s), "
+        "not timed: one call takes at least 43.2 s, and timing 2 kernels takes at least 10 calls (432 s), "
         "over the 2 s tuning budget")
 
 
