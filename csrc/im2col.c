@@ -1,10 +1,11 @@
 /* im2col + GEMM conv2d (forward and backward), the twin of fastconv/numba/im2col.py.
  *
  * Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
- * K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows),
- * and at batch 1 of a 1x1 also a part of the output channels (splitting a 7x7 or 14x14 plane's rows
- * instead left each thread a 21-98 column GEMM: MobileNet-v2's 1x1 expansions ran at 0.53-0.68x
- * torch's speed, 0.66-1.12x with the channels split; Intel Xeon model 167, avx512):
+ * K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output
+ * rows), and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels
+ * (splitting a 7x7 or 14x14 plane's rows left each thread a 21-98 column GEMM: MobileNet-v2's 1x1
+ * expansions ran at 0.53-0.68x torch's speed, 0.66-1.12x with the channels split; Intel Xeon
+ * model 167, avx512):
  *   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
  *                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
  *                 unpadded convolution needs no unfold (the input already is cols);
@@ -105,12 +106,15 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const FC_SFX(rows_fn) unfold = FC_ISA_PICK(s->isa, unfold_rows);
     const int64_t planes = s->n * s->groups;
     int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
-    /* Too few tasks for the threads (batch 1): split the output channels where a task's columns
-     * cost no unfold or a small one (1x1) and each part keeps FC_IM2COL_SPLIT_OG channels; split
-     * the rows otherwise. */
+    /* Too few tasks for the threads (batch 1): split the output channels, FC_IM2COL_SPLIT_OG at
+     * least per part, where each part's own unfold is cheap (1x1) or the rows would leave each
+     * thread fewer than FC_IM2COL_SPLIT_OG columns (7x7 planes); split the rows otherwise.  (The
+     * parts unfold the same columns each: on ResNet-18's 3x3 layers of 14x14 and 28x28 outputs
+     * that cost more than the narrower GEMMs of a row split, 0.62-0.85x against 0.79-0.93x torch's
+     * speed; on 7x7 outputs the split won, 0.94-1.05x -> 1.11-1.25x.) */
     int64_t oparts = 1;
     if (planes * ((OH + rows - 1) / rows) < nt) {
-        if (s->kh * s->kw == 1 && og >= nt * FC_IM2COL_SPLIT_OG)
+        if (og >= nt * FC_IM2COL_SPLIT_OG && (s->kh * s->kw == 1 || P < nt * FC_IM2COL_SPLIT_OG))
             oparts = (nt + planes * ((OH + rows - 1) / rows) - 1) / (planes * ((OH + rows - 1) / rows));
         else
             rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes)); /* a task per thread */

@@ -1,8 +1,8 @@
 """im2col + GEMM conv2d in Numba (forward and backward), the twin of csrc/im2col.c.
 
 Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
-K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows), and at batch 1 of a 1x1 also a part of the
-output channels, so that its threads share one plane without thin GEMMs:
+K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows), and at batch 1 of a 1x1 or of a 7x7 output
+plane also a part of the output channels, so that its threads share one plane without thin GEMMs:
   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
                 unpadded convolution needs no unfold (the input already is cols);
@@ -81,13 +81,14 @@ def task_rows(spec, k, buffers, workspace_bytes, itemsize) -> int:
 
 def forward_split(spec, nt, rows) -> tuple:
     """(rows, oparts): the forward's rows per chunk and output-channel parts (C's rule in
-    fc_conv2d_fwd_im2col).  With too few tasks for the threads (batch 1) a 1x1 splits its output
-    channels (its columns cost no unfold, or a small one), anything else its rows."""
+    fc_conv2d_fwd_im2col, where the measurements are).  With too few tasks for the threads (batch 1)
+    a 1x1 (its columns cost no unfold, or a small one) or a plane too small to give each thread
+    SPLIT_OG columns splits its output channels, anything else its rows."""
     planes, og = spec.n * spec.groups, spec.c_out // spec.groups
     tasks = planes * -(-spec.out_h // rows)
     if tasks >= nt:
         return rows, 1
-    if spec.kh * spec.kw == 1 and og >= nt * SPLIT_OG:
+    if og >= nt * SPLIT_OG and (spec.kh * spec.kw == 1 or spec.out_h * spec.out_w < nt * SPLIT_OG):
         return rows, -(-nt // tasks)
     return max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes)), 1  # a task per thread
 
