@@ -235,8 +235,6 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(pack_row_panel)(
                 const FC_T *src = xc + ih * W + iwa;
                 if (sw == 1 && len == NR) {
                     for (int v = 0; v < NV; v++) *(VECU *)(dst + v * VLEN) = *(const VECU *)(src + v * VLEN);
-                } else if (sw == 2) { /* a constant stride: GCC vectorizes it (loads and a permute) */
-                    for (int64_t t = 0; t < len; t++) dst[t] = src[2 * t];
                 } else {
                     for (int64_t t = 0; t < len; t++) dst[t] = src[t * sw];
                 }
