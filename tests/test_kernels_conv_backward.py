@@ -31,7 +31,13 @@ def _check(kernel, case, dtype, rng):
     copies = [a.copy() for a in (x, w, gy)]
     got = run()
     assert got.shape == expected.shape and got.dtype == np.dtype(dtype) and got.flags.c_contiguous
-    assert rel_err(got, expected) <= kernel.rtol[dtype]
+    if rel_err(got, expected) > kernel.rtol[dtype]:
+        # A sum is accurate relative to its terms' magnitudes, not to its value: where every entry
+        # of a small gradient cancels (a 5-tap weight gradient whose one nonzero entry sums 51
+        # terms of order 1 to 0.004, where every kernel, im2col's OpenBLAS too, measured 2-7e-5),
+        # the scale is the same problem on the magnitudes.
+        magnitudes = registry.kernels(kernel.op)[-1].run(spec, *map(np.abs, args))
+        assert np.max(np.abs(got.astype(np.float64) - expected)) <= kernel.rtol[dtype] * np.max(magnitudes)
     for a, c in zip((x, w, gy), copies):
         np.testing.assert_array_equal(a, c)
 
