@@ -138,8 +138,8 @@ def main(argv=None) -> int:
         f"- Versions: fastconv {__version__}, Python {platform.python_version()}"
         + "".join(f", {p} {v}" for p, v in versions.items()),
         "- Method: per layer every contender runs in the same interleaved rounds (a pause, then a few ms "
-        "of untimed calls before each timed run of at least 1 ms), median of "
-        f"{args.repeats}; float32. GFLOP/s count "
+        "of untimed calls before each timed run of at least 5 ms, whose figure is the median of its calls), "
+        f"median of {args.repeats} rounds; float32. GFLOP/s count "
         "the direct algorithm's multiply-adds, so Winograd can pass the matmul peak. `auto` is the public "
         "call (`algo=\"auto\"`), tuned on its first call; `auto / fastest` over 1 is the price of its "
         "choice (or noise). Ratios are per layer; totals weight each layer shape by how often it occurs."
