@@ -1,6 +1,7 @@
 """fastconv.bench as a library: the auto contender, torch's formulas, the totals, the progress
 line.  Tiny layers only (LeNet-5), one round: these check the plumbing, not the speed."""
 import io
+import json
 import math
 import pathlib
 import subprocess
@@ -190,3 +191,25 @@ def test_the_profile_script_lays_out_every_conv_layer_and_kernel(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--kernels", "numba.direct"], capture_output=True,
                          text=True, timeout=300, cwd=tmp_path)
     assert bad.returncode == 2 and "profiled kernels: c.direct" in bad.stderr
+
+
+def test_the_layer_class_script_sums_a_bench_json_by_class(tmp_path):
+    """benchmarks/layer_classes.py on a LeNet-5 bench file: a line per class with each layer's
+    time counted once per occurrence, and the ratio of torch's sum to auto's."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import layer_classes
+    finally:
+        sys.path.pop(0)
+    layers = nets.get("lenet5")
+    rows = [bench.Row(l.name, "", k, ms, None, None, 0.0, 1, count=l.count)
+            for l, ms in zip(layers, (1.0, 2.0, 3.0, 4.0)) for k in ("auto", "c.im2col")]
+    rows += [bench.Row(layers[0].name, "", "torch", 0.5, None, None, 0.0, 1, count=layers[0].count)]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"machine": "cpu (avx2), python 3", "net": "lenet5", "batch": 1, "pass": "fwd",
+                                "rows": [{**r.__dict__, "label": r.label} for r in rows]}))
+    out = layer_classes.summarize(str(path))
+    first = next(line for line in out.splitlines() if "first layer" in line)  # conv1: 1 input channel
+    assert "auto     1.00" in first and "torch/auto 0.50" in first
+    assert "conv layers under 0.9x torch's speed: 1 of 1; slowest: conv1 0.50 (auto)" in out
+    assert [layer_classes.layer_class(l) for l in layers[:2]] == ["first layer", "pool"]
