@@ -2,10 +2,10 @@
  *
  * Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
  * K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output
- * rows), and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels
- * (splitting a 7x7 or 14x14 plane's rows left each thread a 21-98 column GEMM: MobileNet-v2's 1x1
- * expansions ran at 0.53-0.68x torch's speed, 0.66-1.12x with the channels split; Intel Xeon
- * model 167, avx512):
+ * rows), and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels,
+ * the parts sharing their chunk's columns (splitting a 7x7 or 14x14
+ * plane's rows left each thread a 21-98 column GEMM: MobileNet-v2's 1x1 expansions ran at
+ * 0.53-0.68x torch's speed, 0.66-1.12x with the channels split; Intel Xeon model 167, avx512):
  *   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
  *                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
  *                 unpadded convolution needs no unfold (the input already is cols);
@@ -106,27 +106,44 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const FC_SFX(rows_fn) unfold = FC_ISA_PICK(s->isa, unfold_rows);
     const int64_t planes = s->n * s->groups;
     int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
-    /* Too few tasks for the threads (batch 1): split the output channels, FC_IM2COL_SPLIT_OG at
-     * least per part, where each part's own unfold is cheap (1x1) or the rows would leave each
-     * thread fewer than FC_IM2COL_SPLIT_OG columns (7x7 planes); split the rows otherwise.  (The
-     * parts unfold the same columns each: on ResNet-18's 3x3 layers of 14x14 and 28x28 outputs
-     * that cost more than the narrower GEMMs of a row split, 0.62-0.85x against 0.79-0.93x torch's
-     * speed; on 7x7 outputs the split won, 0.94-1.05x -> 1.11-1.25x.) */
+    /* Too few tasks for the threads (batch 1): split the output channels (FC_IM2COL_SPLIT_OG at
+     * least per part) of a 1x1 or of a plane too small to give each thread FC_IM2COL_SPLIT_OG
+     * columns (7x7), the rows otherwise.  The parts of a chunk share its columns, unfolded once by
+     * all threads before the GEMMs ("shared").  7x7 outputs won with the split (ResNet-18 conv5_x
+     * 0.85-1.05x -> 1.25-1.34x torch's speed, when each part still unfolded its own columns);
+     * 14x14 ones were as often slower as faster with it (GoogLeNet 4c/4e_3x3 slower, ResNet-18
+     * conv4_x and AlexNet conv3-5 faster, in two rounds of a machine too noisy to settle it). */
     int64_t oparts = 1;
-    if (planes * ((OH + rows - 1) / rows) < nt) {
+    const int64_t chunks0 = (OH + rows - 1) / rows;
+    if (planes * chunks0 < nt) {
         if (og >= nt * FC_IM2COL_SPLIT_OG && (s->kh * s->kw == 1 || P < nt * FC_IM2COL_SPLIT_OG))
-            oparts = (nt + planes * ((OH + rows - 1) / rows) - 1) / (planes * ((OH + rows - 1) / rows));
+            oparts = (nt + planes * chunks0 - 1) / (planes * chunks0);
         else
             rows = fc_max64(1, fc_min64(rows, (OH * planes + nt - 1) / nt / planes)); /* a task per thread */
     }
     const int64_t oblock = (og + oparts - 1) / oparts;
     const int64_t chunks = (OH + rows - 1) / rows, tasks = planes * chunks * oparts;
+    const int shared = oparts > 1 && !direct_cols; /* then planes * chunks < nt buffers, one per chunk */
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
     double *phases = profile ? calloc((size_t)(FC_PHASES * nt), sizeof(double)) : NULL; /* per thread */
     if ((!direct_cols && !cols) || (profile && !phases)) {
         free(cols);
         free(phases);
         return FC_ENOMEM;
+    }
+
+    if (shared) { /* every chunk's columns, the threads splitting them by input channel */
+        const int64_t taps = s->kh * s->kw;
+        FC_OMP_PARALLEL_FOR(n_threads)
+        for (int64_t u = 0; u < planes * chunks * cg; u++) {
+            double *phase = phases ? phases + FC_PHASES * FC_THREAD_ID() : NULL;
+            const double t0 = phase ? fc_now() : 0;
+            const int64_t c = u % cg, pc = u / cg, chunk = pc % chunks, g = (pc / chunks) % s->groups;
+            const int64_t n = pc / (chunks * s->groups), oh0 = chunk * rows, r = fc_min64(rows, OH - oh0);
+            unfold(x + (n * s->c_in + g * cg + c) * s->h * s->w, cols + pc * K * rows * OW + c * taps * r * OW, s, 1,
+                   oh0, r);
+            if (phase) phase[FC_PHASE_INPUT] += fc_now() - t0;
+        }
     }
 
     FC_OMP_PARALLEL_FOR(n_threads)
@@ -144,6 +161,8 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
         if (direct_cols) {
             b = xg + oh0 * OW;
             ldb = P;
+        } else if (shared) {
+            b = cols + tc * K * rows * OW;
         } else {
             FC_T *mine = cols + (int64_t)FC_THREAD_ID() * K * rows * OW;
             unfold(xg, mine, s, cg, oh0, r);

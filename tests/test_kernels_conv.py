@@ -47,7 +47,11 @@ CASES = {
     # (an uneven split: 67 + 66), without an unfold and with one (stride 2)
     "pointwise-batch1-split": ((1, 50, 9, 9), (133, 50, 1, 1), 1, 0, 1, 1),
     "pointwise-batch1-split-stride2": ((1, 50, 17, 17), (133, 50, 1, 1), 2, 0, 1, 1),
-    "3x3-batch1-7x7-split": ((1, 16, 7, 7), (133, 16, 3, 3), 1, 1, 1, 1),  # a plane too small for a row split
+    # batch-1 3x3s: on a 7x7 plane the output channels split, their parts sharing one unfold (a
+    # stride-2 one too); on a larger plane the rows split
+    "3x3-batch1-7x7-split": ((1, 16, 7, 7), (133, 16, 3, 3), 1, 1, 1, 1),
+    "3x3-batch1-7x7-split-stride2": ((1, 8, 14, 14), (200, 8, 3, 3), 2, 1, 1, 1),
+    "3x3-batch1-row-split": ((1, 8, 20, 20), (133, 8, 3, 3), 1, 1, 1, 1),
     "same-even-kernel": ((1, 3, 9, 8), (2, 3, 4, 2), 1, "same", (1, 2), 1),
     "valid-wide-kernel": ((1, 2, 5, 30), (3, 2, 5, 29), 1, "valid", 1, 1),
     "kernel-bigger-than-input-with-padding": ((1, 2, 3, 3), (2, 2, 5, 5), 1, 2, 1, 1),

@@ -2,7 +2,8 @@
 
 Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
 K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows), and at batch 1 of a 1x1 or of a 7x7 output
-plane also a part of the output channels, so that its threads share one plane without thin GEMMs:
+plane also a part of the output channels, the parts sharing their chunk's columns, so that its
+threads share one plane without thin GEMMs:
   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
                 unpadded convolution needs no unfold (the input already is cols);
@@ -82,8 +83,8 @@ def task_rows(spec, k, buffers, workspace_bytes, itemsize) -> int:
 def forward_split(spec, nt, rows) -> tuple:
     """(rows, oparts): the forward's rows per chunk and output-channel parts (C's rule in
     fc_conv2d_fwd_im2col, where the measurements are).  With too few tasks for the threads (batch 1)
-    a 1x1 (its columns cost no unfold, or a small one) or a plane too small to give each thread
-    SPLIT_OG columns splits its output channels, anything else its rows."""
+    a 1x1 (its columns are the input) or a plane too small to give each thread SPLIT_OG columns
+    splits its output channels, the parts sharing their chunk's columns; anything else its rows."""
     planes, og = spec.n * spec.groups, spec.c_out // spec.groups
     tasks = planes * -(-spec.out_h // rows)
     if tasks >= nt:
@@ -185,9 +186,24 @@ def col2im_rows(dcols, gx, n, c0, cg, oh0, rows, s):
 
 
 @driver
-def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct):
-    """y = conv2d(x, w) + bias; cols is (threads, K * rows * out_w), one buffer per thread; tasks
-    are (image, group, chunk of rows, part of the output channels)."""
+def _unfold_chunks(x, cols, s, rows):
+    """cols[chunk] for every (image, group, chunk of rows), the threads splitting them by input
+    channel: the columns the output-channel parts of a chunk share."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C = x.shape[0], x.shape[1]
+    cg, chunks = C // groups, (OH + rows - 1) // rows
+    for u in prange(N * groups * chunks * cg):
+        c, pc = u % cg, u // cg
+        chunk, g, n = pc % chunks, (pc // chunks) % groups, pc // (chunks * groups)
+        r = min(rows, OH - chunk * rows)
+        unfold_rows(x, n, g * cg + c, 1, chunk * rows, r, cols[pc], c * kh * kw * r * OW, s)
+
+
+@driver
+def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared):
+    """y = conv2d(x, w) + bias; tasks are (image, group, chunk of rows, part of the output
+    channels).  cols is (threads, K * rows * out_w): one buffer per thread, or (shared) one per
+    chunk, filled by _unfold_chunks."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
     N, C, H, W = x.shape
     O = w.shape[0]
@@ -212,8 +228,9 @@ def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct):
             gemm(False, False, m, width, K, 1.0, w, (g * og + o0) * K, K,
                  x, (n * C + g * cg) * H * W + oh0 * OW, P, 1.0, y, yg, P)
         else:
-            mine = cols[get_thread_id()]
-            unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, s)
+            mine = cols[tc] if shared else cols[get_thread_id()]
+            if not shared:
+                unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, s)
             gemm(False, False, m, width, K, 1.0, w, (g * og + o0) * K, K, mine, 0, width, 1.0, y, yg, P)
 
 
@@ -303,8 +320,11 @@ def conv2d_forward(spec, x, w, bias):
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     rows, oparts = forward_split(spec, nt, task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize))
     cols = _columns(spec, nt, _taps(spec), rows)
+    shared = oparts > 1 and not direct_cols(spec)
     launch_threads(spec)
-    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, oparts, direct_cols(spec))
+    if shared:
+        _unfold_chunks(x, cols, _shape(spec), rows)
+    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, oparts, direct_cols(spec), shared)
     return y
 
 
