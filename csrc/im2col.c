@@ -42,7 +42,7 @@
 #define FC_IM2COL_CHUNK_BYTES (4 << 20)
 #define FC_IM2COL_WIDE_OG 256
 #define FC_IM2COL_MIN_COLUMNS 2048
-#define FC_IM2COL_SPLIT_OG 64
+#define FC_IM2COL_SPLIT_OG 64 /* batch 1: output channels per part at least (the forward's split) */
 
 /* A 1x1, stride-1, unpadded convolution needs no unfold: the input plane already is cols. */
 static int fc_im2col_direct_cols(const fc_conv2d_shape *s) {

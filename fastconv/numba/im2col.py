@@ -1,9 +1,9 @@
 """im2col + GEMM conv2d in Numba (forward and backward), the twin of csrc/im2col.c.
 
 Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
-K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows), and at batch 1 of a 1x1 or of a 7x7 output
-plane also a part of the output channels, the parts sharing their chunk's columns, so that its
-threads share one plane without thin GEMMs:
+K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows),
+and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels, the parts
+sharing their chunk's columns, so that its threads share one plane without thin GEMMs:
   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
                 unpadded convolution needs no unfold (the input already is cols);
@@ -58,7 +58,7 @@ BLAS_ABI = "c4efe2326a699faf"  # sha256 of numba/_blas.py, first 16 hex digits
 CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses its columns
 WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
 MIN_COLUMNS = 2048  # ... and is given at least this many columns
-SPLIT_OG = 64  # a batch-1 1x1 splits its output channels, this many at least per part
+SPLIT_OG = 64  # at batch 1, output channels per part at least (1x1s, 7x7 planes: forward_split)
 U = np.uint64  # the type of flat indices in the copy loops (see gather)
 
 
