@@ -25,7 +25,7 @@ padding may be negative; every forward kernel given to these functions must acce
 from __future__ import annotations
 
 from math import gcd
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -49,24 +49,44 @@ def _phase(r: int, stride: int, dilation: int, k: int, pad: int):
     return flipped, len(taps), e, (len(taps) - 1) * e - first_out
 
 
+class DataProblem(NamedTuple):
+    """One input phase (rh, rw) of the grad of input: its forward problem, and the filter's taps
+    (flipped) it runs, as slices of w_t along kh and kw."""
+    rh: int
+    rw: int
+    spec: ConvSpec
+    taps_h: slice
+    taps_w: slice
+
+
+def data_problems(spec: ConvSpec) -> list:
+    """The forward problems of spec's grad of input, one per input phase that some tap reaches."""
+    sh, sw = spec.stride
+    problems = []
+    for rh in range(min(sh, spec.h)):
+        for rw in range(min(sw, spec.w)):
+            ph = _phase(rh, sh, spec.dilation[0], spec.kh, spec.padding[0])
+            pw = _phase(rw, sw, spec.dilation[1], spec.kw, spec.padding[2])
+            if not (ph and pw):
+                continue
+            (taps_h, mh, eh, pad_h), (taps_w, mw, ew, pad_w) = ph, pw
+            out_h, out_w = len(range(rh, spec.h, sh)), len(range(rw, spec.w, sw))
+            sub = ConvSpec(spec.n, spec.c_out, spec.out_h, spec.out_w, spec.c_in, mh, mw, (1, 1),
+                           (pad_h, out_h + (mh - 1) * eh - spec.out_h - pad_h,
+                            pad_w, out_w + (mw - 1) * ew - spec.out_w - pad_w), (eh, ew), spec.groups, spec.dtype)
+            problems.append(DataProblem(rh, rw, sub, taps_h, taps_w))
+    return problems
+
+
 def backward_data(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, w: np.ndarray) -> np.ndarray:
     sh, sw = spec.stride
     G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
     # w_t[g, c, o] = w[g*og + o, c]: the filter with the channels' roles swapped, per group (a view)
     w_t = w.reshape(G, og, cg, spec.kh, spec.kw).transpose(0, 2, 1, 3, 4)
-    phases = [(rh, rw, _phase(rh, sh, spec.dilation[0], spec.kh, spec.padding[0]),
-               _phase(rw, sw, spec.dilation[1], spec.kw, spec.padding[2]))
-              for rh in range(min(sh, spec.h)) for rw in range(min(sw, spec.w))]
-    full = all(ph and pw for _, _, ph, pw in phases)  # else some inputs get no gradient: zeros
+    problems = data_problems(spec)
+    full = len(problems) == min(sh, spec.h) * min(sw, spec.w)  # else some inputs get no gradient: zeros
     grad_x = (np.empty if full else np.zeros)(spec.input_shape, spec.dtype)
-    for rh, rw, ph, pw in phases:
-        if not (ph and pw):
-            continue
-        (taps_h, mh, eh, pad_h), (taps_w, mw, ew, pad_w) = ph, pw
-        out_h, out_w = len(range(rh, spec.h, sh)), len(range(rw, spec.w, sw))
-        sub = ConvSpec(spec.n, spec.c_out, spec.out_h, spec.out_w, spec.c_in, mh, mw, (1, 1),
-                       (pad_h, out_h + (mh - 1) * eh - spec.out_h - pad_h,
-                        pad_w, out_w + (mw - 1) * ew - spec.out_w - pad_w), (eh, ew), G, spec.dtype)
+    for rh, rw, sub, taps_h, taps_w in problems:
         w_sub = w_t[:, :, :, taps_h, taps_w]
         if sh == sw == 1:
             forward(sub, grad_y, w_sub, None, grad_x)
@@ -75,17 +95,23 @@ def backward_data(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, w: np.nd
     return grad_x
 
 
-def backward_weight(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    G, cg = spec.groups, spec.c_in // spec.groups
+def weight_problem(spec: ConvSpec) -> ConvSpec:
+    """The forward problem of spec's grad of weight (the module's docstring)."""
+    G = spec.groups
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    # images: the cg channels of a group; channels: (group, image) pairs; filter: gy per output channel
-    x_t = np.ascontiguousarray(
-        x.reshape(spec.n, G, cg, spec.h, spec.w).transpose(2, 1, 0, 3, 4).reshape(cg, G * spec.n, spec.h, spec.w))
-    gy_t = np.ascontiguousarray(grad_y.transpose(1, 0, 2, 3))
     pt, pl = spec.padding[0], spec.padding[2]
-    sub = ConvSpec(cg, G * spec.n, spec.h, spec.w, spec.c_out, spec.out_h, spec.out_w, (dh, dw),
+    sub = ConvSpec(spec.c_in // G, G * spec.n, spec.h, spec.w, spec.c_out, spec.out_h, spec.out_w, (dh, dw),
                    (pt, (spec.kh - 1) * dh + (spec.out_h - 1) * sh + 1 - spec.h - pt,
                     pl, (spec.kw - 1) * dw + (spec.out_w - 1) * sw + 1 - spec.w - pl),
                    (sh, sw), G, spec.dtype)
     assert (sub.out_h, sub.out_w) == (spec.kh, spec.kw)
-    return np.ascontiguousarray(forward(sub, x_t, gy_t, None, None).transpose(1, 0, 2, 3))
+    return sub
+
+
+def backward_weight(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    G, cg = spec.groups, spec.c_in // spec.groups
+    # images: the cg channels of a group; channels: (group, image) pairs; filter: gy per output channel
+    x_t = np.ascontiguousarray(
+        x.reshape(spec.n, G, cg, spec.h, spec.w).transpose(2, 1, 0, 3, 4).reshape(cg, G * spec.n, spec.h, spec.w))
+    gy_t = np.ascontiguousarray(grad_y.transpose(1, 0, 2, 3))
+    return np.ascontiguousarray(forward(weight_problem(spec), x_t, gy_t, None, None).transpose(1, 0, 2, 3))
