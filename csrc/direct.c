@@ -76,7 +76,6 @@ typedef struct {
     int64_t tasks;
 } fc_direct_plan;
 
-static int64_t fc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 static fc_direct_plan fc_direct_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t mr, int64_t nr,
                                           int64_t elem) {

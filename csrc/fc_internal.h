@@ -51,6 +51,7 @@ static inline int fc_isa(int64_t requested) {
 static inline int64_t fc_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t fc_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t fc_round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+static inline int64_t fc_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* The outputs v in [*lo, *hi) whose tap at column v * stride + offset lies inside [0, size):
  * the rest read padding.  Used wherever a row of taps is walked along the outputs, and for the

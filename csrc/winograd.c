@@ -107,7 +107,6 @@ typedef struct {
     int64_t v_xi, m_xi;        /* elements from V[g][xi] to V[g][xi + 1], and from M[xi] to M[xi + 1] */
 } fc_wino_plan;
 
-static int64_t fc_wino_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 static fc_wino_plan fc_wino_make_plan(const fc_conv2d_shape *s, int64_t m, int64_t nt, int64_t mr, int64_t nr,
                                       int64_t workspace_bytes, int64_t elem) {
@@ -115,22 +114,22 @@ static fc_wino_plan fc_wino_make_plan(const fc_conv2d_shape *s, int64_t m, int64
     p.cg = s->c_in / s->groups;
     p.og = s->c_out / s->groups;
     p.alpha2 = (m + 2) * (m + 2);
-    p.tiles_h = fc_wino_ceil_div(s->out_h, m);
-    p.tiles_w = fc_wino_ceil_div(s->out_w, m);
+    p.tiles_h = fc_ceil_div(s->out_h, m);
+    p.tiles_w = fc_ceil_div(s->out_w, m);
     p.tiles = s->n * p.tiles_h * p.tiles_w;
-    p.oblocks = fc_wino_ceil_div(p.og, mr);
+    p.oblocks = fc_ceil_div(p.og, mr);
     p.mc = fc_max64(1, FC_WINO_MC_BYTES / (mr * p.cg * elem));
     /* A few output channel chunks per thread, so a descheduled thread is not waited for. */
-    p.ochunks = fc_max64(1, fc_min64(p.oblocks, fc_wino_ceil_div(FC_WINO_TASKS_PER_THREAD * nt, s->groups)));
-    p.ochunk = fc_wino_ceil_div(p.oblocks, p.ochunks);
-    p.ochunks = fc_wino_ceil_div(p.oblocks, p.ochunk);
+    p.ochunks = fc_max64(1, fc_min64(p.oblocks, fc_ceil_div(FC_WINO_TASKS_PER_THREAD * nt, s->groups)));
+    p.ochunk = fc_ceil_div(p.oblocks, p.ochunks);
+    p.ochunks = fc_ceil_div(p.oblocks, p.ochunk);
     /* Equal runs of at most FC_WINO_RUN_BLOCKS blocks, fewer when V (shared) and every thread's
      * M would exceed the workspace; at least one block. */
     const int64_t block_bytes = p.alpha2 * nr * (s->c_in + nt * p.ochunk * mr) * elem;
     const int64_t most = fc_max64(1, fc_min64(FC_WINO_RUN_BLOCKS, workspace_bytes / block_bytes));
-    const int64_t tblocks = fc_wino_ceil_div(p.tiles, nr);
-    p.runs = fc_wino_ceil_div(tblocks, most);
-    p.run = fc_wino_ceil_div(tblocks, p.runs);
+    const int64_t tblocks = fc_ceil_div(p.tiles, nr);
+    p.runs = fc_ceil_div(tblocks, most);
+    p.run = fc_ceil_div(tblocks, p.runs);
     /* One cache line more than dense: dense, V[g][xi] are 64 KB apart for cg = 256, so the alpha^2
      * vectors that transform_input stores at once all map to one L1 and L2 set (8 ways) and
      * evict each other; M likewise for transform_output's loads. */
@@ -160,7 +159,7 @@ static fc_wino_segment fc_wino_segment_at(const fc_wino_plan *pl, int64_t q0, in
     sg.th = q % plane / pl->tiles_w;
     sg.tw = tw - sg.off;
     sg.len = fc_min64(pl->tiles_w - tw, q1 - q);
-    sg.frames = fc_wino_ceil_div(sg.off + sg.len, tl);
+    sg.frames = fc_ceil_div(sg.off + sg.len, tl);
     return sg;
 }
 
@@ -357,7 +356,7 @@ FC_TARGET static void FC_SFX(transform_filter)(const FC_T *FC_RESTRICT w, const 
 static int FC_SFX(transform_filters)(const FC_T *w, const fc_weight_strides *ws, FC_T *u,
                                      const fc_conv2d_shape *s, int n_threads, double *profile) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups;
-    const int64_t oblocks = fc_wino_ceil_div(og, FC_MR), xi_stride = oblocks * cg * FC_MR;
+    const int64_t oblocks = fc_ceil_div(og, FC_MR), xi_stride = oblocks * cg * FC_MR;
     const fc_weight_strides contiguous = {og * cg * 9, cg * 9, 9, 3, 1};
     const double t0 = profile ? fc_now() : 0;
     if (!ws) ws = &contiguous;
@@ -558,7 +557,7 @@ FC_TARGET FC_INLINE void FC_SFX(microkernel_wide)(int64_t cg, const FC_T *FC_RES
 FC_TARGET FC_INLINE void FC_SFX(batched_gemm)(const FC_T *FC_RESTRICT ug, const FC_T *FC_RESTRICT vg,
                                     FC_T *FC_RESTRICT mb, const fc_wino_plan *pl, int64_t b0,
                                     int64_t b1, int64_t tiles) {
-    const int64_t cg = pl->cg, pitch = pl->run * NR, nb = fc_wino_ceil_div(tiles, NR);
+    const int64_t cg = pl->cg, pitch = pl->run * NR, nb = fc_ceil_div(tiles, NR);
     const int last_nv = tiles - (nb - 1) * NR > TL ? 2 : 1;
 #ifdef FC_WIDE
     VEC2 acc[FC_MR];
