@@ -10,14 +10,11 @@
  * spends its time on packing and on tiles that are mostly padding.
  * So each plane is worked along its rows, in the NCHW layout it arrives in, as one flat run:
  *   copy_plane   the input plane, once per task, into a zero-padded copy split by stride phase
- *                in both axes: xq[rh][rw][r][q] = x[r * sh + rh - pt][q * sw + rw - pl], rows of
- *                `pitch` = out_w + (kw - 1) * dw / sw columns.  Tap (c, i, j) of output (oh, ow)
- *                then reads phase ((i * dh) % sh, (j * dw) % sw) at flat index oh * pitch + ow +
- *                toff, toff = (i * dh / sh) * pitch + j * dw / sw: one offset per tap, the same for
- *                every output, for every stride and dilation.  So the outputs are computed as the
- *                flat run f = oh * pitch + ow (the pitch - out_w columns past each row are computed
- *                and dropped): a 7x7 plane is 63 flat outputs, 4 zmm, not 7 rows of one mostly
- *                empty vector each, and the hot loop has no bounds checks and no gathers;
+ *                in both axes (fc_flat.h, which direct_flat.c shares): tap (c, i, j) of every
+ *                output reads it at one offset from the output's flat index oh * pitch + ow, so the
+ *                outputs are computed as one flat run (the columns past each row computed and
+ *                dropped): a 7x7 plane is 63 flat outputs, 4 zmm, not 7 rows of one mostly empty
+ *                vector each, and the hot loop has no bounds checks and no gathers;
  *   flat_tile    NV vectors of that run in registers: bias, then per tap one broadcast weight
  *                and NV unaligned loads of xq, FMAs; stored to a small buffer (a chunk of rows
  *                that stays in L1) whose rows are copied into y;
@@ -37,7 +34,7 @@
  */
 #ifndef FC_T
 
-#include "fc_internal.h"
+#include "fc_flat.h"
 #if FC_X86
 #include <immintrin.h> /* AVX-512's masked loads and stores, for the ends of short rows */
 #endif
@@ -45,40 +42,11 @@
 #define FC_DW_TASKS_PER_THREAD 8 /* runs of planes per thread: balance without tiny tasks */
 #define FC_DW_NV 4               /* vectors of the flat run per register tile */
 
-/* The padded, phase-split copy of one input channel (copy_plane) for a call, per dtype and ISA
- * alike but for its vector length. */
-typedef struct {
-    int64_t pitch;  /* columns per row of a phase: out_w + (kw - 1) * dw / sw */
-    int64_t rows;   /* rows per phase: out_h + (kh - 1) * dh / sh */
-    int64_t psize;  /* elements per phase: (rows + 1) * pitch + a vector, what the last runs read */
-    int64_t csize;  /* elements per channel: sh * sw phases */
-    int64_t chunk;  /* output rows per chunk of the flat run (its buffer stays in L1) */
-} fc_dw_layout;
-
 #define FC_DW_CHUNK_ELEMS 2048 /* flat outputs per chunk: 8 KB of float32 */
 
-static fc_dw_layout fc_dw_make_layout(const fc_conv2d_shape *s, int64_t vlen) {
-    fc_dw_layout L;
-    L.pitch = s->out_w + (s->kw - 1) * s->dilation_w / s->stride_w;
-    L.rows = s->out_h + (s->kh - 1) * s->dilation_h / s->stride_h;
-    L.psize = (L.rows + 1) * L.pitch + vlen;
-    L.csize = s->stride_h * s->stride_w * L.psize;
-    L.chunk = fc_max64(1, fc_min64(s->out_h, FC_DW_CHUNK_ELEMS / L.pitch));
-    return L;
-}
-
-/* toff[(c * kh + i) * kw + j]: where tap (c, i, j) reads the copies, from flat output 0. */
-static int64_t *fc_dw_tap_offsets(const fc_conv2d_shape *s, const fc_dw_layout *L, int64_t cg) {
-    int64_t *toff = fc_alloc((size_t)(cg * s->kh * s->kw) * sizeof(int64_t)), *t = toff;
-    if (!toff) return NULL;
-    for (int64_t c = 0; c < cg; c++)
-        for (int64_t i = 0; i < s->kh; i++)
-            for (int64_t j = 0; j < s->kw; j++) {
-                const int64_t di = i * s->dilation_h, dj = j * s->dilation_w;
-                const int64_t phase = (di % s->stride_h) * s->stride_w + dj % s->stride_w;
-                *t++ = c * L->csize + phase * L->psize + di / s->stride_h * L->pitch + dj / s->stride_w;
-            }
-    return toff;
+/* Output rows per chunk of the flat run (its buffer stays in L1). */
+static int64_t fc_dw_chunk(const fc_conv2d_shape *s, const fc_flat_layout *L) {
+    return fc_max64(1, fc_min64(s->out_h, FC_DW_CHUNK_ELEMS / L->pitch));
 }
 
 /* Runs of consecutive planes (or groups) for `nt` threads. */
@@ -117,14 +85,14 @@ int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weigh
     const int64_t nt = n_threads > 0 ? n_threads : 1, cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t taps = s->kh * s->kw, planes = s->n * s->groups;
     const fc_weight_strides contiguous = {og * cg * taps, cg * taps, taps, s->kw, 1};
-    const fc_dw_layout L = fc_dw_make_layout(s, FC_DW_VLEN(s->isa));
+    const fc_flat_layout L = fc_flat_make_layout(s, s->out_h, FC_DW_VLEN(s->isa));
     /* per thread: the copies, a chunk's buffer, the gathered weights (each 64-byte aligned) */
-    const int64_t per_thread = fc_round_up(cg * L.csize, 16) + fc_round_up(L.chunk * L.pitch, 16) + 16 +
+    const int64_t per_thread = fc_round_up(cg * L.csize, 16) + fc_round_up(fc_dw_chunk(s, &L) * L.pitch, 16) + 16 +
                                fc_round_up(cg * taps, 16);
     const int64_t run = fc_dw_run(planes, nt), tasks = (planes + run - 1) / run;
     const FC_SFX(dw_fwd_fn) task = FC_ISA_PICK(s->isa, dw_fwd_task);
     FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
-    int64_t *toff = fc_dw_tap_offsets(s, &L, cg);
+    int64_t *toff = fc_flat_tap_offsets(s, &L, cg);
     if (!work || !toff) {
         free(work);
         free(toff);
@@ -143,13 +111,13 @@ int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weigh
 int FC_SFX(fc_conv2d_bwd_weight_depthwise)(const FC_T *gy, const FC_T *x, FC_T *gw,
                                            const fc_conv2d_shape *s, int n_threads) {
     const int64_t nt = n_threads > 0 ? n_threads : 1, og = s->c_out / s->groups;
-    const fc_dw_layout L = fc_dw_make_layout(s, FC_DW_VLEN(s->isa));
+    const fc_flat_layout L = fc_flat_make_layout(s, s->out_h, FC_DW_VLEN(s->isa));
     /* per thread: the copy of x, og * taps sums */
     const int64_t per_thread = fc_round_up(L.csize, 16) + fc_round_up(og * s->kh * s->kw, 16);
     const int64_t run = fc_dw_run(s->groups, nt), tasks = (s->groups + run - 1) / run;
     const FC_SFX(dw_bwd_weight_fn) task = FC_ISA_PICK(s->isa, dw_bwd_weight_task);
     FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
-    int64_t *toff = fc_dw_tap_offsets(s, &L, 1);
+    int64_t *toff = fc_flat_tap_offsets(s, &L, 1);
     if (!work || !toff) {
         free(work);
         free(toff);
@@ -172,58 +140,11 @@ typedef FC_T FC_ISA_SFX(fc_dw_vec) __attribute__((vector_size(FC_VBYTES), aligne
 #define VEC FC_ISA_SFX(fc_dw_vec) /* one vector register, loaded and stored at any element */
 #define VLEN ((int64_t)(FC_VBYTES / sizeof(FC_T)))
 
-/* dst[0:len] = src[0:len], or zeros (src NULL), without a libc call: the rows here are a few
- * vectors long, and memcpy/memset calls were a quarter of a 7x7 layer's time.  AVX-512 ends the
- * row with one masked load and store (masked-off lanes neither read nor write memory). */
-FC_TARGET FC_INLINE void FC_ISA_SFX(copy_run)(FC_T *FC_RESTRICT dst, const FC_T *FC_RESTRICT src, int64_t len) {
-    int64_t q = 0;
-    for (; q + VLEN <= len; q += VLEN) *(VEC *)(dst + q) = src ? *(const VEC *)(src + q) : (VEC){0};
-#if FC_X86 && FC_VBYTES == 64
-    if (q < len) {
-        const unsigned bits = (1u << (len - q)) - 1u;
-        if (sizeof(FC_T) == 4)
-            _mm512_mask_storeu_ps(dst + q, (__mmask16)bits, src ? _mm512_maskz_loadu_ps((__mmask16)bits, src + q)
-                                                               : _mm512_setzero_ps());
-        else
-            _mm512_mask_storeu_pd(dst + q, (__mmask8)bits, src ? _mm512_maskz_loadu_pd((__mmask8)bits, src + q)
-                                                              : _mm512_setzero_pd());
-    }
-#else
-    for (; q < len; q++) dst[q] = src ? src[q] : (FC_T)0;
-#endif
-}
+#define FC_VEC_U VEC
+#include "fc_flat_copy.h"
+#undef FC_VEC_U
 
 FC_TARGET static int64_t FC_ISA_SFX(dw_vlen)(void) { return VLEN; }
-
-/* xq = the padded, phase-split copy of the plane xc (fc_dw_layout), zero past its rows. */
-FC_TARGET FC_INLINE void FC_ISA_SFX(copy_plane)(const FC_T *FC_RESTRICT xc, FC_T *FC_RESTRICT xq,
-                                                const fc_conv2d_shape *s, const fc_dw_layout *L) {
-    const int64_t H = s->h, W = s->w, sh = s->stride_h, sw = s->stride_w, pitch = L->pitch;
-    for (int64_t rh = 0; rh < sh; rh++)
-        for (int64_t rw = 0; rw < sw; rw++) {
-            FC_T *phase = xq + (rh * sw + rw) * L->psize;
-            int64_t lo, hi; /* the columns q whose input column q * sw + rw - pl lies inside */
-            fc_inside(rw - s->pad_left, sw, W, pitch, &lo, &hi);
-            for (int64_t r = 0; r < L->rows; r++) {
-                FC_T *dst = phase + r * pitch;
-                const int64_t ih = r * sh + rh - s->pad_top;
-                if (ih < 0 || ih >= H) {
-                    FC_ISA_SFX(copy_run)(dst, NULL, pitch);
-                    continue;
-                }
-                const FC_T *src = xc + ih * W + rw - s->pad_left;
-                FC_ISA_SFX(copy_run)(dst, NULL, lo);
-                if (sw == 1)
-                    FC_ISA_SFX(copy_run)(dst + lo, src + lo, hi - lo);
-                else if (sw == 2) /* a constant stride: GCC deinterleaves with vector permutes */
-                    for (int64_t q = lo; q < hi; q++) dst[q] = src[2 * q];
-                else
-                    for (int64_t q = lo; q < hi; q++) dst[q] = src[q * sw];
-                FC_ISA_SFX(copy_run)(dst + hi, NULL, pitch - hi);
-            }
-            FC_ISA_SFX(copy_run)(phase + L->rows * pitch, NULL, L->psize - L->rows * pitch);
-        }
-}
 
 /* out[0 : nv vectors] = b + the sum over the taps t of wl[t] * xq[toff[t] + 0 : nv vectors]. */
 FC_TARGET FC_INLINE void FC_ISA_SFX(flat_tile)(const FC_T *FC_RESTRICT xq, const int64_t *FC_RESTRICT toff,
@@ -246,13 +167,14 @@ FC_TARGET static void FC_ISA_SFX(dw_fwd_task)(const FC_T *x, const FC_T *w, cons
                                               const int64_t *toff, int64_t p0, int64_t p1, FC_T *work) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = cg * s->kh * s->kw;
     const int64_t OH = s->out_h, OW = s->out_w;
-    const fc_dw_layout L = fc_dw_make_layout(s, VLEN);
+    const fc_flat_layout L = fc_flat_make_layout(s, s->out_h, VLEN);
     FC_T *xq = work, *buf = xq + fc_round_up(cg * L.csize, 16);
-    FC_T *wl = buf + fc_round_up(L.chunk * L.pitch, 16) + 16;
+    const int64_t chunk = fc_dw_chunk(s, &L);
+    FC_T *wl = buf + fc_round_up(chunk * L.pitch, 16) + 16;
     for (int64_t p = p0; p < p1; p++) {
         const int64_t n = p / s->groups, g = p % s->groups;
         for (int64_t c = 0; c < cg; c++)
-            FC_ISA_SFX(copy_plane)(x + ((n * s->c_in + g * cg + c) * s->h) * s->w, xq + c * L.csize, s, &L);
+            FC_ISA_SFX(copy_plane)(x + ((n * s->c_in + g * cg + c) * s->h) * s->w, xq + c * L.csize, s, &L, 0);
         for (int64_t o = 0; o < og; o++) {
             const int64_t oc = g * og + o;
             FC_T *wt = wl;
@@ -262,8 +184,8 @@ FC_TARGET static void FC_ISA_SFX(dw_fwd_task)(const FC_T *x, const FC_T *w, cons
                         *wt++ = w[g * ws->g + o * ws->o + c * ws->c + i * ws->i + j * ws->j];
             const FC_T b = bias ? bias[oc] : (FC_T)0;
             FC_T *yp = y + (n * s->c_out + oc) * OH * OW;
-            for (int64_t oh0 = 0; oh0 < OH; oh0 += L.chunk) {
-                const int64_t rows = fc_min64(L.chunk, OH - oh0), f0 = oh0 * L.pitch;
+            for (int64_t oh0 = 0; oh0 < OH; oh0 += chunk) {
+                const int64_t rows = fc_min64(chunk, OH - oh0), f0 = oh0 * L.pitch;
                 const int64_t nvec = (rows * L.pitch + VLEN - 1) / VLEN;
                 int64_t v = 0;
                 for (; v + FC_DW_NV <= nvec; v += FC_DW_NV)
@@ -312,12 +234,12 @@ FC_TARGET static void FC_ISA_SFX(dw_bwd_weight_task)(const FC_T *gy, const FC_T 
                                                      const fc_conv2d_shape *s, const int64_t *toff,
                                                      int64_t g0, int64_t g1, FC_T *work) {
     const int64_t og = s->c_out / s->groups, taps = s->kh * s->kw, OH = s->out_h, OW = s->out_w;
-    const fc_dw_layout L = fc_dw_make_layout(s, VLEN);
+    const fc_flat_layout L = fc_flat_make_layout(s, s->out_h, VLEN);
     FC_T *xq = work, *sums = xq + fc_round_up(L.csize, 16);
     for (int64_t g = g0; g < g1; g++) {
         for (int64_t k = 0; k < og * taps; k++) sums[k] = 0;
         for (int64_t n = 0; n < s->n; n++) {
-            FC_ISA_SFX(copy_plane)(x + ((n * s->c_in + g) * s->h) * s->w, xq, s, &L);
+            FC_ISA_SFX(copy_plane)(x + ((n * s->c_in + g) * s->h) * s->w, xq, s, &L, 0);
             for (int64_t o = 0; o < og; o++) {
                 const FC_T *gp = gy + ((n * s->c_out + g * og + o) * OH) * OW;
                 for (int64_t t = 0; t < taps; t++) {

@@ -12,8 +12,7 @@ padded by the flipped taps.
 """
 from __future__ import annotations
 
-COPY_LIMIT = 1 << 24  # elements of a thread's plane copies: 64 MB of float32
-VECTOR_BYTES = 64     # the widest vector (AVX-512): a copy's phases end with one vector of slack
+from .flat import COPY_LIMIT, VECTOR_BYTES
 
 
 def copy_elements(spec, *, multiplier_planes: bool = False) -> int:

@@ -6,7 +6,8 @@ forward serves any cg input channels per group for them).
 Per task, a run of consecutive planes (n, g), as in C:
   copy_plane   the zero-padded copy of an input plane split by stride phase in both axes, rows
                of `pitch` = out_w + (kw - 1) * dw // sw columns, flat; tap (c, i, j) of output
-               (oh, ow) reads it at toff[c, i, j] + oh * pitch + ow (C's header derives it);
+               (oh, ow) reads it at toff[c, i, j] + oh * pitch + ow (numba/_flat.py, shared with
+               numba/direct_flat.py; csrc/fc_flat.h derives it);
   forward      the outputs as one flat run per chunk of rows: the bias, then per tap one loop
                acc[f] += w * xq[toff + f] over the whole run, which LLVM vectorizes (contiguous,
                indexed from 0, so no wraparound checks; one loop per tap and chunk, not per row);
@@ -21,51 +22,11 @@ from numba import prange
 
 from .. import threads
 from ..common import transpose
-from ._options import driver, helper, launch_threads
+from ._flat import copy_plane, layout, tap_offsets
+from ._options import driver, launch_threads
 
 TASKS_PER_THREAD = 8  # runs of planes per thread, as in C
 CHUNK_ELEMS = 2048  # flat outputs per chunk of rows: its buffer stays in L1 (as in C)
-
-
-@helper
-def layout(OH, OW, kh, kw, sh, sw, dh, dw):
-    """(pitch, rows, elements per phase, elements per channel) of a plane's copy."""
-    pitch, rows = OW + (kw - 1) * dw // sw, OH + (kh - 1) * dh // sh
-    psize = (rows + 1) * pitch  # the last run reads up to pitch - 1 past the rows
-    return pitch, rows, psize, sh * sw * psize
-
-
-@helper
-def tap_offsets(cg, kh, kw, sh, sw, dh, dw, pitch, psize, csize):
-    toff = np.empty(cg * kh * kw, np.int64)
-    for c in range(cg):
-        for i in range(kh):
-            for j in range(kw):
-                di, dj = i * dh, j * dw
-                phase = (di % sh) * sw + dj % sw
-                toff[(c * kh + i) * kw + j] = c * csize + phase * psize + di // sh * pitch + dj // sw
-    return toff
-
-
-@helper
-def copy_plane(x, n, c, xq, base, pt, pl, sh, sw, rows, pitch, psize):
-    """xq[base + phase (rh, rw), row r, column q] = x[n, c, r * sh + rh - pt, q * sw + rw - pl],
-    zero outside the plane and past the rows."""
-    H, W = x.shape[2], x.shape[3]
-    for rh in range(sh):
-        for rw in range(sw):
-            start = base + (rh * sw + rw) * psize
-            xq[start:start + psize] = 0.0
-            off = rw - pl
-            lo = 0 if off >= 0 else min((-off + sw - 1) // sw, pitch)  # the q reading inside [0, W)
-            hi = lo if off >= W else max(lo, min(pitch, (W - 1 - off) // sw + 1))
-            for r in range(rows):
-                ih = r * sh + rh - pt
-                if 0 <= ih < H:
-                    src = x[n, c, ih]
-                    dst = xq[start + r * pitch:start + (r + 1) * pitch]
-                    for q in range(lo, hi):
-                        dst[q] = src[q * sw + off]
 
 
 @driver
@@ -84,7 +45,7 @@ def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, run):
         for p in range(t * run, min(planes, (t + 1) * run)):
             n, g = p // groups, p % groups
             for c in range(cg):
-                copy_plane(x, n, g * cg + c, xq, c * csize, pt, pl, sh, sw, rows, pitch, psize)
+                copy_plane(x, n, g * cg + c, xq, c * csize, 0, pt, pl, sh, sw, rows, pitch, psize)
             for o in range(og):
                 oc = g * og + o
                 wl = w[oc].reshape(taps)
@@ -117,7 +78,7 @@ def _conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups, run):
         for g in range(t * run, min(groups, (t + 1) * run)):
             sums[:] = 0.0
             for n in range(N):
-                copy_plane(x, n, g, xq, 0, pt, pl, sh, sw, rows, pitch, psize)
+                copy_plane(x, n, g, xq, 0, 0, pt, pl, sh, sw, rows, pitch, psize)
                 for o in range(og):
                     for k in range(taps):
                         s = gw.dtype.type(0)
