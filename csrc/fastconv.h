@@ -65,6 +65,13 @@ int fc_conv2d_fwd_direct_f64(const double *x, const double *w, const fc_weight_s
                              const double *bias, double *y, const fc_conv2d_shape *s, int n_threads,
                              double *profile);
 
+/* y = conv2d(x, w) + bias by the direct algorithm along the flat rows of a stride-phase copy
+ * (direct_flat.c), any problem; bias may be NULL; w is read through ws (NULL: contiguous). */
+int fc_conv2d_fwd_direct_flat_f32(const float *x, const float *w, const fc_weight_strides *ws,
+                                  const float *bias, float *y, const fc_conv2d_shape *s, int n_threads);
+int fc_conv2d_fwd_direct_flat_f64(const double *x, const double *w, const fc_weight_strides *ws,
+                                  const double *bias, double *y, const fc_conv2d_shape *s, int n_threads);
+
 /* y = conv2d(x, w) + bias by im2col + GEMM (OpenBLAS); the column buffers of all threads stay
  * within workspace_bytes (at least one output row each).  FC_ESIZE if a GEMM dimension exceeds
  * OpenBLAS's 32-bit integers. */

@@ -27,12 +27,14 @@ import numpy as np
 from . import c, numba, peers, reference
 from .c import depthwise as c_depthwise
 from .c import direct as c_direct
+from .c import direct_flat as c_direct_flat
 from .c import im2col as c_im2col
 from .c import maxpool as c_maxpool
 from .c import winograd as c_winograd
-from .common import depthwise, im2col, nonfinite, winograd
+from .common import depthwise, flat, im2col, nonfinite, winograd
 from .numba import depthwise as nb_depthwise
 from .numba import direct as nb_direct
+from .numba import direct_flat as nb_direct_flat
 from .numba import im2col as nb_im2col
 from .numba import maxpool as nb_maxpool
 from .numba import winograd as nb_winograd
@@ -272,7 +274,8 @@ NB_IM2COL_BWD_DATA = Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_
 
 
 KERNELS: tuple[Kernel, ...] = (
-    # conv2d forward
+    # conv2d forward (direct_flat before direct: the heuristic's pick for first layers)
+    Kernel("c.direct_flat", "conv2d.fwd", c_direct_flat.conv2d_forward, flat.why_not_direct_flat("conv2d.fwd")),
     Kernel("c.direct", "conv2d.fwd", c_direct.conv2d_forward),
     C_IM2COL_FWD,
     _winograd("c.winograd_f2k3", "conv2d.fwd", 2, c_winograd.conv2d_forward_f2k3, C_IM2COL_FWD),
@@ -280,6 +283,7 @@ KERNELS: tuple[Kernel, ...] = (
     NB_IM2COL_FWD,
     _winograd("numba.winograd_f2k3", "conv2d.fwd", 2, nb_winograd.conv2d_forward_f2k3, NB_IM2COL_FWD),
     _winograd("numba.winograd_f4k3", "conv2d.fwd", 4, nb_winograd.conv2d_forward_f4k3, NB_IM2COL_FWD),
+    Kernel("numba.direct_flat", "conv2d.fwd", nb_direct_flat.conv2d_forward, flat.why_not_direct_flat("conv2d.fwd")),
     Kernel("numba.direct", "conv2d.fwd", nb_direct.conv2d_forward),
     Kernel("c.depthwise", "conv2d.fwd", c_depthwise.conv2d_forward, depthwise.why_not),
     Kernel("numba.depthwise", "conv2d.fwd", nb_depthwise.conv2d_forward, depthwise.why_not),
@@ -294,6 +298,10 @@ KERNELS: tuple[Kernel, ...] = (
     _winograd("numba.winograd_f4k3", "conv2d.bwd_data", 4, nb_winograd.conv2d_backward_data_f4k3, NB_IM2COL_BWD_DATA),
     _transposed_backward_data("c.direct", c_direct.conv2d_backward_data, C_IM2COL_BWD_DATA),
     _transposed_backward_data("numba.direct", nb_direct.conv2d_backward_data, NB_IM2COL_BWD_DATA),
+    _transposed_backward_data("c.direct_flat", c_direct_flat.conv2d_backward_data, C_IM2COL_BWD_DATA,
+                              flat.why_not_direct_flat("conv2d.bwd_data")),
+    _transposed_backward_data("numba.direct_flat", nb_direct_flat.conv2d_backward_data, NB_IM2COL_BWD_DATA,
+                              flat.why_not_direct_flat("conv2d.bwd_data")),
     _transposed_backward_data("c.depthwise", c_depthwise.conv2d_backward_data, C_IM2COL_BWD_DATA, depthwise.why_not),
     _transposed_backward_data("numba.depthwise", nb_depthwise.conv2d_backward_data, NB_IM2COL_BWD_DATA,
                           depthwise.why_not),
@@ -302,6 +310,8 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, im2col.why_not),
     Kernel("c.direct", "conv2d.bwd_weight", c_direct.conv2d_backward_weight),
     Kernel("numba.direct", "conv2d.bwd_weight", nb_direct.conv2d_backward_weight),
+    # (no direct_flat: the weight gradient's transposed problem, a kh x kw output under an
+    # out_h x out_w filter, is the worst shape for flat rows: fastconv/common/flat.py)
     Kernel("c.depthwise", "conv2d.bwd_weight", c_depthwise.conv2d_backward_weight, depthwise.why_not),
     Kernel("numba.depthwise", "conv2d.bwd_weight", nb_depthwise.conv2d_backward_weight, depthwise.why_not),
     Kernel("numpy.reference", "conv2d.bwd_weight", reference._conv2d_grad_weight),

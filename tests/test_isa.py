@@ -34,24 +34,27 @@ CHECK = """
     rng = np.random.default_rng(3)
     worst = 0.0
     # partial register tiles (channels and pixels not multiples of any tile), groups, stride,
-    # dilation, padding, both dtypes, and a plane of many tiles
+    # dilation, padding, both dtypes, a plane of many tiles, and a first layer of stride 2
     for xs, ws, kw in [((2, 5, 11, 13), (7, 5, 3, 3), dict(padding=1)),
+                       ((1, 3, 45, 38), (21, 3, 7, 7), dict(stride=2, padding=3)),
                        ((1, 6, 9, 17), (9, 2, 3, 2), dict(stride=2, dilation=(1, 2), groups=3)),
                        ((1, 3, 40, 41), (33, 3, 5, 5), dict(padding=2)),
                        ((3, 16, 7, 7), (17, 16, 1, 1), {})]:
         for dt in ("float32", "float64"):
             x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
             b = rng.standard_normal(ws[0]).astype(dt)
-            for algo in ("direct", "im2col", "winograd") if ws[2:] == (3, 3) and "stride" not in kw else ("direct", "im2col"):
+            algos = ("direct", "direct_flat", "im2col")
+            for algo in algos + ("winograd",) if ws[2:] == (3, 3) and "stride" not in kw else algos:
                 y = fc.conv2d(x, w, b, algo=algo, backend="c", **kw)
                 err = fc.reference.rel_error(y, fc.reference.conv2d(x, w, b, **kw))
                 worst = max(worst, err / (1e-4 if dt == "float32" else 1e-11))
             # im2col's unfold and its adjoint (col2im) run in the backward passes too
             gy = rng.standard_normal(fc.reference.conv2d(x, w, b, **kw).shape).astype(dt)
-            got = fc.conv2d_backward(gy, x, w, algo="im2col", weight_algo="im2col", backend="c", **kw)
             want = fc.reference.conv2d_backward(gy, x, w, **kw)
-            for g, r in zip(got, want):
-                worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
+            for algo in ("im2col", "direct_flat"):  # direct_flat: its forward on the transposed problems
+                got = fc.conv2d_backward(gy, x, w, algo=algo, weight_algo="im2col", backend="c", **kw)
+                for g, r in zip(got, want):
+                    worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
     # depthwise: forward and both backward passes; a multiplier, stride 2 (four phases), a plane
     # smaller than a vector, a row of several vectors with a partial last one
     for xs, ws, kw in [((2, 6, 13, 12), (12, 1, 3, 3), dict(padding=1, groups=6)),

@@ -42,6 +42,11 @@ CASES = {
     "depthwise-small-planes": ((3, 20, 7, 7), (20, 1, 3, 3), 1, 1, 1, 20),
     "depthwise-wide-rows": ((1, 2, 5, 75), (4, 1, 3, 3), (1, 3), (0, 2), 1, 2),
     "depthwise-padding-beyond-kernel": ((1, 3, 4, 6), (3, 1, 2, 3), (1, 2), (3, 4), 1, 3),
+    # first layers (csrc/direct_flat.c): output channels not a multiple of any register tile,
+    # planes cut into several runs of rows (each its own copy), strides 2 and 4 (4 and 16 phases)
+    "first-layer-3x3-many-rows": ((1, 3, 61, 45), (13, 3, 3, 3), 1, 1, 1, 1),
+    "first-layer-7x7-stride2": ((2, 3, 45, 38), (21, 3, 7, 7), 2, 3, 1, 1),
+    "first-layer-11x11-stride4": ((1, 3, 51, 47), (11, 3, 11, 11), 4, 2, 1, 1),
     "pointwise": ((2, 32, 7, 7), (19, 32, 1, 1), 1, 0, 1, 1),
     # batch-1 1x1s big enough for two threads, whose output channels im2col splits between them
     # (an uneven split: 67 + 66), without an unfold and with one (stride 2)
