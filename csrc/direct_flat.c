@@ -1,6 +1,6 @@
 /* Direct conv2d forward along the flat rows of a stride-phase copy, the twin of
  * fastconv/numba/direct_flat.py: any problem, made for first layers (1-4 input channels), where
- * direct.c's panel packing is a third of the time.
+ * direct.c's panel packing is a third of the time, and good on small planes with many channels.
  *
  * A first layer has few taps per output (27 for a 3x3 over RGB, 147 for a 7x7) and large planes,
  * so direct.c packs, for every 16-pixel piece of a row, one panel row per tap: 31-44% of its time
@@ -11,19 +11,27 @@
  *   copy_plane   per task, the input rows its output rows read, of every input channel of the
  *                group (fc_flat_copy.h); a task's copy stays in L2;
  *   flat_tile    MR output channels x NV vectors of the flat run in registers: per tap NV unaligned
- *                loads of the copy and MR broadcast weights (packed [tap][MR] once per call), MR x NV
- *                FMAs; the tile goes to a buffer of the task's rows (L1), whose rows (out_w of each
- *                pitch) are copied into y.
+ *                loads of the copy and MR broadcast weights, MR x NV FMAs; the tile goes to a
+ *                buffer of the task's rows (L1), whose rows (out_w of each pitch) are copied into y.
  * Vectorizing over pixels keeps y's NCHW rows contiguous in the registers; vectorizing over output
  * channels (oneDNN's layout for small ic) would need a transpose of every tile into NCHW.
+ *
+ * The same loop serves a 7x7 or 14x14 plane with hundreds of channels, where im2col's GEMM is
+ * 49-196 columns wide: the flat run of a 7x7 plane (pad 1) is 63 outputs, one 4-vector tile, and
+ * K = 9 x c_in taps amortize everything around the tile.  Two things make that hold: the weights
+ * are read in place from w's rows when they are large (packing 512x512x3x3 cost 3 of 5 ms) and
+ * packed per call only when small (a tap's MR weights then share a cache line), and a plane is
+ * cut into runs of rows only after its channel blocks, never below one full tile.
+ *
  * Tasks: (image, group, run of output rows, run of MR-channel blocks), at least a few per thread;
  * the runs of rows are short enough for the tile buffer to stay in L1 and the copy in L2.  A
  * hostile padding or dilation can make even one row's copy enormous: the Python side refuses those
  * (fastconv/common/flat.py), and the tuner picks another kernel.
  *
- * Register tiles (accumulators + loads within the ISA's vector registers): avx512 8 x 3 zmm (24
- * accumulators, 11 loads per 24 FMAs), avx2 and generic 4 x 3 (12 accumulators, 3 loads and a
- * broadcast in the 16 registers).
+ * Register tiles (accumulators + loads within the ISA's vector registers): avx512 6 x 4 zmm (24
+ * accumulators, 10 loads per 24 FMAs; 8 x 3 and 12 x 2 were 2-40% slower on ResNet-18's small
+ * planes, interleaved A/B), avx2 and generic 4 x 3 (12 accumulators, 3 loads and a broadcast in the
+ * 16 registers).
  *
  * The file is a template in two levels: it includes itself once per dtype (FC_T / FC_SFX), and
  * each dtype once per ISA (fc_per_isa.h).
@@ -36,13 +44,14 @@
 #endif
 
 #ifndef FC_FLAT_MR_AVX512
-#define FC_FLAT_MR_AVX512 8
+#define FC_FLAT_MR_AVX512 6
 #endif
 #ifndef FC_FLAT_NV_AVX512
-#define FC_FLAT_NV_AVX512 3
+#define FC_FLAT_NV_AVX512 4
 #endif
-#define FC_FLAT_COPY_BYTES (192 << 10) /* a task's input copy: within L2 */
+#define FC_FLAT_COPY_BYTES (512 << 10) /* a task's input copy: within L2 (1-2 MB), beside a weight block */
 #define FC_FLAT_TILE_BYTES (32 << 10)  /* a task's output buffer: within L1 */
+#define FC_FLAT_PACK_BYTES (256 << 10) /* a group's weights up to this size are packed per call */
 #define FC_FLAT_TASKS_PER_THREAD 4
 
 /* How one call is cut into tasks, for an ISA's tile (mr channels, vectors of vlen elements). */
@@ -54,10 +63,12 @@ typedef struct {
     int64_t tasks;
     int64_t bstride;          /* elements per channel row of a task's output buffer */
     fc_flat_layout L;         /* a task's copy: the inputs of chunk output rows */
+    int in_place;             /* the full blocks are read from w itself (its taps (c, i, j) of a channel
+                               * are K contiguous elements), only a group's partial last block packed */
 } fc_flat_plan;
 
 
-static fc_flat_plan fc_flat_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t mr, int64_t vlen,
+static fc_flat_plan fc_flat_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t mr, int64_t nv, int64_t vlen,
                                       int64_t elem) {
     fc_flat_plan p;
     p.cg = s->c_in / s->groups;
@@ -69,13 +80,17 @@ static fc_flat_plan fc_flat_make_plan(const fc_conv2d_shape *s, int64_t nt, int6
     /* The longest run of rows whose buffer fits L1 and whose copy fits L2 (at least one row)... */
     int64_t chunk = fc_max64(1, fc_min64(s->out_h, FC_FLAT_TILE_BYTES / (mr * pitch * elem)));
     while (chunk > 1 && p.cg * fc_flat_make_layout(s, chunk, vlen).csize * elem > FC_FLAT_COPY_BYTES) chunk /= 2;
-    /* ...shorter when that gives each thread a few tasks; then the channels are split too. */
-    p.chunks = fc_max64(fc_ceil_div(s->out_h, chunk), fc_min64(s->out_h, fc_ceil_div(want, planes)));
-    p.chunk = fc_ceil_div(s->out_h, p.chunks);
-    p.chunks = fc_ceil_div(s->out_h, p.chunk);
-    p.ochunks = fc_max64(1, fc_min64(p.oblocks, fc_ceil_div(want, planes * p.chunks)));
+    /* ...then, for a few tasks per thread, the channel blocks are split (each task copies its rows
+     * again, cheap beside K x MR FMAs per tile), and the rows last, not below one full tile's (on
+     * a 7x7 plane a row is one vector: one load per MR FMAs). */
+    const int64_t chunks = fc_ceil_div(s->out_h, chunk);
+    p.ochunks = fc_max64(1, fc_min64(p.oblocks, fc_ceil_div(want, planes * chunks)));
     p.ochunk = fc_ceil_div(p.oblocks, p.ochunks);
     p.ochunks = fc_ceil_div(p.oblocks, p.ochunk);
+    const int64_t tile_rows = fc_min64(s->out_h, fc_ceil_div(nv * vlen, pitch));
+    p.chunks = fc_max64(chunks, fc_min64(fc_ceil_div(s->out_h, tile_rows), fc_ceil_div(want, planes * p.ochunks)));
+    p.chunk = fc_ceil_div(s->out_h, p.chunks);
+    p.chunks = fc_ceil_div(s->out_h, p.chunk);
     p.tasks = planes * p.chunks * p.ochunks;
     p.L = fc_flat_make_layout(s, p.chunk, vlen);
     p.bstride = fc_round_up(p.chunk * p.L.pitch, vlen);
@@ -118,14 +133,18 @@ typedef FC_T FC_ISA_SFX(fc_flat_vec) __attribute__((vector_size(FC_VBYTES), alig
 #define NV 3
 #endif
 
+_Static_assert(NV <= 4, "flat_block ends a row with one tile of at most 3 vectors");
+
 #define FC_VEC_U VEC
 #include "fc_flat_copy.h"
 #undef FC_VEC_U
 
 /* out[r][0 : nv vectors] (rows bstride apart) = bb[r] + the sum over the K taps t of
- * wb[t][r] * xq[toff[t] + 0 : nv vectors], for the MR channels r of a block. */
+ * wb[t * tap_step + r * row_step] * xq[toff[t] + 0 : nv vectors], for the MR channels r of a block:
+ * the packed block (steps MR, 1) or the rows of w itself (1, w's row stride). */
 FC_TARGET FC_INLINE void FC_ISA_SFX(flat_tile)(const FC_T *FC_RESTRICT xq, const int64_t *FC_RESTRICT toff,
-                                               const FC_T *FC_RESTRICT wb, int64_t K, const FC_T *FC_RESTRICT bb,
+                                               const FC_T *FC_RESTRICT wb, const int64_t tap_step,
+                                               const int64_t row_step, int64_t K, const FC_T *FC_RESTRICT bb,
                                                FC_T *FC_RESTRICT out, int64_t bstride, const int nv) {
     VEC acc[MR][NV];
     for (int r = 0; r < MR; r++)
@@ -134,10 +153,10 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(flat_tile)(const FC_T *FC_RESTRICT xq, const
         const FC_T *p = xq + toff[t];
         VEC xv[NV];
         for (int v = 0; v < nv; v++) xv[v] = *(const VEC *)(p + v * VLEN);
-        const FC_T *wt = wb + t * MR;
+        const FC_T *wt = wb + t * tap_step;
 #pragma GCC unroll 32
         for (int r = 0; r < MR; r++)
-            for (int v = 0; v < nv; v++) acc[r][v] += wt[r] * xv[v];
+            for (int v = 0; v < nv; v++) acc[r][v] += wt[r * row_step] * xv[v];
     }
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < nv; v++) *(VEC *)(out + r * bstride + v * VLEN) = acc[r][v];
@@ -158,8 +177,28 @@ FC_TARGET static void FC_ISA_SFX(flat_pack_weights)(const FC_T *FC_RESTRICT w, c
     }
 }
 
+/* The MR x nvec vectors of a block from the copy xq into buf: NV vectors per tile, then one tile
+ * of what remains (a 14x14 plane's 14 vectors: 4 + 4 + 4 + 2, not ... + 1 + 1, where a one-vector
+ * tile makes one load per MR FMAs).  wb is w's rows themselves (row_step apart) when in_place,
+ * else the block's packed copy. */
+#define FLAT_TILE(nv) (in_place ? FC_ISA_SFX(flat_tile)(xq + v * VLEN, toff, wb, 1, row_step, K, bb, buf + v * VLEN, bstride, nv) \
+                                : FC_ISA_SFX(flat_tile)(xq + v * VLEN, toff, wb, MR, 1, K, bb, buf + v * VLEN, bstride, nv))
+FC_TARGET FC_INLINE void FC_ISA_SFX(flat_block)(const FC_T *FC_RESTRICT xq, const int64_t *FC_RESTRICT toff,
+                                                const FC_T *FC_RESTRICT wb, int64_t row_step, int in_place,
+                                                int64_t K, const FC_T *FC_RESTRICT bb, FC_T *FC_RESTRICT buf,
+                                                int64_t bstride, int64_t nvec) {
+    int64_t v = 0;
+    for (; v + NV <= nvec; v += NV) FLAT_TILE(NV);
+    const int64_t rest = nvec - v; /* < NV <= 4 */
+    if (rest == 3) FLAT_TILE(3);
+    else if (rest == 2) FLAT_TILE(2);
+    else if (rest == 1) FLAT_TILE(1);
+}
+#undef FLAT_TILE
+
 /* Task t: image n, group g, run u of output rows, run h of channel blocks (h fastest). */
-FC_TARGET static void FC_ISA_SFX(flat_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT wpack,
+FC_TARGET static void FC_ISA_SFX(flat_task)(const FC_T *FC_RESTRICT x, const FC_T *FC_RESTRICT w,
+                                            const fc_weight_strides *ws, const FC_T *FC_RESTRICT wpack,
                                             const FC_T *FC_RESTRICT bias, FC_T *FC_RESTRICT y,
                                             const int64_t *FC_RESTRICT toff, const fc_conv2d_shape *s,
                                             const fc_flat_plan *pl, int64_t t, FC_T *FC_RESTRICT work) {
@@ -177,12 +216,9 @@ FC_TARGET static void FC_ISA_SFX(flat_task)(const FC_T *FC_RESTRICT x, const FC_
         const int64_t o0 = g * pl->og + b * MR, mr = fc_min64(MR, pl->og - b * MR);
         FC_T bb[MR];
         for (int64_t r = 0; r < MR; r++) bb[r] = bias && r < mr ? bias[o0 + r] : (FC_T)0;
-        const FC_T *wb = wpack + (g * pl->oblocks + b) * K * MR;
-        int64_t v = 0;
-        for (; v + NV <= nvec; v += NV)
-            FC_ISA_SFX(flat_tile)(xq + v * VLEN, toff, wb, K, bb, buf + v * VLEN, pl->bstride, NV);
-        for (; v < nvec; v++)
-            FC_ISA_SFX(flat_tile)(xq + v * VLEN, toff, wb, K, bb, buf + v * VLEN, pl->bstride, 1);
+        const int in_place = pl->in_place && mr == MR;
+        const FC_T *wb = in_place ? w + g * ws->g + b * MR * ws->o : wpack + (pl->in_place ? g : g * pl->oblocks + b) * K * MR;
+        FC_ISA_SFX(flat_block)(xq, toff, wb, ws->o, in_place, K, bb, buf, pl->bstride, nvec);
         for (int64_t r = 0; r < mr; r++) {
             FC_T *yo = y + ((n * s->c_out + o0 + r) * OH + oh0) * OW;
             for (int64_t q = 0; q < rows; q++)
@@ -194,12 +230,18 @@ FC_TARGET static void FC_ISA_SFX(flat_task)(const FC_T *FC_RESTRICT x, const FC_
 FC_TARGET static int FC_ISA_SFX(flat_fwd)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
                                           const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
     const int64_t nt = n_threads > 0 ? n_threads : 1;
-    const fc_flat_plan pl = fc_flat_make_plan(s, nt, MR, VLEN, (int64_t)sizeof(FC_T));
+    fc_flat_plan pl = fc_flat_make_plan(s, nt, MR, NV, VLEN, (int64_t)sizeof(FC_T));
     const fc_weight_strides contiguous = {pl.og * pl.K, pl.K, s->kh * s->kw, s->kw, 1};
     if (!ws) ws = &contiguous;
+    /* Packing took 3 ms of a 5 ms call on ResNet-18's conv5_x (512x512x3x3): large weights are read
+     * in place.  Small ones are packed (first layers: 0.55-0.65 of im2col's time in place, 0.4-0.5
+     * packed, avx512): a tap's MR weights then share a cache line instead of MR lines. */
+    pl.in_place = ws->j == 1 && ws->i == s->kw && ws->c == s->kh * s->kw &&
+                  pl.og * pl.K * (int64_t)sizeof(FC_T) > FC_FLAT_PACK_BYTES;
+    const int64_t packed = pl.in_place ? (pl.og % MR ? s->groups : 0) : s->groups * pl.oblocks;
     /* per thread: the copy, then the tile buffer (each 64-byte aligned) */
     const int64_t per_thread = fc_round_up(pl.cg * pl.L.csize, 16) + MR * pl.bstride + 16;
-    FC_T *wpack = fc_alloc((size_t)(s->groups * pl.oblocks * pl.K * MR) * sizeof(FC_T));
+    FC_T *wpack = fc_alloc((size_t)(fc_max64(packed, 1) * pl.K * MR) * sizeof(FC_T));
     FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
     int64_t *toff = fc_flat_tap_offsets(s, &pl.L, pl.cg);
     if (!wpack || !work || !toff) {
@@ -211,11 +253,13 @@ FC_TARGET static int FC_ISA_SFX(flat_fwd)(const FC_T *x, const FC_T *w, const fc
     FC_OMP_PARALLEL((int)nt)
     {
         FC_OMP_FOR
-        for (int64_t gb = 0; gb < s->groups * pl.oblocks; gb++)
-            FC_ISA_SFX(flat_pack_weights)(w, ws, wpack + gb * pl.K * MR, s, &pl, gb / pl.oblocks, gb % pl.oblocks);
+        for (int64_t gb = 0; gb < packed; gb++) /* the blocks flat_task reads packed */
+            FC_ISA_SFX(flat_pack_weights)(w, ws, wpack + gb * pl.K * MR, s, &pl,
+                                          pl.in_place ? gb : gb / pl.oblocks,
+                                          pl.in_place ? pl.oblocks - 1 : gb % pl.oblocks);
         FC_OMP_FOR
         for (int64_t t = 0; t < pl.tasks; t++)
-            FC_ISA_SFX(flat_task)(x, wpack, bias, y, toff, s, &pl, t, work + (int64_t)FC_THREAD_ID() * per_thread);
+            FC_ISA_SFX(flat_task)(x, w, ws, wpack, bias, y, toff, s, &pl, t, work + (int64_t)FC_THREAD_ID() * per_thread);
     }
     free(wpack);
     free(work);

@@ -34,12 +34,15 @@ CHECK = """
     rng = np.random.default_rng(3)
     worst = 0.0
     # partial register tiles (channels and pixels not multiples of any tile), groups, stride,
-    # dilation, padding, both dtypes, a plane of many tiles, and a first layer of stride 2
+    # dilation, padding, both dtypes, a plane of many tiles, a first layer of stride 2, and many
+    # channels on small planes
     for xs, ws, kw in [((2, 5, 11, 13), (7, 5, 3, 3), dict(padding=1)),
                        ((1, 3, 45, 38), (21, 3, 7, 7), dict(stride=2, padding=3)),
                        ((1, 6, 9, 17), (9, 2, 3, 2), dict(stride=2, dilation=(1, 2), groups=3)),
                        ((1, 3, 40, 41), (33, 3, 5, 5), dict(padding=2)),
-                       ((3, 16, 7, 7), (17, 16, 1, 1), {})]:
+                       ((3, 16, 7, 7), (17, 16, 1, 1), {}),
+                       ((1, 128, 6, 6), (70, 128, 3, 3), dict(padding=1)),  # direct_flat: weights read in place
+                       ((1, 128, 9, 9), (67, 128, 3, 3), dict(stride=2, padding=1))]:
         for dt in ("float32", "float64"):
             x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
             b = rng.standard_normal(ws[0]).astype(dt)

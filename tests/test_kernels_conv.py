@@ -47,6 +47,10 @@ CASES = {
     "first-layer-3x3-many-rows": ((1, 3, 61, 45), (13, 3, 3, 3), 1, 1, 1, 1),
     "first-layer-7x7-stride2": ((2, 3, 45, 38), (21, 3, 7, 7), 2, 3, 1, 1),
     "first-layer-11x11-stride4": ((1, 3, 51, 47), (11, 3, 11, 11), 4, 2, 1, 1),
+    # many channels on small planes: weights over direct_flat's packing bound (256 KB), read in
+    # place, a partial last block of channels packed; stride 1 and 2
+    "many-channels-small-plane": ((1, 128, 6, 6), (70, 128, 3, 3), 1, 1, 1, 1),
+    "many-channels-small-plane-stride2": ((1, 128, 9, 9), (67, 128, 3, 3), 2, 1, 1, 1),
     "pointwise": ((2, 32, 7, 7), (19, 32, 1, 1), 1, 0, 1, 1),
     # batch-1 1x1s big enough for two threads, whose output channels im2col splits between them
     # (an uneven split: 67 + 66), without an unfold and with one (stride 2)

@@ -12,7 +12,8 @@ Per task (image n, group g, run of output rows, run of MR-channel blocks), as in
                MR rows in one loop over f, which LLVM vectorizes: one load of the copy per MR
                FMAs); the rows (out_w of each pitch) are copied into y.
 C holds its tile in registers; here the accumulator rows of a piece stay in L1 instead (LLVM
-vectorizes along f, not over a register tile spelled out in scalars).  Numba's vector ISA is
+vectorizes along f, not over a register tile spelled out in scalars), and the weights are always
+packed per call (C reads large ones in place).  Numba's vector ISA is
 LLVM's for the host CPU, not FASTCONV_ISA's path (fastconv/numba/_options.py).
 """
 import numpy as np
@@ -27,7 +28,7 @@ MR = 4  # output channels per block (the loop over f below is written out for 4)
 PIECE = 512  # flat outputs per piece: MR accumulator rows of 8 KB (float32) stay in L1
 # The task plan of csrc/direct_flat.c, with its bounds
 TILE_BYTES = 32 << 10
-COPY_BYTES = 192 << 10
+COPY_BYTES = 512 << 10
 TASKS_PER_THREAD = 4
 
 
@@ -36,7 +37,8 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def plan(spec, nt: int) -> tuple:
-    """(rows per task, runs of rows, MR-blocks per task, runs of blocks): fc_flat_make_plan's rule."""
+    """(rows per task, runs of rows, MR-blocks per task, runs of blocks): fc_flat_make_plan's rule,
+    with a PIECE of flat outputs as the tile that runs of rows are not cut below."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     cg, og, elem = spec.c_in // spec.groups, spec.c_out // spec.groups, np.dtype(spec.dtype).itemsize
     oblocks, planes, want = _ceil_div(og, MR), spec.n * spec.groups, TASKS_PER_THREAD * nt
@@ -44,12 +46,14 @@ def plan(spec, nt: int) -> tuple:
     chunk = max(1, min(spec.out_h, TILE_BYTES // (MR * pitch * elem)))
     while chunk > 1 and cg * sh * sw * ((chunk + (spec.kh - 1) * dh // sh + 1) * pitch) * elem > COPY_BYTES:
         chunk //= 2
-    chunks = max(_ceil_div(spec.out_h, chunk), min(spec.out_h, _ceil_div(want, planes)))
-    chunk = _ceil_div(spec.out_h, chunks)
     chunks = _ceil_div(spec.out_h, chunk)
     ochunks = max(1, min(oblocks, _ceil_div(want, planes * chunks)))
     ochunk = _ceil_div(oblocks, ochunks)
-    return chunk, chunks, ochunk, _ceil_div(oblocks, ochunk)
+    ochunks = _ceil_div(oblocks, ochunk)
+    tile_rows = min(spec.out_h, _ceil_div(PIECE, pitch))
+    chunks = max(chunks, min(_ceil_div(spec.out_h, tile_rows), _ceil_div(want, planes * ochunks)))
+    chunk = _ceil_div(spec.out_h, chunks)
+    return chunk, _ceil_div(spec.out_h, chunk), ochunk, ochunks
 
 
 @driver
