@@ -229,7 +229,8 @@ def _direct_first(op: str, spec) -> bool:
     products) and first layers' forwards (few input channels: im2col's unfold copies each input
     value kh*kw times for a GEMM with a short K).  Measured on the Intel Xeon model 167, avx512,
     batch 1, c.direct / c.im2col time: VGG conv1_1 0.57, AlexNet conv1 0.51, MobileNet-v2 conv1
-    0.72, ResNet-18 conv1 0.79."""
+    0.72, ResNet-18 conv1 0.79; c.direct_flat (before c.direct in registry order) / c.direct on
+    ResNet-18 and AlexNet conv1: 0.57-0.64 and 0.77-0.81 (fastconv bench, 2026-12-03)."""
     return _one_input_channel(op, spec) or (op == "conv2d.fwd" and spec.c_in // spec.groups <= FIRST_LAYER_CHANNELS)
 
 
