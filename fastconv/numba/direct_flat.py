@@ -12,8 +12,9 @@ Per task (image n, group g, run of output rows, run of MR-channel blocks), as in
                MR rows in one loop over f, which LLVM vectorizes: one load of the copy per MR
                FMAs); the rows (out_w of each pitch) are copied into y.
 C holds its tile in registers; here the accumulator rows of a piece stay in L1 instead (LLVM
-vectorizes along f, not over a register tile spelled out in scalars), and the weights are always
-packed per call (C reads large ones in place).  Numba's vector ISA is
+vectorizes along f, not over a register tile spelled out in scalars), the weights are always
+packed per call (C reads large ones in place), and every task makes its own copy (C's threads keep
+theirs across the tasks of one run of rows).  Numba's vector ISA is
 LLVM's for the host CPU, not FASTCONV_ISA's path (fastconv/numba/_options.py).
 """
 import numpy as np
