@@ -31,7 +31,8 @@
  * Register tiles (accumulators + loads within the ISA's vector registers): avx512 6 x 4 zmm (24
  * accumulators, 10 loads per 24 FMAs; 8 x 3 and 12 x 2 were 2-40% slower on ResNet-18's small
  * planes, interleaved A/B), avx2 and generic 4 x 3 (12 accumulators, 3 loads and a broadcast in the
- * 16 registers).
+ * 16 registers; 6 x 2 and 3 x 4 were no better on the avx2 path of the AVX-512 machine, 0.82-1.21
+ * and 0.96-1.98 of its time).  -DFC_FLAT_{MR,NV}_{AVX512,AVX2} override them, for such A/B builds.
  *
  * The file is a template in two levels: it includes itself once per dtype (FC_T / FC_SFX), and
  * each dtype once per ISA (fc_per_isa.h).
@@ -48,6 +49,12 @@
 #endif
 #ifndef FC_FLAT_NV_AVX512
 #define FC_FLAT_NV_AVX512 4
+#endif
+#ifndef FC_FLAT_MR_AVX2 /* avx2 and generic */
+#define FC_FLAT_MR_AVX2 4
+#endif
+#ifndef FC_FLAT_NV_AVX2
+#define FC_FLAT_NV_AVX2 3
 #endif
 #define FC_FLAT_COPY_BYTES (512 << 10) /* a task's input copy: within L2 (1-2 MB), beside a weight block */
 #define FC_FLAT_TILE_BYTES (32 << 10)  /* a task's output buffer: within L1 */
@@ -129,8 +136,8 @@ typedef FC_T FC_ISA_SFX(fc_flat_vec) __attribute__((vector_size(FC_VBYTES), alig
 #define MR FC_FLAT_MR_AVX512
 #define NV FC_FLAT_NV_AVX512
 #else
-#define MR 4
-#define NV 3
+#define MR FC_FLAT_MR_AVX2
+#define NV FC_FLAT_NV_AVX2
 #endif
 
 _Static_assert(NV <= 4, "flat_block ends a row with one tile of at most 3 vectors");
