@@ -28,7 +28,8 @@ def copy_elements(spec, out_rows: int) -> int:
     return sh * sw * (rows * pitch + vector_elements(spec))
 
 
-def _too_large(size: int):
+def too_large(size: int):
+    """The refusal of a kernel whose copy would hold size elements per thread, or None."""
     if size > COPY_LIMIT:
         return (f"its padded input copy would hold {size} elements (over {COPY_LIMIT}): the padding "
                 f"or dilation is too large for it")
@@ -51,5 +52,5 @@ def why_not_direct_flat(op: str):
                 "conv2d.bwd_data": lambda spec: [p.spec for p in transpose.data_problems(spec)]}[op]
 
     def why_not(spec):
-        return _too_large(max((direct_flat_copy(p) for p in problems(spec)), default=0))
+        return too_large(max((direct_flat_copy(p) for p in problems(spec)), default=0))
     return why_not

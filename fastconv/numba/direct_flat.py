@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from .. import threads
-from ..common import transpose
+from ..common import flat, transpose
 from ._flat import copy_plane, layout, tap_offsets
 from ._options import driver, launch_threads
 
@@ -40,12 +40,11 @@ def _ceil_div(a: int, b: int) -> int:
 def plan(spec, nt: int) -> tuple:
     """(rows per task, runs of rows, MR-blocks per task, runs of blocks): fc_flat_make_plan's rule,
     with a PIECE of flat outputs as the tile that runs of rows are not cut below."""
-    (sh, sw), (dh, dw) = spec.stride, spec.dilation
     cg, og, elem = spec.c_in // spec.groups, spec.c_out // spec.groups, np.dtype(spec.dtype).itemsize
     oblocks, planes, want = _ceil_div(og, MR), spec.n * spec.groups, TASKS_PER_THREAD * nt
-    pitch = spec.out_w + (spec.kw - 1) * dw // sw
+    pitch = spec.out_w + (spec.kw - 1) * spec.dilation[1] // spec.stride[1]
     chunk = max(1, min(spec.out_h, TILE_BYTES // (MR * pitch * elem)))
-    while chunk > 1 and cg * sh * sw * ((chunk + (spec.kh - 1) * dh // sh + 1) * pitch) * elem > COPY_BYTES:
+    while chunk > 1 and cg * flat.copy_elements(spec, chunk) * elem > COPY_BYTES:
         chunk //= 2
     chunks = _ceil_div(spec.out_h, chunk)
     ochunks = max(1, min(oblocks, _ceil_div(want, planes * chunks)))
