@@ -42,7 +42,10 @@ CHECK = """
                        ((1, 3, 40, 41), (33, 3, 5, 5), dict(padding=2)),
                        ((3, 16, 7, 7), (17, 16, 1, 1), {}),
                        ((1, 128, 6, 6), (70, 128, 3, 3), dict(padding=1)),  # direct_flat: weights read in place
-                       ((1, 128, 9, 9), (67, 128, 3, 3), dict(stride=2, padding=1))]:
+                       ((1, 128, 9, 9), (67, 128, 3, 3), dict(stride=2, padding=1)),
+                       # direct_flat's channel tiling: several images per task, groups and dilation
+                       ((6, 32, 5, 6), (150, 32, 3, 3), dict(padding=1)),
+                       ((2, 64, 23, 9), (40, 32, 3, 3), dict(stride=(2, 1), padding=2, dilation=(2, 1), groups=2))]:
         for dt in ("float32", "float64"):
             x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
             b = rng.standard_normal(ws[0]).astype(dt)

@@ -51,6 +51,12 @@ CASES = {
     # place, a partial last block of channels packed; stride 1 and 2
     "many-channels-small-plane": ((1, 128, 6, 6), (70, 128, 3, 3), 1, 1, 1, 1),
     "many-channels-small-plane-stride2": ((1, 128, 9, 9), (67, 128, 3, 3), 2, 1, 1, 1),
+    # direct_flat's channel tiling (256 taps or more): several images per task, the last set short
+    # (float64: 6 images as 5 + 1); a plane of several runs of rows; groups with a stride and a
+    # dilation; partial blocks of channels (150, 24 and 20 are not multiples of 64 or 32)
+    "many-channels-batch-small-plane": ((6, 32, 5, 6), (150, 32, 3, 3), 1, 1, 1, 1),
+    "many-channels-tall-plane": ((1, 32, 40, 37), (24, 32, 3, 3), 1, 1, 1, 1),
+    "many-channels-groups-dilated": ((2, 64, 23, 9), (40, 32, 3, 3), (2, 1), 2, (2, 1), 2),
     "pointwise": ((2, 32, 7, 7), (19, 32, 1, 1), 1, 0, 1, 1),
     # batch-1 1x1s big enough for two threads, whose output channels im2col splits between them
     # (an uneven split: 67 + 66), without an unfold and with one (stride 2)
