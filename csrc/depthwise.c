@@ -22,7 +22,21 @@
  *                each, the last vector masked), in vector partial sums, summed over the batch in
  *                a fixed order (deterministic at any thread count).
  * Tasks: runs of consecutive planes (n, g), a few per thread (dynamic scheduling); a 7x7 plane is
- * too small a task alone.  Each thread owns one plane copy of cg channels and its gathered
+ * too small a task alone.
+ *
+ * Small planes of many channels (multiplier 1) take a channel-blocked path instead, as ONNX
+ * Runtime's and oneDNN's NCHWc depthwise kernels do, but reading and writing NCHW: a plane of 14x14
+ * or 7x7 is so little work per copy (a 7x7 output is 4 vectors of the flat run, 9 taps) that the
+ * phase-split copy, the row ends and the per-plane set-up were most of the time (576@14x14 stride
+ * 2 ran at 2 GB/s).  Per task item (image, block of VLEN channels):
+ *   block_fill   the block's input planes, transposed into a zero-padded (rows, cols, VLEN) copy:
+ *                every pixel one vector of VLEN channels, lanes past the last channel zero;
+ *   block_tile   PX outputs of a row in registers, each a vector of the block's channels: per tap
+ *                one vector of the block's weights and PX aligned loads, FMAs -- no lane idle on
+ *                a 7x7 plane, no copy split by stride phase (a stride is a step between pixels);
+ *   then each output row's vectors, transposed back into the block's y rows.
+ * It is chosen on AVX-512 when the padded copy of one block fits FC_DW_BLOCK_BYTES (within L2) and
+ * there are channels for half a vector or more (fc_dw_blocked; BENCHMARKS.md has the A/B).  Each thread owns one plane copy of cg channels and its gathered
  * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a hostile dilation or
  * padding goes to another kernel instead of failing here.
  *
@@ -43,6 +57,32 @@
 #define FC_DW_NV 4               /* vectors of the flat run per register tile */
 
 #define FC_DW_CHUNK_ELEMS 2048 /* flat outputs per chunk: 8 KB of float32 */
+#ifndef FC_DW_BLOCK_BYTES
+#define FC_DW_BLOCK_BYTES (1 << 20) /* the channel-blocked path up to this padded copy per block (in L2) */
+#endif
+#ifndef FC_DW_LAYOUT /* 0: chosen per problem, 1: rows, 2: channel blocks wherever they serve (A/B builds) */
+#define FC_DW_LAYOUT 0
+#endif
+
+/* The channel-blocked path's zero-padded copy: the input rows and columns its outputs read. */
+static int64_t fc_dw_block_rows(const fc_conv2d_shape *s) {
+    return (s->out_h - 1) * s->stride_h + (s->kh - 1) * s->dilation_h + 1;
+}
+static int64_t fc_dw_block_cols(const fc_conv2d_shape *s) {
+    return (s->out_w - 1) * s->stride_w + (s->kw - 1) * s->dilation_w + 1;
+}
+
+/* 1 when the channel-blocked path runs s, for vectors of vlen elements of `elem` bytes: one input
+ * and one output channel per group (the multiplier's planes and the transposed problems of its
+ * grad of input stay on the rows), channels for at least half a vector, a block's copy within
+ * bound, and AVX-512: on the avx2 and generic paths its transposes (shuffles of 8 or 4 lanes,
+ * spilled from 16 registers) made it 1.1-3x slower than the rows (BENCHMARKS.md). */
+static int fc_dw_blocked(const fc_conv2d_shape *s, int64_t vlen, int64_t elem) {
+    if (s->groups != s->c_in || s->c_out != s->c_in || FC_DW_LAYOUT == 1) return 0;
+    if (FC_DW_LAYOUT == 2) return 1;
+    return fc_isa(s->isa) == FC_ISA_AVX512 && 2 * s->groups >= vlen &&
+           fc_dw_block_rows(s) * fc_dw_block_cols(s) * vlen * elem <= FC_DW_BLOCK_BYTES;
+}
 
 /* Output rows per chunk of the flat run (its buffer stays in L1). */
 static int64_t fc_dw_chunk(const fc_conv2d_shape *s, const fc_flat_layout *L) {
@@ -56,15 +96,23 @@ static int64_t fc_dw_run(int64_t items, int64_t nt) {
 }
 
 #define FC_T float
+#define FC_IT int32_t /* the integer of FC_T's size, and that size: the transposes' shuffle indices */
+#define FC_TBYTES 4
 #define FC_SFX(name) name##_f32
 #include "depthwise.c"
 #undef FC_T
+#undef FC_IT
+#undef FC_TBYTES
 #undef FC_SFX
 
 #define FC_T double
+#define FC_IT int64_t
+#define FC_TBYTES 8
 #define FC_SFX(name) name##_f64
 #include "depthwise.c"
 #undef FC_T
+#undef FC_IT
+#undef FC_TBYTES
 #undef FC_SFX
 
 #elif !defined(FC_ISA_SFX) /* level 1, per dtype: the hot loops once per ISA, then the entries */
@@ -75,16 +123,39 @@ static int64_t fc_dw_run(int64_t items, int64_t nt) {
 
 typedef void (*FC_SFX(dw_fwd_fn))(const FC_T *, const FC_T *, const fc_weight_strides *, const FC_T *,
                                   FC_T *, const fc_conv2d_shape *, const int64_t *, int64_t, int64_t, FC_T *);
+typedef void (*FC_SFX(dw_block_fn))(const FC_T *, const FC_T *, const fc_weight_strides *, const FC_T *, FC_T *,
+                                    const fc_conv2d_shape *, int64_t, int64_t, FC_T *);
 typedef void (*FC_SFX(dw_bwd_weight_fn))(const FC_T *, const FC_T *, FC_T *, const fc_conv2d_shape *,
                                          const int64_t *, int64_t, int64_t, FC_T *);
 /* Vector elements of the ISA a call runs (its copies' slack is a vector), from that ISA's level 2. */
 #define FC_DW_VLEN(isa) (FC_ISA_PICK(isa, dw_vlen)())
+
+/* The channel-blocked path: tasks of consecutive (image, block) items, one padded block copy, a
+ * row of outputs, the block's weights and bias per thread. */
+static int FC_SFX(fc_dw_fwd_blocked)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws, const FC_T *bias,
+                                     FC_T *y, const fc_conv2d_shape *s, int64_t nt) {
+    const int64_t vlen = FC_DW_VLEN(s->isa), blocks = (s->c_in + vlen - 1) / vlen, items = s->n * blocks;
+    const int64_t per_thread = fc_round_up(fc_dw_block_rows(s) * fc_dw_block_cols(s) * vlen, 16) +
+                               fc_round_up(fc_round_up(s->out_w, vlen) * vlen, 16) +
+                               fc_round_up((s->kh * s->kw + 1) * vlen, 16);
+    const int64_t run = fc_dw_run(items, nt), tasks = (items + run - 1) / run;
+    const FC_SFX(dw_block_fn) task = FC_ISA_PICK(s->isa, dw_block_task);
+    FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
+    if (!work) return FC_ENOMEM;
+    FC_OMP_PARALLEL_FOR(nt)
+    for (int64_t t = 0; t < tasks; t++)
+        task(x, w, ws, bias, y, s, t * run, fc_min64(items, (t + 1) * run), work + (int64_t)FC_THREAD_ID() * per_thread);
+    free(work);
+    return FC_OK;
+}
 
 int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
                                     const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int n_threads) {
     const int64_t nt = n_threads > 0 ? n_threads : 1, cg = s->c_in / s->groups, og = s->c_out / s->groups;
     const int64_t taps = s->kh * s->kw, planes = s->n * s->groups;
     const fc_weight_strides contiguous = {og * cg * taps, cg * taps, taps, s->kw, 1};
+    if (fc_dw_blocked(s, FC_DW_VLEN(s->isa), (int64_t)sizeof(FC_T)))
+        return FC_SFX(fc_dw_fwd_blocked)(x, w, ws ? ws : &contiguous, bias, y, s, nt);
     const fc_flat_layout L = fc_flat_make_layout(s, s->out_h, FC_DW_VLEN(s->isa));
     /* per thread: the copies, a chunk's buffer, the gathered weights (each 64-byte aligned) */
     const int64_t per_thread = fc_round_up(cg * L.csize, 16) + fc_round_up(fc_dw_chunk(s, &L) * L.pitch, 16) + 16 +
@@ -198,6 +269,187 @@ FC_TARGET static void FC_ISA_SFX(dw_fwd_task)(const FC_T *x, const FC_T *w, cons
         }
     }
 }
+
+/* The channel-blocked path (the header): VECA is a whole pixel of a block, aligned. */
+typedef FC_T FC_ISA_SFX(fc_dw_veca) __attribute__((vector_size(FC_VBYTES)));
+#define VECA FC_ISA_SFX(fc_dw_veca)
+#define PX (FC_VBYTES == 64 ? 8 : 4) /* outputs per register tile: accumulators beside a weight and the loads */
+typedef FC_IT FC_ISA_SFX(fc_dw_ivec) __attribute__((vector_size(FC_VBYTES)));
+#define IVEC FC_ISA_SFX(fc_dw_ivec)
+
+/* r[0:VLEN] = its transpose (r[k][l] <- r[l][k]), in log2(VLEN) stages of two-input shuffles
+ * (vpermt2ps on AVX-512): stage b swaps r[i][j] and r[i + b][j - b] for every i without and j
+ * with bit b, so after all bits row and lane indices have traded places.  64 shuffles for 16x16
+ * floats, where element-wise stores were most of the channel-blocked path's time. */
+#define FC_DW_KEEP(b, j) (((j) & (b)) ? VLEN_PP + (j) - (b) : (j))
+#define FC_DW_TAKE(b, j) (((j) & (b)) ? VLEN_PP + (j) : (j) + (b))
+#define FC_DW_L2(F, b) F(b, 0), F(b, 1)
+#define FC_DW_L4(F, b) FC_DW_L2(F, b), F(b, 2), F(b, 3)
+#define FC_DW_L8(F, b) FC_DW_L4(F, b), F(b, 4), F(b, 5), F(b, 6), F(b, 7)
+#define FC_DW_L16(F, b) FC_DW_L8(F, b), F(b, 8), F(b, 9), F(b, 10), F(b, 11), F(b, 12), F(b, 13), F(b, 14), F(b, 15)
+#define VLEN_PP (FC_VBYTES / FC_TBYTES) /* VLEN for the preprocessor */
+#if VLEN_PP == 16
+#define FC_DW_LANES FC_DW_L16
+#elif VLEN_PP == 8
+#define FC_DW_LANES FC_DW_L8
+#elif VLEN_PP == 4
+#define FC_DW_LANES FC_DW_L4
+#else
+#define FC_DW_LANES FC_DW_L2
+#endif
+/* one stage: constant masks, so each pair is two vpermt2ps and r stays in registers */
+#define FC_DW_STAGE(b)                                                                                \
+    _Pragma("GCC unroll 16") for (int i = 0; i < VLEN_PP; i++) if (!(i & (b))) {                       \
+        const VECA a = r[i], c = r[i + (b)];                                                          \
+        r[i] = __builtin_shuffle(a, c, (IVEC){FC_DW_LANES(FC_DW_KEEP, b)});                           \
+        r[i + (b)] = __builtin_shuffle(a, c, (IVEC){FC_DW_LANES(FC_DW_TAKE, b)});                     \
+    }
+FC_TARGET FC_INLINE void FC_ISA_SFX(transpose_vecs)(VECA *r) {
+#if VLEN_PP >= 16
+    FC_DW_STAGE(8)
+#endif
+#if VLEN_PP >= 8
+    FC_DW_STAGE(4)
+#endif
+#if VLEN_PP >= 4
+    FC_DW_STAGE(2)
+#endif
+    FC_DW_STAGE(1)
+}
+#undef FC_DW_STAGE
+#undef FC_DW_LANES
+#undef VLEN_PP
+
+/* The first len (<= VLEN) elements at p as a vector, zero past them; and their store.  AVX-512
+ * masks the rest off (no read or write past len); the others go through a small buffer. */
+FC_TARGET FC_INLINE VECA FC_ISA_SFX(load_part)(const FC_T *p, int64_t len) {
+    VECA v;
+#if FC_X86 && FC_VBYTES == 64
+    const unsigned bits = len >= VLEN ? ~0u : (1u << len) - 1u;
+    if (sizeof(FC_T) == 4) {
+        const __m512 t = _mm512_maskz_loadu_ps((__mmask16)bits, p);
+        memcpy(&v, &t, sizeof v);
+    } else {
+        const __m512d t = _mm512_maskz_loadu_pd((__mmask8)bits, p);
+        memcpy(&v, &t, sizeof v);
+    }
+#else
+    FC_T t[VLEN] = {0};
+    memcpy(t, p, (size_t)fc_min64(len, VLEN) * sizeof(FC_T));
+    memcpy(&v, t, sizeof v);
+#endif
+    return v;
+}
+FC_TARGET FC_INLINE void FC_ISA_SFX(store_part)(FC_T *p, VECA v, int64_t len) {
+#if FC_X86 && FC_VBYTES == 64
+    const unsigned bits = len >= VLEN ? ~0u : (1u << len) - 1u;
+    if (sizeof(FC_T) == 4) {
+        __m512 t;
+        memcpy(&t, &v, sizeof t);
+        _mm512_mask_storeu_ps(p, (__mmask16)bits, t);
+    } else {
+        __m512d t;
+        memcpy(&t, &v, sizeof t);
+        _mm512_mask_storeu_pd(p, (__mmask8)bits, t);
+    }
+#else
+    FC_T t[VLEN];
+    memcpy(t, &v, sizeof v);
+    memcpy(p, t, (size_t)fc_min64(len, VLEN) * sizeof(FC_T));
+#endif
+}
+
+/* out[p] = bb + the sum over the taps (i, j) of wb[i][j] * xp[p * sw + i * dh * cols + j * dw], for
+ * p < px outputs of one row, each a vector of the block's channels. */
+FC_TARGET FC_INLINE void FC_ISA_SFX(block_tile)(const FC_T *FC_RESTRICT xp, const FC_T *FC_RESTRICT wb,
+                                                const FC_T *FC_RESTRICT bb, FC_T *FC_RESTRICT out,
+                                                const fc_conv2d_shape *s, int64_t cols, const int px) {
+    VECA acc[PX];
+    for (int p = 0; p < px; p++) acc[p] = *(const VECA *)bb;
+    const int64_t step = s->stride_w * VLEN;
+    for (int64_t i = 0; i < s->kh; i++)
+        for (int64_t j = 0; j < s->kw; j++) {
+            const VECA wv = *(const VECA *)(wb + (i * s->kw + j) * VLEN);
+            const FC_T *q = xp + (i * s->dilation_h * cols + j * s->dilation_w) * VLEN;
+            for (int p = 0; p < px; p++) acc[p] += wv * *(const VECA *)(q + p * step);
+        }
+    for (int p = 0; p < px; p++) *(VECA *)(out + p * VLEN) = acc[p];
+}
+
+/* Items [i0, i1) of (image n, block of VLEN channels), each: the block's weights and bias (when the
+ * block changes), its padded transposed copy, then per output row the tiles and the transpose back
+ * into y.  Lanes past the last channel are zero in the copy and the weights, and never stored. */
+FC_TARGET static void FC_ISA_SFX(dw_block_task)(const FC_T *x, const FC_T *w, const fc_weight_strides *ws,
+                                                const FC_T *bias, FC_T *y, const fc_conv2d_shape *s, int64_t i0,
+                                                int64_t i1, FC_T *work) {
+    const int64_t C = s->c_in, blocks = (C + VLEN - 1) / VLEN, taps = s->kh * s->kw;
+    const int64_t H = s->h, W = s->w, OH = s->out_h, OW = s->out_w, pt = s->pad_top, pl = s->pad_left;
+    const int64_t rows = fc_dw_block_rows(s), cols = fc_dw_block_cols(s);
+    /* the copy's columns inside x (a padding may be negative: a crop, fastconv/common/transpose.py) */
+    const int64_t lo = fc_max64(0, fc_min64(pl, cols)), hi = fc_max64(lo, fc_min64(cols, pl + W));
+    FC_T *xb = work, *rb = xb + fc_round_up(rows * cols * VLEN, 16), *wb = rb + fc_round_up(fc_round_up(OW, VLEN) * VLEN, 16);
+    FC_T *bb = wb + taps * VLEN;
+    int64_t have = -1; /* the block whose weights wb holds */
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t n = it / blocks, blk = it % blocks, c0 = blk * VLEN, nc = fc_min64(VLEN, C - c0);
+        if (blk != have) {
+            for (int64_t l = 0; l < VLEN; l++) {
+                const int64_t c = c0 + l;
+                for (int64_t i = 0; i < s->kh; i++)
+                    for (int64_t j = 0; j < s->kw; j++)
+                        wb[(i * s->kw + j) * VLEN + l] = l < nc ? w[c * ws->g + i * ws->i + j * ws->j] : (FC_T)0;
+                bb[l] = l < nc && bias ? bias[c] : (FC_T)0;
+            }
+            have = blk;
+        }
+        for (int64_t r = 0; r < rows; r++) { /* block_fill */
+            FC_T *dst = xb + r * cols * VLEN;
+            const int64_t ih = r - pt;
+            if (ih < 0 || ih >= H || nc < VLEN) {
+                FC_ISA_SFX(copy_run)(dst, NULL, cols * VLEN);
+                if (ih < 0 || ih >= H) continue;
+            } else {
+                FC_ISA_SFX(copy_run)(dst, NULL, lo * VLEN);
+                FC_ISA_SFX(copy_run)(dst + hi * VLEN, NULL, (cols - hi) * VLEN);
+            }
+            const FC_T *src = x + ((n * C + c0) * H + ih) * W - pl; /* channel l's row: src + l * H * W */
+            for (int64_t q = lo; q < hi; q += VLEN) { /* VLEN columns of VLEN channels, transposed */
+                VECA t[VLEN];
+                for (int64_t l = 0; l < VLEN; l++)
+                    t[l] = l < nc ? FC_ISA_SFX(load_part)(src + l * H * W + q, hi - q) : (VECA){0};
+                FC_ISA_SFX(transpose_vecs)(t);
+                for (int64_t k = 0; k < fc_min64(VLEN, hi - q); k++) *(VECA *)(dst + (q + k) * VLEN) = t[k];
+            }
+        }
+        for (int64_t oh = 0; oh < OH; oh++) {
+            const FC_T *xr = xb + oh * s->stride_h * cols * VLEN;
+            int64_t ow = 0;
+            for (; ow + PX <= OW; ow += PX)
+                FC_ISA_SFX(block_tile)(xr + ow * s->stride_w * VLEN, wb, bb, rb + ow * VLEN, s, cols, PX);
+            switch (OW - ow) { /* the row's last outputs, in one tile of a constant width */
+#define FC_DW_LAST(k) \
+    case k: FC_ISA_SFX(block_tile)(xr + ow * s->stride_w * VLEN, wb, bb, rb + ow * VLEN, s, cols, k); break;
+                FC_DW_LAST(1) FC_DW_LAST(2) FC_DW_LAST(3)
+#if FC_VBYTES == 64
+                FC_DW_LAST(4) FC_DW_LAST(5) FC_DW_LAST(6) FC_DW_LAST(7)
+#endif
+#undef FC_DW_LAST
+                default: break;
+            }
+            FC_T *yr = y + ((n * C + c0) * OH + oh) * OW; /* channel l's row: yr + l * OH * OW */
+            for (int64_t q = 0; q < OW; q += VLEN) { /* VLEN outputs of VLEN channels, transposed back */
+                VECA t[VLEN];
+                for (int64_t k = 0; k < VLEN; k++) t[k] = *(const VECA *)(rb + (q + k) * VLEN);
+                FC_ISA_SFX(transpose_vecs)(t);
+                for (int64_t l = 0; l < nc; l++) FC_ISA_SFX(store_part)(yr + l * OH * OW + q, t[l], OW - q);
+            }
+        }
+    }
+}
+
+#undef VECA
+#undef IVEC
+#undef PX
 
 /* sum over q < len of a[q] * b[q], in vector partial sums and then a fixed order. */
 FC_TARGET FC_INLINE FC_T FC_ISA_SFX(dot_run)(const FC_T *FC_RESTRICT a, const FC_T *FC_RESTRICT b, int64_t len,

@@ -62,10 +62,12 @@ CHECK = """
                 for g, r in zip(got, want):
                     worst = max(worst, fc.reference.rel_error(g, r) / (1e-4 if dt == "float32" else 1e-11))
     # depthwise: forward and both backward passes; a multiplier, stride 2 (four phases), a plane
-    # smaller than a vector, a row of several vectors with a partial last one
+    # smaller than a vector, a row of several vectors with a partial last one, and channels for
+    # its channel-blocked path (avx512: 21 = 16 + 5, a partial block)
     for xs, ws, kw in [((2, 6, 13, 12), (12, 1, 3, 3), dict(padding=1, groups=6)),
                        ((1, 5, 23, 70), (5, 1, 5, 3), dict(stride=2, padding=(2, 1), dilation=(1, 2), groups=5)),
-                       ((3, 9, 7, 7), (9, 1, 3, 3), dict(padding=1, groups=9))]:
+                       ((3, 9, 7, 7), (9, 1, 3, 3), dict(padding=1, groups=9)),
+                       ((2, 21, 10, 19), (21, 1, 3, 3), dict(stride=2, padding=1, groups=21))]:
         for dt in ("float32", "float64"):
             x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
             b = rng.standard_normal(ws[0]).astype(dt)
