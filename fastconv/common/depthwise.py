@@ -2,7 +2,9 @@
 fastconv/numba/depthwise.py): which problems they serve, and how large their plane copy is.
 
 Both work a plane along its rows through a zero-padded copy split by stride phase in both axes
-(csrc/depthwise.c's header says why).  The copy of one channel holds ``copy_elements`` elements;
+(csrc/depthwise.c's header says why); C's forward on AVX-512 with one output channel per group
+takes blocks of channels instead, through a copy of at most FC_DW_BLOCK_BYTES (1 MiB) per thread,
+so the bound below, the rows' copy, is the one that can refuse.  The copy of one channel holds ``copy_elements`` elements;
 its size follows the padding and the dilation, which a valid but hostile problem can make
 enormous, so past flat.py's ``COPY_LIMIT`` elements per thread the kernels refuse and ``auto``
 picks another one (a call must not fail for memory another kernel does not need).  The grad of input runs the forward on the transposed problems of
