@@ -22,23 +22,23 @@
  *                each, the last vector masked), in vector partial sums, summed over the batch in
  *                a fixed order (deterministic at any thread count).
  * Tasks: runs of consecutive planes (n, g), a few per thread (dynamic scheduling); a 7x7 plane is
- * too small a task alone.
+ * too small a task alone.  Each thread owns one plane copy of cg channels and its gathered
+ * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a
+ * hostile dilation or padding goes to another kernel instead of failing here.
  *
- * Small planes of many channels (multiplier 1) take a channel-blocked path instead, as ONNX
- * Runtime's and oneDNN's NCHWc depthwise kernels do, but reading and writing NCHW: a plane of 14x14
- * or 7x7 is so little work per copy (a 7x7 output is 4 vectors of the flat run, 9 taps) that the
- * phase-split copy, the row ends and the per-plane set-up were most of the time (576@14x14 stride
- * 2 ran at 2 GB/s).  Per task item (image, block of VLEN channels):
+ * On AVX-512, multiplier 1 takes a channel-blocked path instead, as ONNX Runtime's and oneDNN's
+ * NCHWc depthwise kernels do, but reading and writing NCHW: a plane of 14x14 or 7x7 is so little
+ * work per copy (a 7x7 output is 4 vectors of the flat run, 9 taps) that the phase-split copy, the
+ * row ends and the per-plane set-up were most of the time (576@14x14 stride 2 ran at 2 GB/s), and
+ * on larger planes the blocks still won a little.  Per task item (image, block of VLEN channels):
  *   block_fill   the block's input planes, transposed into a zero-padded (rows, cols, VLEN) copy:
  *                every pixel one vector of VLEN channels, lanes past the last channel zero;
  *   block_tile   PX outputs of a row in registers, each a vector of the block's channels: per tap
  *                one vector of the block's weights and PX aligned loads, FMAs -- no lane idle on
  *                a 7x7 plane, no copy split by stride phase (a stride is a step between pixels);
  *   then each output row's vectors, transposed back into the block's y rows.
- * It is chosen on AVX-512 when the padded copy of one block fits FC_DW_BLOCK_BYTES (within L2) and
- * there are channels for half a vector or more (fc_dw_blocked; BENCHMARKS.md has the A/B).  Each thread owns one plane copy of cg channels and its gathered
- * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a hostile dilation or
- * padding goes to another kernel instead of failing here.
+ * It is chosen when the padded copy of one block fits FC_DW_BLOCK_BYTES (within L2) and there are
+ * channels for half a vector or more (fc_dw_blocked; BENCHMARKS.md has the A/B).
  *
  * The hot loops are compiled once per vector ISA (fc_per_isa.h: generic, avx2, avx512, each with
  * its vector width FC_VBYTES) and the shape's isa picks one per call.
@@ -76,7 +76,7 @@ static int64_t fc_dw_block_cols(const fc_conv2d_shape *s) {
  * and one output channel per group (the multiplier's planes and the transposed problems of its
  * grad of input stay on the rows), channels for at least half a vector, a block's copy within
  * bound, and AVX-512: on the avx2 and generic paths its transposes (shuffles of 8 or 4 lanes,
- * spilled from 16 registers) made it 1.1-3x slower than the rows (BENCHMARKS.md). */
+ * spilled from 16 registers) made it 1.1-4x slower than the rows (BENCHMARKS.md). */
 static int fc_dw_blocked(const fc_conv2d_shape *s, int64_t vlen, int64_t elem) {
     if (s->groups != s->c_in || s->c_out != s->c_in || FC_DW_LAYOUT == 1) return 0;
     if (FC_DW_LAYOUT == 2) return 1;
