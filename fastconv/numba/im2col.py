@@ -235,15 +235,19 @@ def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared):
 
 
 @driver
-def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, oparts):
-    """gw += sum over images and pixels of dY . cols^T; gw is zeroed, cols one shared buffer."""
+def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, parts):
+    """gw += sum over images and pixels of dY . cols^T; gw is zeroed, cols one shared buffer.  The
+    GEMM is split by grad_w's longer side, its columns (taps) where K >= og (csrc/im2col.c)."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
     N, C, H, W = x.shape
     O = gw.shape[0]
     cg, og, taps = C // groups, O // groups, kh * kw
     K, P = cg * taps, OH * OW
     chunks = (OH + rows - 1) // rows
-    oblock = (og + oparts - 1) // oparts
+    by_columns = K >= og
+    side = K if by_columns else og
+    block = (side + parts - 1) // parts
+    block = (block + 15) // 16 * 16
     xf = x.reshape(x.size)
     for n in range(N):
         for g in range(groups):
@@ -257,12 +261,15 @@ def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, oparts):
                     for c in prange(cg):  # the threads unfold the shared chunk together
                         unfold_rows(x, n, g * cg + c, 1, oh0, r, cols, c * taps * width, s)
                     b, b0, ldb = cols, 0, width
-                for part in prange(oparts):  # each thread owns its rows of grad_w
-                    o0 = part * oblock
-                    m = min(oblock, og - o0)
-                    if m > 0:
-                        gemm(False, True, m, K, width, 1.0, gy, gyg + o0 * P, P, b, b0, ldb,
-                             1.0, gw, (g * og + o0) * K, K)
+                for part in prange(parts):  # each thread owns its columns (or rows) of grad_w
+                    lo = part * block
+                    m = min(block, side - lo)
+                    if m > 0 and by_columns:
+                        gemm(False, True, og, m, width, 1.0, gy, gyg, P, b, b0 + lo * ldb, ldb,
+                             1.0, gw, g * og * K + lo, K)
+                    elif m > 0:
+                        gemm(False, True, m, K, width, 1.0, gy, gyg + lo * P, P, b, b0, ldb,
+                             1.0, gw, (g * og + lo) * K, K)
 
 
 @driver
@@ -348,7 +355,8 @@ def conv2d_backward_weight(spec, grad_y, x):
     grad_w = np.zeros(spec.weight_shape, spec.dtype)
     rows = task_rows(spec, _taps(spec), 1, config.workspace_bytes(), grad_w.itemsize)  # one shared buffer
     cols = _columns(spec, 1, _taps(spec), rows)[0]
-    oparts = min(nt, (spec.c_out // spec.groups + 15) // 16)
+    og, K = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.kh * spec.kw
+    parts = min(nt, (max(K, og) + 15) // 16)  # of grad_w's longer side (as C's)
     launch_threads(spec)
-    _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), oparts)
+    _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), parts)
     return grad_w
