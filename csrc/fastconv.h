@@ -121,6 +121,19 @@ int fc_conv2d_fwd_winograd_f4k3_f64(const double *x, const double *u, const doub
                                     const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
                                     double *profile);
 
+/* grad_w of conv2d by Winograd F(m x m, 3 x 3), the same problems as fwd: per chunk of tiles
+ * (grad_y's m x m tiles, numbered over all images), the input tiles' (BT d B) and grad_y tiles'
+ * (AT^T g AT) transforms, one OpenBLAS GEMM per transformed position summing over the tiles, and
+ * grad_w = G^T M G.  The transforms of a chunk stay within workspace_bytes (at least NR tiles). */
+int fc_conv2d_bwd_weight_winograd_f2k3_f32(const float *gy, const float *x, float *gw,
+                                           const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_bwd_weight_winograd_f2k3_f64(const double *gy, const double *x, double *gw,
+                                           const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_bwd_weight_winograd_f4k3_f32(const float *gy, const float *x, float *gw,
+                                           const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+int fc_conv2d_bwd_weight_winograd_f4k3_f64(const double *gy, const double *x, double *gw,
+                                           const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
+
 /* y, idx = max_pool2d(x); idx are flat offsets into each (h, w) plane, PyTorch's convention.
  * idx NULL: y alone, no index computed or stored. */
 int fc_maxpool2d_fwd_direct_f32(const float *x, float *y, int64_t *idx,

@@ -1,6 +1,8 @@
-/* Winograd F(m x m, 3 x 3) conv2d forward, m = 2 (f2k3) and 4 (f4k3): the twin of
- * fastconv/numba/winograd.py.  3x3 filters, stride 1, dilation 1, any padding (negative too: the
- * backward rewrite of fastconv/common/transpose.py crops), groups, float32 and float64.
+/* Winograd F(m x m, 3 x 3) conv2d forward and weight gradient, m = 2 (f2k3) and 4 (f4k3): the
+ * twin of fastconv/numba/winograd.py.  3x3 filters, stride 1, dilation 1, any padding (negative
+ * too: the backward rewrite of fastconv/common/transpose.py crops), groups, float32 and float64.
+ * The weight gradient (backward_weight, after the forward below) reuses the forward's input
+ * transform and frame machinery; its own comment says how it is cut up.
  *
  * Output tiles of m x m pixels read input tiles of alpha x alpha = (m + 2)^2 pixels; tile (th, tw)
  * of image n starts at input row th*m - pad_top, column tw*m - pad_left (zero outside the input).
@@ -80,6 +82,8 @@
  */
 #ifndef FC_T
 
+#include <cblas.h>
+
 #include "fc_internal.h"
 #include "winograd_matrices.h"
 
@@ -95,6 +99,7 @@
 #define FC_WINO_MC_BYTES (192 << 10)
 #define FC_WINO_RUN_BLOCKS 4
 #define FC_WINO_TASKS_PER_THREAD 4
+#define FC_WINO_WGRAD_BYTES (4 << 20) /* the weight gradient's transforms per chunk of tiles */
 
 /* How one call is cut up; the same for every tile size and dtype. */
 typedef struct {
@@ -188,6 +193,7 @@ int fc_winograd_mr(int64_t isa) { return fc_isa(isa) == FC_ISA_AVX512 ? FC_WINO_
 #define FC_T float
 #define FC_TI int32_t
 #define FC_TL 8
+#define FC_GEMM scipy_cblas_sgemm
 #define FC_M 2
 #define FC_DT_SFX(name) name##_f2k3_f32
 #include "winograd.c"
@@ -201,10 +207,12 @@ int fc_winograd_mr(int64_t isa) { return fc_isa(isa) == FC_ISA_AVX512 ? FC_WINO_
 #undef FC_T
 #undef FC_TI
 #undef FC_TL
+#undef FC_GEMM
 
 #define FC_T double
 #define FC_TI int64_t
 #define FC_TL 4
+#define FC_GEMM scipy_cblas_dgemm
 #define FC_M 2
 #define FC_DT_SFX(name) name##_f2k3_f64
 #include "winograd.c"
@@ -218,6 +226,7 @@ int fc_winograd_mr(int64_t isa) { return fc_isa(isa) == FC_ISA_AVX512 ? FC_WINO_
 #undef FC_T
 #undef FC_TI
 #undef FC_TL
+#undef FC_GEMM
 
 #elif !defined(FC_SFX) /* level 1, per dtype and tile: the kernels of each ISA, and the entries picking one */
 
@@ -270,6 +279,17 @@ int FC_DT_SFX(fc_conv2d_fwd_winograd)(const FC_T *x, const FC_T *u, const FC_T *
     case FC_ISA_AVX2: return FC_DT_SFX(forward_avx2)(x, u, bias, y, s, workspace_bytes, n_threads, profile);
 #endif
     default: return FC_DT_SFX(forward_generic)(x, u, bias, y, s, workspace_bytes, n_threads, profile);
+    }
+}
+
+int FC_DT_SFX(fc_conv2d_bwd_weight_winograd)(const FC_T *gy, const FC_T *x, FC_T *gw, const fc_conv2d_shape *s,
+                                              int64_t workspace_bytes, int n_threads) {
+    switch (fc_isa(s->isa)) {
+#if FC_X86
+    case FC_ISA_AVX512: return FC_DT_SFX(backward_weight_avx512)(gy, x, gw, s, workspace_bytes, n_threads);
+    case FC_ISA_AVX2: return FC_DT_SFX(backward_weight_avx2)(gy, x, gw, s, workspace_bytes, n_threads);
+#endif
+    default: return FC_DT_SFX(backward_weight_generic)(gy, x, gw, s, workspace_bytes, n_threads);
     }
 }
 
@@ -439,11 +459,11 @@ FC_TARGET FC_INLINE void FC_SFX(frame_tiles)(FC_T tile[TL]) {
     memcpy(tile, &col[0], sizeof col[0]);
 }
 
-/* band[r][0:width] = x[ih0 + r][iw0 : iw0 + width], zero outside the plane. */
+/* band[r][0:width] = x[ih0 + r][iw0 : iw0 + width] for r < rows, zero outside the plane. */
 FC_TARGET FC_INLINE void FC_SFX(fill_band)(const FC_T *FC_RESTRICT xc, FC_T band[A][BAND], int64_t H, int64_t W,
-                                 int64_t ih0, int64_t iw0, int64_t width) {
+                                 int64_t ih0, int64_t iw0, int64_t width, int rows) {
     const int64_t lo = fc_min64(fc_max64(-iw0, 0), width), hi = fc_max64(lo, fc_min64(W - iw0, width));
-    for (int64_t r = 0; r < A; r++) {
+    for (int64_t r = 0; r < rows; r++) {
         const int64_t ih = ih0 + r;
         if (ih < 0 || ih >= H) {
             memset(band[r], 0, (size_t)width * sizeof(FC_T));
@@ -456,9 +476,9 @@ FC_TARGET FC_INLINE void FC_SFX(fill_band)(const FC_T *FC_RESTRICT xc, FC_T band
 }
 
 /* One frame of one channel: (BT d_t B)[xi] for xi = (k, l) into v[xi * xi_stride], lanes `keep`
- * only (the others keep their value; bitwise, so NaN-safe), or all lanes when keep is NULL. */
+ * only when partial (the others keep their value; bitwise, so NaN-safe), else all lanes. */
 FC_TARGET FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at, FC_T *FC_RESTRICT v,
-                                       int64_t xi_stride, const IVEC *keep) {
+                                       int64_t xi_stride, const IVEC keep, const int partial) {
     VEC t[A][A]; /* t[l][r] = (d B)[r][l] */
 #pragma GCC unroll 8
     for (int r = 0; r < A; r++) {
@@ -474,47 +494,107 @@ FC_TARGET FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at,
             VEC x;
             FC_SFX(combine)(BT[k], t[l], &x);
             VEC *dst = (VEC *)(v + (k * A + l) * xi_stride);
-            *dst = keep ? (VEC)(((IVEC)x & *keep) | ((IVEC)*dst & ~*keep)) : x;
+            *dst = partial ? (VEC)(((IVEC)x & keep) | ((IVEC)*dst & ~keep)) : x;
         }
 }
 
-/* transform_input of input channel c of group g for the run's tiles [q0, q1): xc is the channel
- * in image 0, vc its rows of V[g] ([xi][block][c][NR]).  Lanes past the run's last tile are
- * zeroed, so the GEMM never multiplies stale data (uninitialised memory could hold denormals). */
-FC_TARGET static void FC_SFX(transform_input)(const FC_T *FC_RESTRICT xc, FC_T *FC_RESTRICT vc,
-                                      const fc_conv2d_shape *s, const fc_wino_plan *pl,
-                                      int64_t q0, int64_t q1) {
-    const int64_t H = s->h, W = s->w, cg = pl->cg, xi_stride = pl->v_xi;
+/* *out = sum_j c[j * cs] * v[j * vs] over n terms (a row or column of a constant matrix),
+ * unrolled: the zero terms vanish, as in combine. */
+FC_TARGET FC_INLINE void FC_SFX(combine_n)(const double *c, int cs, int n, const VEC *v, int vs, VEC *out) {
+    VEC acc = {0};
+    int any = 0;
+#pragma GCC unroll 8
+    for (int j = 0; j < n; j++)
+        if (c[j * cs] != 0) {
+            acc = any ? acc + (FC_T)c[j * cs] * v[j * vs] : (FC_T)c[j * cs] * v[j * vs];
+            any = 1;
+        }
+    *out = acc;
+}
+
+/* One frame of one grad_y channel for the weight gradient: (AT^T g_t AT)[xi], the m x m tile
+ * g_t spread to alpha x alpha (the transpose of output_frame's AT M A), stored as
+ * transform_frame stores. */
+FC_TARGET FC_INLINE void FC_SFX(grad_frame)(FC_T band[A][BAND], int64_t at, FC_T *FC_RESTRICT v,
+                                  int64_t xi_stride, const IVEC keep, const int partial) {
+    VEC t[A][FC_M]; /* t[l][r] = (g AT)[r][l] */
+#pragma GCC unroll 8
+    for (int r = 0; r < FC_M; r++) {
+        VEC col[FC_M];
+        FC_SFX(split_phases)(band[r] + at, col);
+#pragma GCC unroll 8
+        for (int l = 0; l < A; l++) FC_SFX(combine_n)(&AT[0][l], A, FC_M, col, 1, &t[l][r]);
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < A; k++)
+#pragma GCC unroll 8
+        for (int l = 0; l < A; l++) {
+            VEC x;
+            FC_SFX(combine_n)(&AT[0][k], A, FC_M, t[l], 1, &x);
+            VEC *dst = (VEC *)(v + (k * A + l) * xi_stride);
+            *dst = partial ? (VEC)(((IVEC)x & keep) | ((IVEC)*dst & ~keep)) : x;
+        }
+}
+
+/* The transforms of one plane for the run's tiles [q0, q1): of input channel c (grad = 0:
+ * BT d B of the alpha x alpha patches; src is the channel in image 0), or of grad_y's output
+ * channel (grad = 1: AT^T g AT of the m x m tiles, for the weight gradient).  vc is the plane's
+ * rows of V: lane l of xi at vc + xi*xi_stride + l / nr * block + l % nr (the forward packs
+ * [xi][NR-block][c][NR]: nr = NR, block = cg*NR; the weight gradient keeps [xi][plane][tiles]:
+ * nr = the chunk's tiles).  Lanes past the run's last tile, up to `lanes`, are zeroed, so the
+ * GEMM never multiplies stale data (uninitialised memory could hold denormals, or NaN).  A run
+ * spans at most FC_WINO_RUN_BLOCKS * NR tiles (the band's width). */
+FC_TARGET FC_INLINE void FC_SFX(transform_tiles)(const FC_T *FC_RESTRICT src, FC_T *FC_RESTRICT vc,
+                                       const fc_conv2d_shape *s, const fc_wino_plan *pl, int64_t q0,
+                                       int64_t q1, int64_t xi_stride, int64_t nr, int64_t block,
+                                       int64_t lanes, const int grad) {
+    const int64_t H = grad ? s->out_h : s->h, W = grad ? s->out_w : s->w;
+    const int64_t image = (grad ? s->c_out : s->c_in) * H * W;
     FC_T band[A][BAND] __attribute__((aligned(64))), tile[TL];
     FC_SFX(frame_tiles)(tile);
+    VEC tiles;
+    memcpy(&tiles, tile, sizeof tiles);
     for (int64_t q = q0; q < q1;) {
         const fc_wino_segment sg = fc_wino_segment_at(pl, q0, q1, q, TL);
-        FC_SFX(fill_band)(xc + sg.n * s->c_in * H * W, band, H, W, sg.th * FC_M - s->pad_top,
-                          sg.tw * FC_M - s->pad_left, (sg.frames * TL + 1) * FC_M);
+        if (grad)
+            FC_SFX(fill_band)(src + sg.n * image, band, H, W, sg.th * FC_M, sg.tw * FC_M,
+                              sg.frames * TL * FC_M, FC_M);
+        else
+            FC_SFX(fill_band)(src + sg.n * image, band, H, W, sg.th * FC_M - s->pad_top,
+                              sg.tw * FC_M - s->pad_left, (sg.frames * TL + 1) * FC_M, A);
         for (int64_t f = 0; f < sg.frames; f++) {
             const int64_t lane = sg.lane + f * TL, lo = f ? 0 : sg.off;
             const int64_t hi = fc_min64(TL, sg.off + sg.len - f * TL);
-            FC_T *v = vc + lane / NR * cg * NR + lane % NR;
-            if (lo == 0 && hi == TL) {
-                FC_SFX(transform_frame)(band, f * TL * FC_M, v, xi_stride, NULL);
-            } else {
-                IVEC keep;
-                for (int i = 0; i < TL; i++) keep[i] = tile[i] >= (FC_T)lo && tile[i] < (FC_T)hi ? -1 : 0;
-                FC_SFX(transform_frame)(band, f * TL * FC_M, v, xi_stride, &keep);
-            }
+            FC_T *v = vc + lane / nr * block + lane % nr;
+            /* by value, from vector compares: a mask stored lane by lane and loaded whole stalled
+             * on the failed store forwarding at every merge (a third of the transforms' time) */
+            const IVEC keep = (IVEC)((tiles >= (FC_T)lo) & (tiles < (FC_T)hi));
+            const int partial = lo != 0 || hi != TL;
+            if (grad)
+                FC_SFX(grad_frame)(band, f * TL * FC_M, v, xi_stride, keep, partial);
+            else
+                FC_SFX(transform_frame)(band, f * TL * FC_M, v, xi_stride, keep, partial);
         }
         q += sg.len;
     }
     /* Zero the lanes of the last block that hold no tile of the run (by tile, not lane order). */
     const int64_t end = q1 - q0;
-    for (int64_t lane = end - end % TL; lane < fc_round_up(end, NR); lane += TL) {
+    for (int64_t lane = end - end % TL; lane < lanes; lane += TL) {
         IVEC stale;
         for (int i = 0; i < TL; i++) stale[i] = lane + (int64_t)tile[i] >= end ? -1 : 0;
         for (int64_t xi = 0; xi < pl->alpha2; xi++) {
-            VEC *dst = (VEC *)(vc + xi * xi_stride + lane / NR * cg * NR + lane % NR);
+            VEC *dst = (VEC *)(vc + xi * xi_stride + lane / nr * block + lane % nr);
             *dst = (VEC)((IVEC)*dst & ~stale);
         }
     }
+}
+
+/* transform_input of input channel c of group g for the run's tiles [q0, q1): xc is the channel
+ * in image 0, vc its rows of V[g] ([xi][block][c][NR]). */
+FC_TARGET static void FC_SFX(transform_input)(const FC_T *FC_RESTRICT xc, FC_T *FC_RESTRICT vc,
+                                      const fc_conv2d_shape *s, const fc_wino_plan *pl,
+                                      int64_t q0, int64_t q1) {
+    FC_SFX(transform_tiles)(xc, vc, s, pl, q0, q1, pl->v_xi, NR, pl->cg * NR, fc_round_up(q1 - q0, NR), 0);
 }
 
 /* acc[r][v] = sum_c up[c][r] * vp[c][v*TL : (v+1)*TL] over cg channels, for the nv = 2 vectors of a
@@ -712,6 +792,112 @@ static int FC_SFX(forward)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T 
     free(v);
     free(ms);
     free(phases);
+    return FC_OK;
+}
+
+/* ------------------------------------------------------------------ weight gradient
+ * grad_w[o][c] = sum over tiles t of G^T [(AT^T g_{o,t} AT) . (BT d_{c,t} B)] G: the transpose of
+ * the forward's Y = AT [(G w G^T) . (BT d B)] A in w, with grad_y cut into m x m tiles (zero past
+ * the output) and d the alpha x alpha input patch each tile's outputs read.  So a 3x3 weight
+ * gradient costs alpha^2 / (9 m^2) of im2col's multiply-adds (0.44 for F2, 0.25 for F4), in
+ * alpha^2 GEMMs that sum over the tiles: og x cg x tiles, long in k, the shape OpenBLAS runs
+ * well (the forward's short-wide GEMMs are not: see the header).  Per group and chunk of tiles:
+ *   transform       V[c][xi][t] (the input, as the forward's transform_input) and V[cg + o][xi][t]
+ *                   (grad_y, grad_frame) for the chunk's tiles, all threads split by plane;
+ *   gemm            M[xi][o][c] (+)= V[cg + o][xi][:] . V[c][xi][:], split by xi, OpenBLAS
+ *                   single-threaded in each (one thread pool, as im2col);
+ * and once per group, weight_output: grad_w = G^T M G, split by output channel. */
+
+/* The weight gradient's transforms of one plane (transform_tiles' layout with nr = tc, block 0;
+ * xi_stride = the row of a plane's xi):
+ * of an input channel (grad = 0) or of a grad_y channel (grad = 1). */
+FC_TARGET static void FC_SFX(transform_plane)(const FC_T *FC_RESTRICT src, FC_T *FC_RESTRICT vc,
+                                            const fc_conv2d_shape *s, const fc_wino_plan *pl, int64_t q0,
+                                            int64_t q1, int64_t xi_stride, int64_t tc, int64_t lanes, int grad) {
+    if (grad)
+        FC_SFX(transform_tiles)(src, vc, s, pl, q0, q1, xi_stride, tc, 0, lanes, 1);
+    else
+        FC_SFX(transform_tiles)(src, vc, s, pl, q0, q1, xi_stride, tc, 0, lanes, 0);
+}
+
+/* grad_w[o][c] for c < cg (gwo: output channel o's cg*9 weights) from M[xi][o][c]. */
+FC_TARGET static void FC_SFX(weight_output)(const FC_T *FC_RESTRICT mm, FC_T *FC_RESTRICT gwo, int64_t o,
+                                          int64_t og, int64_t cg) {
+    for (int64_t c0 = 0; c0 < cg; c0 += TL) {
+        const int64_t nc = fc_min64(TL, cg - c0);
+        VEC mk[A * A], gm[3][A];
+        FC_T out[9][TL] __attribute__((aligned(32)));
+        for (int xi = 0; xi < A * A; xi++) {
+            const FC_T *src = mm + (xi * og + o) * cg + c0;
+            if (nc == TL) {
+                mk[xi] = *(const VECU *)src;
+            } else {
+                mk[xi] = (VEC){0};
+                memcpy(&mk[xi], src, (size_t)nc * sizeof(FC_T));
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < 3; i++) /* gm[i][l] = (G^T M)[i][l] */
+#pragma GCC unroll 8
+            for (int l = 0; l < A; l++) FC_SFX(combine_n)(&GM[0][i], 3, A, &mk[l], A, &gm[i][l]);
+#pragma GCC unroll 8
+        for (int i = 0; i < 3; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < 3; j++) FC_SFX(combine_n)(&GM[0][j], 3, A, gm[i], 1, (VEC *)out[i * 3 + j]);
+        for (int64_t c = 0; c < nc; c++)
+            for (int t = 0; t < 9; t++) gwo[(c0 + c) * 9 + t] = out[t][c];
+    }
+}
+
+static int FC_SFX(backward_weight)(const FC_T *gy, const FC_T *x, FC_T *gw, const fc_conv2d_shape *s,
+                                   int64_t workspace_bytes, int n_threads) {
+    const int64_t nt = n_threads > 0 ? n_threads : 1, elem = (int64_t)sizeof(FC_T);
+    const fc_wino_plan pl = fc_wino_make_plan(s, FC_M, nt, FC_MR, NR, workspace_bytes, elem);
+    const int64_t cg = pl.cg, og = pl.og, a2 = pl.alpha2, planes = cg + og, run = FC_WINO_RUN_BLOCKS * NR;
+    if (og > INT32_MAX || cg > INT32_MAX) return FC_ESIZE;
+    /* Equal chunks of at most FC_WINO_WGRAD_BYTES of transforms (at least a run): the GEMMs then
+     * read them from cache, and glibc reuses the buffer's pages from call to call (a 51 MB buffer
+     * on VGG conv1_2 was mapped afresh by every call: 43 against 23 ms with 4 MB, page faults). */
+    const int64_t budget = fc_min64(workspace_bytes, FC_WINO_WGRAD_BYTES);
+    const int64_t fit = fc_max64(run, budget / (a2 * planes * elem));
+    const int64_t chunks = fc_ceil_div(pl.tiles, fit);
+    const int64_t tc = fc_round_up(fc_ceil_div(pl.tiles, chunks), NR);
+    /* V[plane][xi][tile]: a plane's frames store to alpha^2 rows close together (rows a whole
+     * V[xi] apart, 0.4 MB on ResNet's 56x56, missed the TLB on every store: transforms 15x slower).
+     * A vector more than dense: rows a power of two apart would share cache sets (see v_xi). */
+    const int64_t xi_stride = tc + NR, plane_stride = a2 * xi_stride;
+    FC_T *v = fc_alloc((size_t)(planes * plane_stride) * sizeof(FC_T));
+    FC_T *mm = fc_alloc((size_t)(a2 * og * cg) * sizeof(FC_T));
+    if (!v || !mm) {
+        free(v);
+        free(mm);
+        return FC_ENOMEM;
+    }
+    for (int64_t g = 0; g < s->groups; g++) {
+        for (int64_t chunk = 0; chunk < chunks; chunk++) {
+            const int64_t q0 = chunk * tc, q1 = fc_min64(pl.tiles, q0 + tc), runs = fc_ceil_div(q1 - q0, run);
+            FC_OMP_PARALLEL_FOR(n_threads)
+            for (int64_t task = 0; task < planes * runs; task++) {
+                const int64_t p = task / runs, r0 = q0 + task % runs * run, r1 = fc_min64(q1, r0 + run);
+                const int64_t lanes = r1 == q1 ? tc - (r0 - q0) : r1 - r0; /* the last run zeroes the rest */
+                FC_T *vc = v + p * plane_stride + (r0 - q0);
+                const FC_T *src = p < cg ? x + (g * cg + p) * s->h * s->w
+                                         : gy + (g * og + p - cg) * s->out_h * s->out_w;
+                FC_SFX(transform_plane)(src, vc, s, &pl, r0, r1, xi_stride, tc, lanes, p >= cg);
+            }
+            FC_OMP_PARALLEL_FOR(n_threads)
+            for (int64_t xi = 0; xi < a2; xi++)
+                FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)cg, (int)tc, (FC_T)1,
+                        v + cg * plane_stride + xi * xi_stride, (int)plane_stride, v + xi * xi_stride,
+                        (int)plane_stride,
+                        chunk ? (FC_T)1 : (FC_T)0, mm + xi * og * cg, (int)cg);
+        }
+        FC_OMP_PARALLEL_FOR(n_threads)
+        for (int64_t o = 0; o < og; o++)
+            FC_SFX(weight_output)(mm, gw + (g * og + o) * cg * 9, o, og, cg);
+    }
+    free(v);
+    free(mm);
     return FC_OK;
 }
 

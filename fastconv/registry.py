@@ -234,8 +234,17 @@ def _direct_first(op: str, spec) -> bool:
     return _one_input_channel(op, spec) or (op == "conv2d.fwd" and spec.c_in // spec.groups <= FIRST_LAYER_CHANNELS)
 
 
+# The weight gradient's GEMMs sum over the tiles: below a 28x28 output (per batch) their k is too
+# short and grad_w's transform G^T M G, (m + 2)^2 / 9 times the weights, takes over.  Measured
+# (Intel Xeon model 207, avx512, float32; c.winograd_f4k3 / c.im2col time): ResNet-18's 3x3s at
+# batch 1, 56x56 0.75, 28x28 0.78, 14x14 1.33, 7x7 8.6; at batch 8, 14x14 0.59, 7x7 1.7 (F2 0.77).
+WINOGRAD_WEIGHT_MIN_PIXELS = 28 * 28
+
+
 def _winograd_rank(op: str, spec) -> int:
     amortizes = min(spec.c_in, spec.c_out) // spec.groups >= WINOGRAD_MIN_CHANNELS
+    if op == "conv2d.bwd_weight":
+        amortizes = amortizes and spec.n * spec.out_h * spec.out_w >= WINOGRAD_WEIGHT_MIN_PIXELS
     return 0 if amortizes and winograd.why_not(spec) is None else UNRANKED - 1
 
 
@@ -261,6 +270,13 @@ def _winograd(name: str, op: str, m: int, run: Callable, fallback: Kernel) -> Ke
                       data=True, weights=False)
 
 
+def _winograd_weight(name: str, m: int, run: Callable, fallback: Kernel) -> Kernel:
+    """A Winograd F(m x m, 3 x 3) weight gradient: it checks its own result, which is finite exactly
+    when both of its arrays are (and nothing overflowed; common/nonfinite.py), and raises NonFinite."""
+    return _rerouting(Kernel(name, "conv2d.bwd_weight", run, winograd.why_not, rtol=winograd.RTOL[m]), fallback,
+                      data=False, weights=False)
+
+
 def _transposed_backward_data(name: str, run: Callable, fallback: Kernel, why_not: Callable = _always) -> Kernel:
     """A grad of input that runs its backend's forward on transpose.py's problems (direct,
     depthwise): its calls with non-finite weights go to fallback (common/nonfinite.py)."""
@@ -272,6 +288,8 @@ C_IM2COL_FWD = Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward, im2col.
 NB_IM2COL_FWD = Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward, im2col.why_not)
 C_IM2COL_BWD_DATA = Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data, im2col.why_not)
 NB_IM2COL_BWD_DATA = Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data, im2col.why_not)
+C_IM2COL_BWD_WEIGHT = Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, im2col.why_not)
+NB_IM2COL_BWD_WEIGHT = Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, im2col.why_not)
 
 
 KERNELS: tuple[Kernel, ...] = (
@@ -307,8 +325,12 @@ KERNELS: tuple[Kernel, ...] = (
     _transposed_backward_data("numba.depthwise", nb_depthwise.conv2d_backward_data, NB_IM2COL_BWD_DATA,
                           depthwise.why_not),
     Kernel("numpy.reference", "conv2d.bwd_data", reference._conv2d_grad_input),
-    Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, im2col.why_not),
-    Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, im2col.why_not),
+    C_IM2COL_BWD_WEIGHT,
+    _winograd_weight("c.winograd_f2k3", 2, c_winograd.conv2d_backward_weight_f2k3, C_IM2COL_BWD_WEIGHT),
+    _winograd_weight("c.winograd_f4k3", 4, c_winograd.conv2d_backward_weight_f4k3, C_IM2COL_BWD_WEIGHT),
+    NB_IM2COL_BWD_WEIGHT,
+    _winograd_weight("numba.winograd_f2k3", 2, nb_winograd.conv2d_backward_weight_f2k3, NB_IM2COL_BWD_WEIGHT),
+    _winograd_weight("numba.winograd_f4k3", 4, nb_winograd.conv2d_backward_weight_f4k3, NB_IM2COL_BWD_WEIGHT),
     Kernel("c.direct", "conv2d.bwd_weight", c_direct.conv2d_backward_weight),
     Kernel("numba.direct", "conv2d.bwd_weight", nb_direct.conv2d_backward_weight),
     # (no direct_flat: the weight gradient's transposed problem, a kh x kw output under an

@@ -55,6 +55,16 @@ def test_the_heuristic_ranks_direct_first_for_first_layers_forward(c_in, family)
         assert dispatch.heuristic(op, spec, dispatch.eligible(op, spec, caller="t")[0]).family == "im2col"
 
 
+@pytest.mark.parametrize("n, hw, family", [(1, 28, "winograd"), (1, 14, "im2col"), (4, 14, "winograd")])
+def test_the_heuristic_takes_winograd_for_weight_gradients_of_large_outputs(n, hw, family):
+    # registry.WINOGRAD_WEIGHT_MIN_PIXELS: the weight gradient's GEMMs sum over the tiles
+    spec = ConvSpec.from_shapes((n, 64, hw, hw), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1, "float32")
+    op = "conv2d.bwd_weight"
+    chosen = dispatch.heuristic(op, spec, dispatch.eligible(op, spec, caller="t")[0])
+    assert chosen.family == family and (family != "winograd" or chosen.output_tile == 4)
+    assert dispatch.heuristic("conv2d.fwd", spec, dispatch.eligible("conv2d.fwd", spec, caller="t")[0]).family == "winograd"
+
+
 def test_a_hit_is_a_lookup_until_the_kernel_list_changes(monkeypatch):
     spec = ConvSpec.from_args(X, W)
     first = dispatch.choose("conv2d.fwd", spec, caller="t")

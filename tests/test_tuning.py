@@ -655,7 +655,8 @@ def test_heuristic_rule(monkeypatch):
     assert pick((1, 3, 224, 224), (64, 3, 3, 3), padding=1) == "c.direct"             # a first layer
     assert pick((1, 8, 224, 224), (64, 8, 3, 3), padding=1) == "c.im2col"             # too few channels
     assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_data") == "c.winograd_f4k3"
-    assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_weight") == "c.im2col"
+    assert pick((1, 64, 56, 56), (64, 64, 3, 3), op="conv2d.bwd_weight") == "c.winograd_f4k3"
+    assert pick((1, 64, 14, 14), (64, 64, 3, 3), op="conv2d.bwd_weight") == "c.im2col"   # too few tiles
     assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, op="conv2d.bwd_weight") == "c.depthwise"
     # a depthwise problem whose plane copy the depthwise kernels refuse: im2col's GEMMs would be dot products
     assert pick((1, 64, 56, 56), (64, 1, 3, 3), groups=64, padding=3000, dilation=3000,

@@ -48,11 +48,11 @@ def usable(kernel, spec):
         pytest.skip(reason)
 
 
-def test_both_backends_register_both_passes_of_each_tile():
+def test_both_backends_register_every_pass_of_each_tile():
     fwd = {k.name for k in fc.kernels("conv2d.fwd") if k.family == "winograd"}
-    bwd = {k.name for k in fc.kernels("conv2d.bwd_data") if k.family == "winograd"}
-    assert fwd and fwd == bwd
-    assert not any(k.family == "winograd" for k in fc.kernels("conv2d.bwd_weight"))
+    for op in ("conv2d.bwd_data", "conv2d.bwd_weight"):
+        assert fwd == {k.name for k in fc.kernels(op) if k.family == "winograd"}
+    assert fwd == {f"{b}.winograd_f{m}k3" for b in ("c", "numba") for m in (2, 4)}
     for k in fc.kernels():
         if k.family == "winograd":
             assert k.why_not is winograd.why_not and set(k.rtol) == {"float32", "float64"}
@@ -421,11 +421,13 @@ def test_the_generated_c_header_is_current():
 
 @pytest.mark.parametrize("m", [2, 4])
 def test_the_numba_transforms_spell_out_the_matrices(m):
-    """bt2/bt4/at2/at4 of fastconv/numba/winograd.py, applied to unit vectors, give BT and AT."""
+    """bt2/bt4/at2/at4/ag2/ag4 of fastconv/numba/winograd.py, applied to unit vectors, give BT, AT
+    and AT^T."""
     at, _, bt = winograd_points.matrices(m)
     alpha = m + 2
     bt_fn = {2: nb_winograd.bt2, 4: nb_winograd.bt4}[m]
     at_fn = {2: nb_winograd.at2, 4: nb_winograd.at4}[m]
+    ag_fn = {2: nb_winograd.ag2, 4: nb_winograd.ag4}[m]
     for dtype in (np.float32, np.float64):
         unit = np.eye(alpha, dtype=dtype).reshape(-1)  # row j: e_j along the lanes
         out = np.full(alpha * alpha, np.nan, dtype)
@@ -436,6 +438,9 @@ def test_the_numba_transforms_spell_out_the_matrices(m):
         np.testing.assert_array_equal(out.reshape(m, alpha), at)
         at_fn(unit, alpha, out, alpha, alpha, dtype(0.5))  # the bias term
         np.testing.assert_array_equal(out.reshape(m, alpha), at + 0.5)
+        out = np.full(alpha * m, np.nan, dtype)  # the weight gradient's spread of grad_y: AT^T
+        ag_fn(np.eye(m, dtype=dtype).reshape(-1), m, out, m, m)
+        np.testing.assert_array_equal(out.reshape(alpha, m), at.T)
 
 
 def test_numba_winograd_is_recompiled_when_blas_changes():

@@ -2,7 +2,8 @@
 
 The filter is transformed once per weight value: fastconv.common.winograd.transformed keeps the packed U
 that transform_filter writes.  The backward of the input is a forward convolution on the flipped,
-transposed filter (fastconv/common/transpose.py), a strided view that transform_filter reads in place.
+transposed filter (fastconv/common/transpose.py), a strided view that transform_filter reads in place.  The weight gradient needs no filter transform: it transforms the
+input and grad_y, sums their products over the tiles and transforms the sum back (csrc/winograd.c).
 
 ``profile``, a float64 array of 4 when given, accumulates the thread-seconds of the phases
 {transform_input, transform_filter, batched_gemm, transform_output} (transform_filter only when
@@ -11,6 +12,7 @@ the cache missed).
 import numpy as np
 
 from ..common import config, transpose, winograd
+from ..common.nonfinite import NonFinite, finite
 from ._lib import ISA, check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:  # per output tile m
@@ -19,6 +21,9 @@ if lib is not None:  # per output tile m
         4: per_dtype(lib.fc_conv2d_transform_filter_winograd_f4k3_f32, lib.fc_conv2d_transform_filter_winograd_f4k3_f64)}
     FORWARD = {2: per_dtype(lib.fc_conv2d_fwd_winograd_f2k3_f32, lib.fc_conv2d_fwd_winograd_f2k3_f64),
                4: per_dtype(lib.fc_conv2d_fwd_winograd_f4k3_f32, lib.fc_conv2d_fwd_winograd_f4k3_f64)}
+    BACKWARD_WEIGHT = {
+        2: per_dtype(lib.fc_conv2d_bwd_weight_winograd_f2k3_f32, lib.fc_conv2d_bwd_weight_winograd_f2k3_f64),
+        4: per_dtype(lib.fc_conv2d_bwd_weight_winograd_f4k3_f32, lib.fc_conv2d_bwd_weight_winograd_f4k3_f64)}
 
 
 def _transformed_filter(name, m, spec, w, profile, source=None):
@@ -52,6 +57,16 @@ def _backward_data(m, spec, grad_y, w):
     return transpose.backward_data(forward, spec, grad_y, w)
 
 
+def _backward_weight(m, spec, grad_y, x):
+    grad_w = np.empty(spec.weight_shape, spec.dtype)
+    status = BACKWARD_WEIGHT[m][spec.dtype](
+        ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
+    check(status, f"c.winograd_f{m}k3")
+    if not finite(grad_w):  # inf or NaN in grad_y or x (fastconv/common/nonfinite.py): im2col serves it
+        raise NonFinite(f"c.winograd_f{m}k3")
+    return grad_w
+
+
 def conv2d_forward_f2k3(spec, x, w, bias, out=None, profile=None):
     return _forward(2, spec, x, w, bias, out, profile)
 
@@ -66,3 +81,11 @@ def conv2d_backward_data_f2k3(spec, grad_y, w):
 
 def conv2d_backward_data_f4k3(spec, grad_y, w):
     return _backward_data(4, spec, grad_y, w)
+
+
+def conv2d_backward_weight_f2k3(spec, grad_y, x):
+    return _backward_weight(2, spec, grad_y, x)
+
+
+def conv2d_backward_weight_f4k3(spec, grad_y, x):
+    return _backward_weight(4, spec, grad_y, x)

@@ -1,7 +1,10 @@
 """Winograd F(m x m, 3 x 3) conv2d in Numba, m = 2 and 4 (numba.winograd_f2k3, numba.winograd_f4k3):
 the twin of csrc/winograd.c.  The forward kernel is below; grad of input runs it on the flipped,
 channel-transposed problem of fastconv/common/transpose.py (a strided 5-D weight view, negative padding
-when the layer's padding exceeds 2, and ``out=``).
+when the layer's padding exceeds 2, and ``out=``).  Grad of weight (_conv2d_backward_weight) is the
+forward's transpose in w, as in C: the input's tiles transformed as here, grad_y's m x m tiles by
+AT^T (ag2/ag4, grad_tiles), their products summed over the tiles by one OpenBLAS GEMM per xi, and
+grad_w = G^T M G.
 
 Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/numba/_options.py says why,
 with measurements.
@@ -60,6 +63,7 @@ import numpy as np
 from numba import get_thread_id, prange
 
 from ..common import config, transpose, winograd
+from ..common.nonfinite import NonFinite, finite
 from ..threads import for_problem, get_num_threads
 from ..common.winograd_points import matrices
 from ._blas import gemm
@@ -136,6 +140,36 @@ def at4(src, sj, dst, ds, count, beta):
         dst[k + ds] = b + c2 * d + beta
         dst[k + 2 * ds] = a + c4 * c + beta
         dst[k + 3 * ds] = b + c8 * d + x5 + beta
+
+
+@helper
+def ag2(src, sj, dst, ds, count):
+    """AT^T of F(2,3), for the weight gradient: an m-vector g spread to alpha, (g0, g0 + g1, g0 - g1, g1)."""
+    sj, ds = U(sj), U(ds)
+    for k in range(U(count)):
+        g0, g1 = src[k], src[k + sj]
+        dst[k] = g0
+        dst[k + ds] = g0 + g1
+        dst[k + 2 * ds] = g0 - g1
+        dst[k + 3 * ds] = g1
+
+
+@helper
+def ag4(src, sj, dst, ds, count):
+    """AT^T of F(4,3), for the weight gradient."""
+    f = dst.dtype.type
+    c2, c4, c8 = f(2), f(4), f(8)
+    sj, ds = U(sj), U(ds)
+    for k in range(U(count)):
+        g0, g1, g2, g3 = src[k], src[k + sj], src[k + 2 * sj], src[k + 3 * sj]
+        a, b = g0 + g2, g1 + g3
+        c, d = g0 + c4 * g2, c2 * g1 + c8 * g3
+        dst[k] = g0
+        dst[k + ds] = a + b
+        dst[k + 2 * ds] = a - b
+        dst[k + 3 * ds] = c + d
+        dst[k + 4 * ds] = c - d
+        dst[k + 5 * ds] = g3
 
 
 # ----------------------------------------------------------------------------- moving data
@@ -334,6 +368,91 @@ def _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, pt, pl, T, oc,
 
 
 @helper
+def grad_tiles(ns, D, E, v, a):
+    """v[(s*a + r)*LANES + q] = (AT^T g_q AT)[r, s] for the m x m tiles q < ns gathered in D (the
+    layout of input_tiles, so products with its V pair the same positions).  Pass 1 spreads each
+    tile column to alpha (E: alpha x m), pass 2 each of those rows."""
+    for x in range(a - 2):
+        if a == 6:
+            ag4(D[x * 4 * LANES:], LANES, E[x * LANES:], 4 * LANES, ns)
+        else:
+            ag2(D[x * 2 * LANES:], LANES, E[x * LANES:], 2 * LANES, ns)
+    for x in range(a):
+        if a == 6:
+            ag4(E[x * 4 * LANES:], LANES, v[x * LANES:], 6 * LANES, ns)
+        else:
+            ag2(E[x * 2 * LANES:], LANES, v[x * LANES:], 4 * LANES, ns)
+
+
+@driver
+def _conv2d_backward_weight(x, gy, gw, V, M, D, E, S, BI, TI, SI, ACC, gt, m, pt, pl, tc):
+    """gw = conv2d's weight gradient, group by group and chunk by chunk of tc tiles (csrc/winograd.c's
+    plan): V[p][xi][t] holds the chunk's transforms of the input channels (p < cg) and of grad_y's
+    channels (p = cg + o); M[xi][o][c] sums V[cg + o][xi] . V[c][xi] over the chunk's tiles, one
+    OpenBLAS GEMM per xi; gw = G^T M G (gt: G^T G's entries per tap and xi, float64).  Per thread:
+    D, E and the staging S (alpha^2 * LANES), the band BI, TI (2, LANES), SI (4, LANES), ACC (cg)."""
+    N, C, H, W = x.shape
+    O, OH, OW = gy.shape[1], gy.shape[2], gy.shape[3]
+    G, og, cg = C // gw.shape[1], gw.shape[0] // (C // gw.shape[1]), gw.shape[1]
+    a = m + 2
+    A2 = a * a
+    tiles_h, tiles_w = (OH + m - 1) // m, (OW + m - 1) // m
+    wi = tiles_w * m + 2  # band rows (the input's; grad_y's are m shorter)
+    tiles = N * tiles_h * tiles_w
+    planes, tcs = cg + og, V.shape[2]
+    xf, gyf = x.reshape(x.size), gy.reshape(gy.size)
+    gwf, mf = gw.reshape(gw.size), M.reshape(M.size)
+    f = gw.dtype.type
+    for g in range(G):
+        for t0c in range(0, tiles, tc):
+            nv = min(tc, tiles - t0c)
+            blocks = (nv + LANES - 1) // LANES
+            for task in prange(planes * blocks):
+                p, blk = task // blocks, task % blocks
+                t0 = t0c + blk * LANES
+                nt = min(LANES, t0c + nv - t0)
+                me = get_thread_id()
+                Dm, Em, Sm, bi, ti, si = D[me], E[me], S[me], BI[me], TI[me], SI[me]
+                if p < cg:
+                    slots = tile_slots(ti, si, t0, nt, m, tiles_h, tiles_w, a * wi, a * wi)
+                    fill(bi, slots * a * wi, 0)
+                    fill_band(xf, ((g * cg + p) * H * W, C * H * W), H, W, bi, si, slots, m, a, pt, pl, wi)
+                    if m == 4:
+                        gather_tiles(bi, Dm, ti, nt, wi, 6)
+                    else:
+                        gather_tiles(bi, Dm, ti, nt, wi, 4)
+                    input_tiles(nt, Dm, Em, Sm, a)
+                else:
+                    slots = tile_slots(ti, si, t0, nt, m, tiles_h, tiles_w, m * wi, m * wi)
+                    fill(bi, slots * m * wi, 0)
+                    fill_band(gyf, ((g * og + p - cg) * OH * OW, O * OH * OW), OH, OW, bi, si, slots, m, m,
+                              0, 0, wi)
+                    if m == 4:
+                        gather_tiles(bi, Dm, ti, nt, wi, 4)
+                    else:
+                        gather_tiles(bi, Dm, ti, nt, wi, 2)
+                    grad_tiles(nt, Dm, Em, Sm, a)
+                for xi in range(A2):
+                    copy(Sm[xi * LANES:], V[p, xi, t0 - t0c:], nt)
+            for xi in prange(A2):
+                gemm(False, True, og, cg, nv, 1.0, V, (cg * A2 + xi) * tcs, A2 * tcs, V, xi * tcs, A2 * tcs,
+                     0.0 if t0c == 0 else 1.0, M, xi * og * cg, cg)
+        for o in prange(og):
+            acc = ACC[get_thread_id()]
+            for tap in range(9):
+                fill(acc, cg, 0)
+                for xi in range(A2):
+                    coef = f(gt[tap, xi])
+                    if coef != 0:
+                        src = mf[(xi * og + o) * cg:]
+                        for c in range(cg):
+                            acc[c] += coef * src[c]
+                out = gwf[(g * og + o) * cg * 9 + tap:]
+                for c in range(cg):
+                    out[c * 9] = acc[c]
+
+
+@helper
 def combine3(src, s0, s1, s2, dst, c0, c1, c2, count):
     """dst[k] = c0*src0[k] + c1*src1[k] + c2*src2[k] on views src[s0:], src[s1:], src[s2:]."""
     a, b, c = src[s0:], src[s1:], src[s2:]
@@ -435,6 +554,44 @@ def _forward(m, spec, x, w, bias, out=None, source=None):
     return y
 
 
+WGRAD_BYTES = 4 << 20  # the weight gradient's transforms per chunk of tiles (csrc/winograd.c's FC_WINO_WGRAD_BYTES)
+
+
+def _gram(m):
+    """gt[i*3 + j, r*alpha + s] = G[s, i] G[r, j]: grad_w[i, j] = sum_xi gt[i*3 + j, xi] M[xi]."""
+    g = _G[m]
+    return np.einsum("si,rj->ijrs", g, g).reshape(9, -1)
+
+
+_GT = {m: _gram(m) for m in (2, 4)}
+
+
+def _backward_weight(m, spec, grad_y, x):
+    a = m + 2
+    G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
+    dt = spec.dtype
+    gw = np.empty(spec.weight_shape, dt)
+    tiles_w = -(-spec.out_w // m)
+    tiles = spec.n * -(-spec.out_h // m) * tiles_w
+    per_tile = a * a * (cg + og) * gw.itemsize
+    tc = min(tiles, max(LANES, min(config.workspace_bytes(), WGRAD_BYTES) // per_tile // LANES * LANES))
+    nt = for_problem(spec)
+    slots = min(LANES, -(-LANES // tiles_w) + 1)  # tile rows a block touches, at most
+    V = np.empty((cg + og, a * a, tc), dt)
+    M = np.empty((a * a, og, cg), dt)
+    D, E, S = (np.empty((nt, a * a * LANES), dt) for _ in range(3))
+    BI = np.empty((nt, slots * a * (tiles_w * m + 2)), dt)
+    TI = np.empty((nt, 2, LANES), np.int64)
+    SI = np.empty((nt, 4, LANES), np.int64)
+    ACC = np.empty((nt, cg), dt)
+    launch_threads(spec)
+    _conv2d_backward_weight(np.ascontiguousarray(x), np.ascontiguousarray(grad_y), gw, V, M, D, E, S, BI, TI, SI,
+                            ACC, _GT[m], m, spec.padding[0], spec.padding[2], tc)
+    if not finite(gw):  # inf or NaN in grad_y or x (fastconv/common/nonfinite.py): im2col serves it
+        raise NonFinite(f"numba.winograd_f{m}k3")
+    return gw
+
+
 def _backward_data(m, spec, grad_y, w):
     def forward(sub, gy, w_t, bias, out):
         return _forward(m, sub, gy, w_t, bias, out, source=w)
@@ -456,3 +613,11 @@ def conv2d_backward_data_f2k3(spec, grad_y, w):
 
 def conv2d_backward_data_f4k3(spec, grad_y, w):
     return _backward_data(4, spec, grad_y, w)
+
+
+def conv2d_backward_weight_f2k3(spec, grad_y, x):
+    return _backward_weight(2, spec, grad_y, x)
+
+
+def conv2d_backward_weight_f4k3(spec, grad_y, x):
+    return _backward_weight(4, spec, grad_y, x)
