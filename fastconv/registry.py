@@ -234,17 +234,27 @@ def _direct_first(op: str, spec) -> bool:
     return _one_input_channel(op, spec) or (op == "conv2d.fwd" and spec.c_in // spec.groups <= FIRST_LAYER_CHANNELS)
 
 
-# The weight gradient's GEMMs sum over the tiles: below a 28x28 output (per batch) their k is too
-# short and grad_w's transform G^T M G, (m + 2)^2 / 9 times the weights, takes over.  Measured
-# (Intel Xeon model 207, avx512, float32; c.winograd_f4k3 / c.im2col time): ResNet-18's 3x3s at
-# batch 1, 56x56 0.75, 28x28 0.78, 14x14 1.33, 7x7 8.6; at batch 8, 14x14 0.59, 7x7 1.7 (F2 0.77).
+# The weight gradient's GEMMs sum over the tiles and read and write M (alpha^2 x og x cg) once each:
+# below a 28x28 output (per batch) their k is too short and grad_w's transform G^T M G takes over,
+# and with too few tiles per element of M (4x4 tiles x 4096 < og x cg) the GEMMs stream M from
+# memory.  Measured (Intel Xeon model 207, avx512, float32, batch 1; c.winograd_f4k3 / c.im2col
+# time, benchmarks/weight_grad.py): ResNet-18 56x56 0.81, 28x28 0.96, 14x14 1.29, 7x7 9.9; VGG-16
+# 56x56 to 224x224 0.56-0.75, conv4_1 (28x28, 256 -> 512) 0.84, conv4_2 (28x28, 512 -> 512) 1.41,
+# conv5_1 (14x14) 3.0; at batch 8 ResNet-18's 14x14 0.59.
 WINOGRAD_WEIGHT_MIN_PIXELS = 28 * 28
+WINOGRAD_WEIGHT_TILE_SHARE = 4096  # og x cg per 4x4 output tile, at most
+
+
+def _winograd_weight_amortizes(spec) -> bool:
+    tiles = spec.n * -(-spec.out_h // 4) * -(-spec.out_w // 4)
+    return (spec.n * spec.out_h * spec.out_w >= WINOGRAD_WEIGHT_MIN_PIXELS and
+            tiles * WINOGRAD_WEIGHT_TILE_SHARE >= (spec.c_out // spec.groups) * (spec.c_in // spec.groups))
 
 
 def _winograd_rank(op: str, spec) -> int:
     amortizes = min(spec.c_in, spec.c_out) // spec.groups >= WINOGRAD_MIN_CHANNELS
     if op == "conv2d.bwd_weight":
-        amortizes = amortizes and spec.n * spec.out_h * spec.out_w >= WINOGRAD_WEIGHT_MIN_PIXELS
+        amortizes = amortizes and _winograd_weight_amortizes(spec)
     return 0 if amortizes and winograd.why_not(spec) is None else UNRANKED - 1
 
 

@@ -55,10 +55,12 @@ def test_the_heuristic_ranks_direct_first_for_first_layers_forward(c_in, family)
         assert dispatch.heuristic(op, spec, dispatch.eligible(op, spec, caller="t")[0]).family == "im2col"
 
 
-@pytest.mark.parametrize("n, hw, family", [(1, 28, "winograd"), (1, 14, "im2col"), (4, 14, "winograd")])
-def test_the_heuristic_takes_winograd_for_weight_gradients_of_large_outputs(n, hw, family):
-    # registry.WINOGRAD_WEIGHT_MIN_PIXELS: the weight gradient's GEMMs sum over the tiles
-    spec = ConvSpec.from_shapes((n, 64, hw, hw), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1, "float32")
+@pytest.mark.parametrize("n, hw, c, family", [(1, 28, 64, "winograd"), (1, 14, 64, "im2col"), (4, 14, 64, "winograd"),
+                                               (1, 28, 512, "im2col"), (4, 28, 512, "winograd")])
+def test_the_heuristic_takes_winograd_for_weight_gradients_of_large_outputs(n, hw, c, family):
+    # registry.WINOGRAD_WEIGHT_MIN_PIXELS and _TILE_SHARE: the weight gradient's GEMMs sum over the
+    # tiles, and read and write the alpha^2 x c x c sums once
+    spec = ConvSpec.from_shapes((n, c, hw, hw), (c, c, 3, 3), (1, 1), (1, 1), (1, 1), 1, "float32")
     op = "conv2d.bwd_weight"
     chosen = dispatch.heuristic(op, spec, dispatch.eligible(op, spec, caller="t")[0])
     assert chosen.family == family and (family != "winograd" or chosen.output_tile == 4)
