@@ -391,19 +391,25 @@ static int FC_SFX(transform_filters)(const FC_T *w, const fc_weight_strides *ws,
     return FC_OK;
 }
 
-/* *out = sum_j c[j] * v[j] for a row c of a constant matrix: unrolled, the zero terms vanish and
- * +-1 terms are adds (no 0 + first term either, which strict IEEE would keep).  (Out through a
- * pointer: a returned vector draws GCC's -Wpsabi note in the generic kernels.) */
-FC_TARGET FC_INLINE void FC_SFX(combine)(const double c[A], const VEC v[A], VEC *out) {
+/* *out = sum_j c[j * cs] * v[j * vs] over n terms of a row or column of a constant matrix:
+ * unrolled, the zero terms vanish and +-1 terms are adds (no 0 + first term either, which strict
+ * IEEE would keep).  (Out through a pointer: a returned vector draws GCC's -Wpsabi note in the
+ * generic kernels.) */
+FC_TARGET FC_INLINE void FC_SFX(combine_n)(const double *c, int cs, int n, const VEC *v, int vs, VEC *out) {
     VEC acc = {0};
     int any = 0;
 #pragma GCC unroll 8
-    for (int j = 0; j < A; j++)
-        if (c[j] != 0) {
-            acc = any ? acc + (FC_T)c[j] * v[j] : (FC_T)c[j] * v[j];
+    for (int j = 0; j < n; j++)
+        if (c[j * cs] != 0) {
+            acc = any ? acc + (FC_T)c[j * cs] * v[j * vs] : (FC_T)c[j * cs] * v[j * vs];
             any = 1;
         }
     *out = acc;
+}
+
+/* *out = sum_j c[j] * v[j] for a row c of alpha entries. */
+FC_TARGET FC_INLINE void FC_SFX(combine)(const double c[A], const VEC v[A], VEC *out) {
+    FC_SFX(combine_n)(c, 1, A, v, 1, out);
 }
 
 /* The m columns of TL consecutive tiles in a row (col[p] lane i = row[tile_i * m + p], the tiles
@@ -475,6 +481,12 @@ FC_TARGET FC_INLINE void FC_SFX(fill_band)(const FC_T *FC_RESTRICT xc, FC_T band
     }
 }
 
+/* *dst = x, or only its lanes `keep` when partial (the others keep their value; bitwise, so
+ * NaN-safe). */
+FC_TARGET FC_INLINE void FC_SFX(store_lanes)(VEC *dst, const VEC x, const IVEC keep, const int partial) {
+    *dst = partial ? (VEC)(((IVEC)x & keep) | ((IVEC)*dst & ~keep)) : x;
+}
+
 /* One frame of one channel: (BT d_t B)[xi] for xi = (k, l) into v[xi * xi_stride], lanes `keep`
  * only when partial (the others keep their value; bitwise, so NaN-safe), else all lanes. */
 FC_TARGET FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at, FC_T *FC_RESTRICT v,
@@ -493,23 +505,8 @@ FC_TARGET FC_INLINE void FC_SFX(transform_frame)(FC_T band[A][BAND], int64_t at,
         for (int l = 0; l < A; l++) {
             VEC x;
             FC_SFX(combine)(BT[k], t[l], &x);
-            VEC *dst = (VEC *)(v + (k * A + l) * xi_stride);
-            *dst = partial ? (VEC)(((IVEC)x & keep) | ((IVEC)*dst & ~keep)) : x;
+            FC_SFX(store_lanes)((VEC *)(v + (k * A + l) * xi_stride), x, keep, partial);
         }
-}
-
-/* *out = sum_j c[j * cs] * v[j * vs] over n terms (a row or column of a constant matrix),
- * unrolled: the zero terms vanish, as in combine. */
-FC_TARGET FC_INLINE void FC_SFX(combine_n)(const double *c, int cs, int n, const VEC *v, int vs, VEC *out) {
-    VEC acc = {0};
-    int any = 0;
-#pragma GCC unroll 8
-    for (int j = 0; j < n; j++)
-        if (c[j * cs] != 0) {
-            acc = any ? acc + (FC_T)c[j * cs] * v[j * vs] : (FC_T)c[j * cs] * v[j * vs];
-            any = 1;
-        }
-    *out = acc;
 }
 
 /* One frame of one grad_y channel for the weight gradient: (AT^T g_t AT)[xi], the m x m tile
@@ -531,8 +528,7 @@ FC_TARGET FC_INLINE void FC_SFX(grad_frame)(FC_T band[A][BAND], int64_t at, FC_T
         for (int l = 0; l < A; l++) {
             VEC x;
             FC_SFX(combine_n)(&AT[0][k], A, FC_M, t[l], 1, &x);
-            VEC *dst = (VEC *)(v + (k * A + l) * xi_stride);
-            *dst = partial ? (VEC)(((IVEC)x & keep) | ((IVEC)*dst & ~keep)) : x;
+            FC_SFX(store_lanes)((VEC *)(v + (k * A + l) * xi_stride), x, keep, partial);
         }
 }
 
