@@ -213,6 +213,27 @@ def test_non_finite_weights_land_where_the_reference_puts_them(kernel, bad, tap)
         assert rel_err(got[ok], want[ok]) <= kernel.rtol[dtype]
 
 
+@pytest.mark.parametrize("kernel", [k for k in kernel_params("conv2d.bwd_weight") if "winograd" in k.id])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_winograd_weight_gradient_reroutes_non_finite_output_gradients(kernel, bad):
+    """The Winograd weight gradient checks its result, not its inputs (common/nonfinite.py): an inf
+    or NaN in grad_y (the array the test above leaves finite) must still reach grad_w as in the
+    reference, through im2col."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 4, 9, 9))
+    w = rng.standard_normal((6, 4, 3, 3))
+    gy = rng.standard_normal((1, 6, 9, 9))
+    gy[0, 2, 8, 0] = bad   # a corner of the last tile row, where F4's tiles reach past the output
+    before = nonfinite.REROUTED[kernel.name]
+    for dtype in ("float32", "float64"):
+        xs, ws, gys = x.astype(dtype), w.astype(dtype), gy.astype(dtype)
+        got = _call(kernel, xs, ws, gys)
+        want = _call(fc.kernels("conv2d.bwd_weight")[-1], xs, ws, gys)
+        assert not np.isfinite(want[2]).all() and np.isfinite(np.delete(want, 2, axis=0)).all()
+        _same_pattern(got, want)
+    assert nonfinite.REROUTED[kernel.name] == before + 2
+
+
 def test_explain_names_where_non_finite_calls_go():
     before = nonfinite.REROUTED["c.winograd_f4k3"] + nonfinite.REROUTED["numba.winograd_f4k3"]
     x = np.ones((1, 64, 8, 8), np.float32)
