@@ -124,7 +124,8 @@ int fc_conv2d_fwd_winograd_f4k3_f64(const double *x, const double *u, const doub
 /* grad_w of conv2d by Winograd F(m x m, 3 x 3), the same problems as fwd: per chunk of tiles
  * (grad_y's m x m tiles, numbered over all images), the input tiles' (BT d B) and grad_y tiles'
  * (AT^T g AT) transforms, one OpenBLAS GEMM per transformed position summing over the tiles, and
- * grad_w = G^T M G.  The transforms of a chunk stay within workspace_bytes (at least NR tiles). */
+ * grad_w = G^T M G.  The transforms of a chunk stay within min(workspace_bytes, 4 MB), but for
+ * one run of tiles at least (64 tiles in float32, 32 in float64); the sums M are alpha^2 x out x in. */
 int fc_conv2d_bwd_weight_winograd_f2k3_f32(const float *gy, const float *x, float *gw,
                                            const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads);
 int fc_conv2d_bwd_weight_winograd_f2k3_f64(const double *gy, const double *x, double *gw,

@@ -2,8 +2,9 @@
 
 The filter is transformed once per weight value: fastconv.common.winograd.transformed keeps the packed U
 that transform_filter writes.  The backward of the input is a forward convolution on the flipped,
-transposed filter (fastconv/common/transpose.py), a strided view that transform_filter reads in place.  The weight gradient needs no filter transform: it transforms the
-input and grad_y, sums their products over the tiles and transforms the sum back (csrc/winograd.c).
+transposed filter (fastconv/common/transpose.py), a strided view that transform_filter reads in place.
+The weight gradient needs no filter transform: it transforms the input and grad_y, sums their
+products over the tiles and transforms the sum back (csrc/winograd.c).
 
 ``profile``, a float64 array of 4 when given, accumulates the thread-seconds of the phases
 {transform_input, transform_filter, batched_gemm, transform_output} (transform_filter only when

@@ -10,12 +10,12 @@ another kernel of the same backend (its im2col), and ``explain`` and ``fastconv 
   is checked on every call by its sum, 0.16 ms on VGG-16 conv3_2's input (1.5% of its F(4x4)
   time); the weights through their transform, which the filter cache keeps with its finiteness:
   free on a cache hit (fastconv/common/winograd.py raises NonFinite).  A transform is finite exactly when
-  the weights are, but for an overflow, which then also goes to im2col.  The weight gradient checks its result
-  instead, a pass over the weights' size rather than two over the data's (VGG-16 conv1_2: 0.15 MB
-  against 25.7 MB): every input value reaches some transformed position with a nonzero coefficient
-  (BT and AT^T have full rank), every position reaches grad_w (no zero row in G), and inf or NaN
-  never cancels to a finite value, so grad_w is finite exactly when grad_y and x are (but for an
-  overflow, which then also goes to im2col).
+  the weights are, but for an overflow, which then also goes to im2col.  The weight gradient
+  checks its result instead, a pass over the weights' size rather than two over the data's (VGG-16
+  conv1_2: 0.15 MB against 25.7 MB): every input value reaches some transformed position with a
+  nonzero coefficient (BT and AT^T have full rank), every position reaches grad_w (no zero row in
+  G), and inf or NaN never cancels to a finite value, so grad_w is finite exactly when grad_y and x
+  are (but for an overflow, which then also goes to im2col).
 - **direct and depthwise grad of input.**  They run the forward engine on the transposed problem
   (fastconv/common/transpose.py), whose zero padding a NaN or inf weight then multiplies (0 x NaN = NaN),
   where PyTorch (and im2col's col2im) never forms those products: a NaN corner tap of a 6x6 layer
