@@ -29,7 +29,9 @@ except ImportError as exc:  # the optional extension was not built
     ffi = lib = None
     UNAVAILABLE = f"C extension not built ({exc}); reinstall with a C compiler (gcc) available"
 
-_CTYPES = {"float32": "float[]", "float64": "double[]", "int64": "int64_t[]"}
+# Keyed by the dtype itself: numpy's dtype.name costs ~2 us a call, a dict lookup of the (hashed,
+# canonical: api._c made it so) descriptor ~50 ns, and a call passes three or four arrays.
+_CTYPES = {np.dtype(np.float32): "float[]", np.dtype(np.float64): "double[]", np.dtype(np.int64): "int64_t[]"}
 ISA_NAMES = ("generic", "avx2", "avx512")  # FC_ISA_* of csrc/fastconv.h, in order
 
 
@@ -107,7 +109,7 @@ def ptr(a: np.ndarray | None, *, out: bool = False):
     if a is None:
         return ffi.NULL
     assert a.flags.c_contiguous, "kernel inputs are made contiguous by the api layer"
-    return ffi.from_buffer(_CTYPES[a.dtype.name], a, require_writable=out)
+    return ffi.from_buffer(_CTYPES[a.dtype], a, require_writable=out)
 
 
 def weight_ptr(w: np.ndarray):
@@ -116,7 +118,7 @@ def weight_ptr(w: np.ndarray):
     if w.ndim == 4:
         return ptr(w), ffi.NULL
     strides = dict(zip(("g", "o", "c", "i", "j"), (s // w.itemsize for s in w.strides)))
-    return ffi.cast(_CTYPES[w.dtype.name][:-2] + " *", w.ctypes.data), ffi.new("fc_weight_strides *", strides)
+    return ffi.cast(_CTYPES[w.dtype][:-2] + " *", w.ctypes.data), ffi.new("fc_weight_strides *", strides)
 
 
 def per_dtype(f32, f64) -> dict:
