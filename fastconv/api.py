@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch, registry
-from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, _check_bool
+from .spec import ConvSpec, PoolBackwardSpec, PoolSpec, _check_bool, activation_arg
 
 # The canonical dtypes the kernels read.  numpy's float32/float64 descriptors are singletons, so an
 # identity check (a few ns) tells a plain native array from a variant that dtype.name hides: another
@@ -78,14 +78,39 @@ def _pool_backward_spec(grad_y, indices, input_shape) -> PoolBackwardSpec:
     return _memo(sig, lambda: PoolBackwardSpec.from_args(grad_y, indices, input_shape))
 
 
+_ACTIVATIONS: dict = {}  # activation argument -> its normalized form (the argument check, once)
+
+
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algo="auto", backend="auto", rtol=None):
-    """torch.nn.functional.conv2d on NumPy arrays (NCHW input, OIHW weight)."""
+           activation=None, algo="auto", backend="auto", rtol=None):
+    """torch.nn.functional.conv2d on NumPy arrays (NCHW input, OIHW weight), then ``activation``:
+    None, "relu", "relu6", "leaky_relu" or ("leaky_relu", negative_slope), as torch's functions."""
     spec = _conv_spec(x, w, bias, stride, padding, dilation, groups, "conv2d")
+    act = None
+    if activation is not None:
+        act = _ACTIVATIONS.get(activation) if type(activation) is str else None
+        if act is None:
+            act = activation_arg("conv2d", activation)
+            if type(activation) is str:
+                _ACTIVATIONS[activation] = act
     kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d")
     if spec.n == 0:  # an empty batch, as in PyTorch: an empty output, no kernel runs
         return np.empty(spec.output_shape, spec.dtype)
-    return kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias))
+    y = kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias))
+    return y if act is None else _activate(y, act)
+
+
+def _activate(y: np.ndarray, act) -> np.ndarray:
+    """act (activation_arg's form) applied to y in place, one pass while y is still in cache.
+    NaN stays NaN, as in torch: maximum/clip propagate it, and leaky_relu scales only y < 0."""
+    name, slope = act
+    if name == "relu":
+        np.maximum(y, 0, out=y)
+    elif name == "relu6":
+        np.clip(y, 0, 6, out=y)
+    else:
+        np.multiply(y, y.dtype.type(slope), out=y, where=y < 0)
+    return y
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, bias=True,

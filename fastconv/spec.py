@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -154,11 +155,14 @@ class ConvSpec:
     groups: int
     dtype: str
 
-    @property
+    # The derived sizes are cached on the instance (a frozen dataclass's __dict__ takes them; eq,
+    # hash and JSON see only the fields): every call asks for some of them, a few times, and
+    # recomputing them cost ~1 us a call (an adapter call of a small layer is ~10 us).
+    @cached_property
     def out_h(self) -> int:
         return conv_out_size(self.h, self.kh, self.stride[0], self.padding[0] + self.padding[1], self.dilation[0])
 
-    @property
+    @cached_property
     def out_w(self) -> int:
         return conv_out_size(self.w, self.kw, self.stride[1], self.padding[2] + self.padding[3], self.dilation[1])
 
@@ -170,11 +174,11 @@ class ConvSpec:
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.c_out, self.c_in // self.groups, self.kh, self.kw)
 
-    @property
+    @cached_property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.n, self.c_out, self.out_h, self.out_w)
 
-    @property
+    @cached_property
     def flops(self) -> int:
         """Multiply-adds counted as 2 FLOPs, of the direct algorithm."""
         return 2 * self.n * self.c_out * self.out_h * self.out_w * (self.c_in // self.groups) * self.kh * self.kw
@@ -370,6 +374,29 @@ def index_error(op: str, spec: PoolBackwardSpec) -> ValueError:
                       "route a gradient to)")
 
 
+# ----------------------------------------------------------------------------- activations
+
+ACTIVATIONS = ("relu", "relu6", "leaky_relu")
+
+
+def activation_arg(op: str, value):
+    """conv2d's ``activation``: None, "relu", "relu6", "leaky_relu" (slope 0.01, torch's default) or
+    ("leaky_relu", negative_slope), normalized to None or a (name, slope) pair (slope 0.0 unless
+    leaky).  Applied to the convolution's result as torch's functions of the same names do."""
+    if value is None:
+        return None
+    name, slope = value, 0.01
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "leaky_relu":
+        name, slope = value
+        if isinstance(slope, bool) or not isinstance(slope, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(slope):
+            raise ValueError(f"{op}: activation={value!r}: the negative slope must be a finite number")
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation={value!r} is not one of None, 'relu', 'relu6', 'leaky_relu' "
+                         "or ('leaky_relu', negative_slope)")
+    return (name, float(slope) if name == "leaky_relu" else 0.0)
+
+
 # ----------------------------------------------------------------------------- back to arguments
 
 def conv_hyper(spec: ConvSpec) -> dict:
@@ -404,4 +431,4 @@ def spec_from_json(data: dict):
 
 
 __all__ = ["ConvSpec", "PoolSpec", "PoolBackwardSpec", "conv_out_size", "pool_out_size", "index_error",
-           "spec_to_json", "spec_from_json", "conv_hyper", "pool_hyper"]
+           "spec_to_json", "spec_from_json", "conv_hyper", "pool_hyper", "activation_arg", "ACTIVATIONS"]

@@ -220,3 +220,42 @@ def test_the_gemm_phase_counts_winograds_own_multiply_adds():
     assert phases.gemm_flops(spec) == 2 * 4 * 100 * 8 * 9        # direct: every tap of every pixel
     assert phases.gemm_flops(spec, 2) == 2 * 16 * 25 * 4 * 8    # F(2x2): 16 positions, 5x5 tiles
     assert phases.gemm_flops(spec, 4) == 2 * 36 * 9 * 4 * 8     # F(4x4): 36 positions, 3x3 tiles (one partial)
+
+
+def _activated(y, activation):
+    """activation applied by hand to a reference result (torch's definitions)."""
+    if activation == "relu":
+        return np.maximum(y, 0)
+    if activation == "relu6":
+        return np.minimum(np.maximum(y, 0), 6)
+    slope = activation[1] if isinstance(activation, tuple) else 0.01
+    return np.where(y < 0, y * slope, y)
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6", "leaky_relu", ("leaky_relu", 0.25)], ids=str)
+@pytest.mark.parametrize("kernel", FORWARD)
+def test_forward_activation(kernel, activation, rng):
+    # values spread to +-8, so relu6 clips above too; a NaN input stays NaN through the activation
+    x = 3 * random_array(rng, (2, 4, 9, 8), "float32")
+    w = random_array(rng, (6, 4, 3, 3), "float32")
+    bias = random_array(rng, (6,), "float32")
+    if kernel.refusal(ConvSpec.from_args(x, w, bias, 1, 1)) is not None:  # depthwise: a refusal, not a result
+        with pytest.raises(ValueError, match=kernel.name):
+            fc.conv2d(x, w, bias, 1, 1, activation=activation, algo=kernel.algo, backend=kernel.backend)
+        return
+    raw = fc.reference.conv2d(x, w, bias, 1, 1)
+    assert (raw > 6).any() and (raw < 0).any()  # every branch of every activation is exercised
+    y = fc.conv2d(x, w, bias, 1, 1, activation=activation, algo=kernel.algo, backend=kernel.backend)
+    assert rel_err(y, _activated(raw, activation)) <= kernel.rtol["float32"]
+
+
+def test_forward_activation_keeps_nan_and_checks_its_argument(rng):
+    x = random_array(rng, (1, 2, 5, 5), "float64")
+    x[0, 0, 2, 2] = np.nan
+    w = random_array(rng, (3, 2, 3, 3), "float64")
+    for activation in ("relu", "relu6", "leaky_relu"):
+        y = fc.conv2d(x, w, padding=1, activation=activation)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(fc.reference.conv2d(x, w, padding=1)))
+    for bad in ("gelu", ("leaky_relu", float("nan")), ("leaky_relu", "0.1"), ("relu", 0.1), 1):
+        with pytest.raises(ValueError, match="conv2d: activation="):
+            fc.conv2d(x, w, activation=bad)
