@@ -4,6 +4,8 @@
     y = fct.conv2d(x, w, b, stride, padding, dilation, groups)       # autograd-aware
     model = fct.patch(model)        # every nn.Conv2d / nn.MaxPool2d now runs on fastconv
     print(model.fastconv_patch)     # what was swapped, and what was not and why
+    fast = fct.optimize(model.eval())   # inference: BatchNorm folded, activations fused
+    print(fast.fastconv_optimize)   # what was folded and fused, and what was not and why
 
 Tensors cross without copies: contiguous CPU tensors are viewed as NumPy arrays
 (``Tensor.numpy()``) and results wrapped back (``torch.from_numpy``).  CUDA tensors, dtypes other
@@ -28,8 +30,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
                       "(CPU wheels: https://download.pytorch.org/whl/cpu)") from exc
 
 import fastconv
+from fastconv.spec import activation_arg
 
-__all__ = ["conv2d", "max_pool2d", "Conv2d", "MaxPool2d", "patch", "PatchReport"]
+__all__ = ["conv2d", "max_pool2d", "Conv2d", "MaxPool2d", "patch", "PatchReport", "optimize", "OptimizeReport",
+           "FusedConv2d"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -43,10 +47,14 @@ def _why_not(t: torch.Tensor) -> str | None:
 
 
 def _numpy(t: torch.Tensor, what: str, op: str):
-    reason = _why_not(t)
-    if reason:
-        raise ValueError(f"fastconv.torch.{op}: {what} is a {reason}")
-    return t.detach().contiguous().numpy()  # a view when already contiguous
+    if t.is_cpu and (t.dtype is torch.float32 or t.dtype is torch.float64):  # the common case, in ~1 us
+        return (t.detach() if t.requires_grad else t).contiguous().numpy()  # a view when contiguous
+    raise ValueError(f"fastconv.torch.{op}: {what} is a {_why_not(t)}")
+
+
+def _grad_wanted(*tensors) -> bool:
+    """Whether autograd must record a call on these tensors (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _tensor(a) -> torch.Tensor:
@@ -165,14 +173,20 @@ class _MaxPool2dBackward(torch.autograd.Function):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """torch.nn.functional.conv2d on fastconv's kernels, differentiable (any order) in input, weight, bias."""
-    return _Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
+    if _grad_wanted(input, weight, bias):
+        return _Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
+    # nothing to differentiate (no_grad, inference_mode, frozen weights on a plain input): no autograd
+    # Function, whose bookkeeping costs more than the rest of a small layer's call
+    return _tensor(fastconv.conv2d(_numpy(input, "input", "conv2d"), _numpy(weight, "weight", "conv2d"),
+                                   None if bias is None else _numpy(bias, "bias", "conv2d"), stride, padding,
+                                   dilation, groups))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """torch.nn.functional.max_pool2d on fastconv's kernels; indices as torch's (int64, per plane); any order.
     Without return_indices, when no gradient can flow back (torch.no_grad(), inference_mode, or an
     input that does not require grad), the indices are neither computed nor stored."""
-    if not return_indices and not (input.requires_grad and torch.is_grad_enabled()):
+    if not return_indices and not _grad_wanted(input):
         y = fastconv.max_pool2d(_numpy(input, "input", "max_pool2d"), kernel_size, stride, padding,
                                 dilation, ceil_mode, return_indices=False)
         return _tensor(y)
@@ -242,3 +256,195 @@ def patch(model: nn.Module) -> nn.Module:
             report.skipped.append((name, f"{type(module).__name__} subclasses torch's layer; left as is"))
     model.fastconv_patch = report
     return model
+
+
+# ------------------------------------------------------------------------------------- inference
+
+# The activations optimize() fuses into the convolution before them: torch's modules and functions
+# (call_module / call_function / call_method nodes of a torch.fx graph) -> fastconv's activation.
+_ACT_MODULES = {nn.ReLU: lambda m: "relu", nn.ReLU6: lambda m: "relu6",
+                nn.LeakyReLU: lambda m: ("leaky_relu", m.negative_slope)}
+_ACT_FUNCTIONS = {nn.functional.relu: "relu", torch.relu: "relu", torch.relu_: "relu", nn.functional.relu6: "relu6",
+                  nn.functional.leaky_relu: "leaky_relu"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
+
+
+def _act_module(act) -> nn.Module:
+    name, slope = activation_arg("optimize", act)
+    return {"relu": nn.ReLU, "relu6": nn.ReLU6}[name]() if name != "leaky_relu" else nn.LeakyReLU(slope)
+
+
+class FusedConv2d(nn.Module):
+    """conv -> BatchNorm2d (optional) -> activation (optional) of an eval-mode model, one fastconv call.
+
+    It holds the model's own modules: the folded weight and bias are computed from their current
+    values, and computed again whenever one of them changed since (an optimizer step, an in-place
+    edit, ``load_state_dict``, a parameter replaced): tensor version counters tell, at a few tens of
+    ns per tensor.  The fused call runs when no gradient can be asked for (``torch.no_grad()``,
+    ``inference_mode``, or nothing requiring grad) in eval mode; otherwise (training mode, or grad
+    of the input or the parameters wanted) the three modules run one after the other, exactly as
+    before optimize, so training and gradients stay right."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, activation=None):
+        super().__init__()
+        self.conv, self.bn = conv, bn
+        self.act = None if activation is None else _act_module(activation)
+        self.activation = activation
+        self._conv_params = conv._parameters
+        self._bn_params = None if bn is None else bn._parameters
+        self._bn_buffers = None if bn is None else bn._buffers
+        self._key = None  # (id, version) of every tensor the folded weights were made from
+        self._folded = None  # (weight, bias) as contiguous NumPy arrays
+
+    def _sources(self):
+        # through the modules' own dicts: nn.Module.__getattr__ costs ~0.7 us a lookup, six per call
+        c, b = self._conv_params, self._bn_params
+        if b is None:
+            return c.get("weight"), c.get("bias")
+        bb = self._bn_buffers
+        return (c.get("weight"), c.get("bias"), b.get("weight"), b.get("bias"), bb.get("running_mean"),
+                bb.get("running_var"))
+
+    def _fold(self):
+        key = tuple(None if t is None else (id(t), t._version) for t in self._sources())
+        if key != self._key:
+            with torch.no_grad():
+                w, b = self.conv.weight, self.conv.bias
+                if self.bn is not None:  # in float64, rounded once to the conv's dtype
+                    bn, d = self.bn, torch.float64
+                    w64, b64 = torch.nn.utils.fusion.fuse_conv_bn_weights(
+                        w.to(d), None if b is None else b.to(d), bn.running_mean.to(d), bn.running_var.to(d),
+                        bn.eps, None if bn.weight is None else bn.weight.to(d),
+                        None if bn.bias is None else bn.bias.to(d))
+                    w, b = w64.to(w.dtype), b64.to(w.dtype)
+                self._folded = (_numpy(w, "weight", "optimize"), None if b is None else _numpy(b, "bias", "optimize"))
+            self._key = key
+        return self._folded
+
+    def forward(self, x):
+        if self.training or (torch.is_grad_enabled() and _grad_wanted(x, *self._sources())):
+            y = self.conv(x)
+            y = y if self.bn is None else self.bn(y)
+            return y if self.act is None else self.act(y)
+        w, b = self._fold()
+        c = self._conv_hyper
+        return _tensor(fastconv.conv2d(_numpy(x, "input", "conv2d"), w, b, c.stride, c.padding, c.dilation, c.groups,
+                                       activation=self.activation))
+
+    @property
+    def _conv_hyper(self):
+        return self._modules["conv"]
+
+    def extra_repr(self) -> str:
+        return f"bn={'folded' if self.bn is not None else 'none'}, activation={self.activation!r}"
+
+
+@dataclass
+class OptimizeReport:
+    folded: list = field(default_factory=list)    # (conv name, BatchNorm name)
+    fused: list = field(default_factory=list)     # (conv name, activation)
+    unfused: list = field(default_factory=list)   # (name, reason)
+    patch: PatchReport | None = None              # the patch of what optimize left in place
+
+    def __str__(self) -> str:
+        lines = [f"fastconv.torch.optimize: {len(self.folded)} BatchNorm folded, {len(self.fused)} activations "
+                 f"fused, {len(self.unfused)} left as they were"]
+        lines += [f"  folded   {bn} into {conv}" for conv, bn in self.folded]
+        lines += [f"  fused    {act} into {conv}" for conv, act in self.fused]
+        lines += [f"  kept     {name}: {why}" for name, why in self.unfused]
+        return "\n".join(lines + ([str(self.patch)] if self.patch is not None else []))
+
+
+def _activation_of(node, modules):
+    """fastconv's activation for an fx node that applies one to a single tensor, else None."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        make = _ACT_MODULES.get(type(m))
+        return make(m) if make else None
+    if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
+        name = _ACT_FUNCTIONS[node.target]
+        if name == "leaky_relu":
+            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+            return ("leaky_relu", slope) if isinstance(slope, (int, float)) else None
+        return name
+    if node.op == "call_method" and node.target in _ACT_METHODS and len(node.args) == 1:
+        return _ACT_METHODS[node.target]
+    return None
+
+
+def _bn_refusal(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> str | None:
+    if type(bn) is not nn.BatchNorm2d:
+        return f"{type(bn).__name__} subclasses BatchNorm2d"
+    if not bn.track_running_stats or bn.running_mean is None:
+        return "BatchNorm2d without running statistics normalizes by the batch's: nothing to fold"
+    if bn.num_features != conv.out_channels:
+        return f"BatchNorm2d of {bn.num_features} features after {conv.out_channels} channels"
+    return None
+
+
+def optimize(model: nn.Module) -> nn.Module:
+    """An inference version of an eval-mode model on fastconv: every nn.Conv2d followed directly by
+    a BatchNorm2d has it folded into its weights and bias, and a ReLU / ReLU6 / LeakyReLU right
+    after (module or function) runs inside fastconv's call (FusedConv2d).  The rest is patched
+    (convolutions and max-pools on fastconv, pools without indices under no_grad).
+
+    The model is traced with torch.fx into a new GraphModule that shares the model's modules and
+    parameters (nothing is copied; the model keeps working as before, its convolutions and pools
+    patched as ``patch`` does).  Parameters changed later are picked up on the next call (see
+    FusedConv2d).  Full speed needs ``torch.no_grad()`` or ``torch.inference_mode()``; in training
+    mode the result computes what the model does.  A model torch.fx cannot trace is only patched,
+    and the report (``result.fastconv_optimize``) says why."""
+    if model.training:
+        raise ValueError("fastconv.torch.optimize: the model is in training mode; optimize folds BatchNorm's "
+                         "running statistics, which is right only for inference: call model.eval() first")
+    report = OptimizeReport()
+    try:
+        import torch.fx
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: fall back to patch, and say so
+        report.unfused.append(("<model>", f"torch.fx cannot trace it ({type(exc).__name__}: {exc}); only patched"))
+        report.patch = patch(model).fastconv_patch
+        model.fastconv_optimize = report
+        return model
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or type(modules[node.target]) is not nn.Conv2d:
+            continue
+        conv, name = modules[node.target], node.target
+        reason = _patch_refusal(conv)
+        if reason:
+            report.unfused.append((name, reason))
+            continue
+        last, bn, act = node, None, None
+        users = list(last.users)
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], nn.BatchNorm2d):
+            reason = _bn_refusal(modules[users[0].target], conv)
+            if reason:
+                report.unfused.append((users[0].target, reason))
+            else:
+                bn, last = modules[users[0].target], users[0]
+                report.folded.append((name, last.target))
+        users = list(last.users)
+        if len(users) == 1 and users[0].args and users[0].args[0] is last:
+            act = _activation_of(users[0], modules)
+            if act is not None:
+                last = users[0]
+                report.fused.append((name, act if isinstance(act, str) else f"{act[0]}({act[1]})"))
+        if last is node:
+            continue
+        fused_name = "fastconv_fused_" + name.replace(".", "_")
+        gm.add_submodule(fused_name, FusedConv2d(conv, bn, act))
+        with gm.graph.inserting_after(last):
+            new = gm.graph.call_module(fused_name, node.args, node.kwargs)
+        last.replace_all_uses_with(new)
+        while last is not node:  # drop the chain, last node first (each the only user of the one before)
+            prev = last.args[0]
+            gm.graph.erase_node(last)
+            last = prev
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    gm.eval()  # a new GraphModule and new FusedConv2d start in training mode; the model is in eval
+    report.patch = patch(gm).fastconv_patch
+    gm.fastconv_optimize = report
+    return gm
