@@ -90,7 +90,43 @@ def _require(module: str, why: str):
         raise UsageError(why) from None
 
 
+def _bench_model(args) -> int:
+    _require("torch", "--model needs torch: pip install torch")
+    from .torch_models import MODELS
+    if args.model not in MODELS:
+        raise UsageError(f"--model: {args.model!r} is not one of {', '.join(MODELS)}")
+    clash = [o for o, v in (("--layers", args.layers), ("--kernels", args.kernels), ("--plot", args.plot))
+             if v is not None] + (["--pass"] if args.pass_ != "fwd" else []) + \
+        (["--dtype"] if args.dtype != "float32" else [])
+    if clash:
+        raise UsageError(f"--model times a whole model (float32; --train for a training step): "
+                         f"{', '.join(clash)} apply to --net only")
+    compare = tuple(_names(args.compare, "--compare", "library")) if args.compare is not None else ()
+    unknown = [c for c in compare if c not in bench.PEERS]
+    if unknown:
+        raise UsageError(f"--compare: {', '.join(unknown)} is not one of {', '.join(bench.PEERS)}")
+    if bench.ORT in compare:
+        if args.train:
+            raise UsageError("--compare onnxruntime: ONNX Runtime runs inference only (drop --train)")
+        _require("onnx", '--compare onnxruntime needs onnx and onnxruntime: pip install "fastconv[onnx]"')
+        _require("onnxruntime", '--compare onnxruntime needs onnx and onnxruntime: pip install "fastconv[onnx]"')
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UsageError(f"{args.json}: no such directory")
+    from . import bench_models
+    report = bench_models.run(args.model, args.batch, args.train, compare, args.repeats,
+                              progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(bench_models.format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: v for k, v in report.items()}, f, indent=2)
+    return 0
+
+
 def _bench(args) -> int:
+    if args.model is not None:
+        return _bench_model(args)
+    if args.train:
+        raise UsageError("--train applies to --model (a whole model's training step)")
     layers = _net(args.net, "--net")
     if args.layers is not None:
         wanted = _names(args.layers, "--layers", "layer")
@@ -348,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_kernels)
     p = sub.add_parser("bench", help="time every kernel on a network's layers against the NumPy reference")
     p.add_argument("--net", default="vgg16", help="network layer table (default vgg16)")
+    p.add_argument("--model", help="time a whole torch model end to end instead (needs torch): "
+                   "resnet18, resnet50, mobilenet_v2, vgg16, vgg16_bn, googlenet")
+    p.add_argument("--train", action="store_true", help="--model: one training step instead of inference")
     p.add_argument("--layers", help="comma-separated layer names (default: all)")
     p.add_argument("--batch", type=_count, default=1)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")

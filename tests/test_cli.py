@@ -364,3 +364,52 @@ def test_only_fastconv_argument_errors_exit_2(capsys, monkeypatch):
         failing(bug)
         with pytest.raises(type(bug)):  # a bug keeps its traceback
             cli.main(["kernels"])
+
+
+# ----------------------------------------------------------------------------- bench --model
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
+def test_bench_model_times_a_whole_model_and_says_where_its_time_goes(capsys, monkeypatch, tmp_path, train):
+    pytest.importorskip("torch")
+    if not train:
+        pytest.importorskip("onnxruntime")
+    from fastconv import torch_models
+    monkeypatch.setitem(torch_models.INPUT_SIZE, "resnet18", (3, 64, 64))  # the plumbing, not the speed
+    path = tmp_path / "model.json"
+    argv = ["bench", "--model", "resnet18", "--repeats", "2", "--json", str(path),
+            "--compare", "torch" if train else "torch,onnxruntime"] + (["--train"] if train else [])
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    contenders = {"torch", "fastconv"} | (set() if train else {"onnxruntime"})
+    assert set(doc["medians"]) == contenders and all(len(v) == 2 for v in doc["times"].values())
+    assert ("training step" if train else "inference") in out
+    assert ("fastconv (patch)" if train else "fastconv (optimize)") in out
+    # every conv and the stem's max-pool is one fastconv call (forward; and backward when training)
+    calls = {}
+    for layer in doc["layers"]:
+        fn = layer["call"].split()[0]
+        calls[fn] = calls.get(fn, 0) + layer["calls"]
+        for kernel in layer["kernels"].split(" + "):
+            assert kernel in {k.name for k in registry.kernels()} or kernel == "c/numba maxpool"
+    expected = {"conv2d": 20, "max_pool2d": 1}
+    if train:
+        expected.update({"conv2d_backward": 20, "max_pool2d_backward": 1})
+    assert calls == expected and doc["fastconv_calls"] == sum(expected.values())
+    assert doc["fastconv_ms"] == pytest.approx(sum(layer["ms"] for layer in doc["layers"]))
+    assert 0 < doc["fastconv_ms"] <= doc["instrumented_ms"] and doc["adapter_us_per_call"] >= 0
+    assert "us per layer call" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--model", "alexnet9"], "--model: 'alexnet9' is not one of resnet18"),
+    (["bench", "--model", "resnet18", "--layers", "conv1"], "--layers apply to --net only"),
+    (["bench", "--model", "resnet18", "--pass", "bwd"], "--pass apply to --net only"),
+    (["bench", "--train"], "--train applies to --model"),
+    (["bench", "--model", "resnet18", "--train", "--compare", "onnxruntime"], "ONNX Runtime runs inference only"),
+])
+def test_bench_model_bad_arguments(capsys, argv, message):
+    pytest.importorskip("torch")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

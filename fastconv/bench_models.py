@@ -1,0 +1,227 @@
+"""``fastconv bench --model NAME``: a whole network end to end, native torch against fastconv.torch.
+
+Inference (the default): the native model in eval mode under ``torch.no_grad()`` against
+``fastconv.torch.optimize`` of a copy (BatchNorm folded, activations fused, the rest patched), and
+ONNX Runtime's CPU provider on the model exported by ``torch.onnx.export`` when asked.
+``--train``: one training step (forward, cross-entropy, backward, SGD step) of the native model
+against a patched copy.  Contenders are timed interleaved (fastconv.timing.interleaved: a pause
+before each, so no thread pool spins into the next one's time), medians of the rounds.
+
+Then one more call of fastconv's contender with the public functions instrumented says where its
+time goes: per layer shape, the fastconv call (kernel + dispatch) and its kernel; the rest of the
+model's time (torch's remaining ops, Python, the adapter); and the adapter's own cost per layer call,
+measured on a tiny layer (FusedConv2d or a patched Conv2d against fastconv.conv2d on the same arrays).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import statistics
+import time
+import timeit
+from collections import defaultdict
+
+import numpy as np
+
+import fastconv
+from . import api, dispatch, timing
+from .bench import machine_line
+
+TORCH, FASTCONV, ORT = "torch", "fastconv", "onnxruntime"
+_INSTRUMENTED = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward")
+
+
+def _model_and_input(name: str, batch: int):
+    import torch
+
+    from .torch_models import INPUT_SIZE, MODELS
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    x = torch.randn(batch, *INPUT_SIZE[name], generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def contenders(name: str, batch: int, train: bool, compare: tuple, progress=print) -> dict:
+    """{contender: a call running the model once}; fastconv's first call (its tuning) is made here."""
+    import torch
+    import torch.nn.functional as F
+
+    import fastconv.torch as fct
+    native, x = _model_and_input(name, batch)
+    calls = {}
+    if train:
+        target = torch.arange(batch) % 1000
+        fast = fct.patch(copy.deepcopy(native))
+
+        def step_of(model):
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+            model.train()
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x), target).backward()
+                opt.step()
+            return step
+        calls[TORCH], calls[FASTCONV] = step_of(native), step_of(fast)
+    else:
+        native.eval()
+        fast = fct.optimize(copy.deepcopy(native))
+
+        def infer_of(model):
+            def infer():
+                with torch.no_grad():
+                    return model(x)
+            return infer
+        calls[TORCH], calls[FASTCONV] = infer_of(native), infer_of(fast)
+        if ORT in compare:
+            calls[ORT] = _onnxruntime_call(native, x)
+    progress(f"{name}: first call of each contender (fastconv tunes each new layer shape once; the cache keeps it)")
+    for label, call in calls.items():
+        t0 = time.perf_counter()
+        call()
+        progress(f"  {label}: {time.perf_counter() - t0:.2f} s")
+    return calls, fast, x
+
+
+def _onnxruntime_call(model, x):
+    import onnxruntime as ort
+    import torch
+
+    from .peers import onnxruntime_options
+    f = io.BytesIO()
+    torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17, input_names=["x"])
+    session = ort.InferenceSession(f.getvalue(), onnxruntime_options(fastconv.get_num_threads()),
+                                   providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+@contextlib.contextmanager
+def instrumented():
+    """fastconv's public functions timed per (function, shapes): {key: [seconds, calls, kernels]}."""
+    spent = defaultdict(lambda: [0.0, 0, ""])
+    saved = {fn: getattr(fastconv, fn) for fn in _INSTRUMENTED}
+
+    def wrap(fn, inner):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            dt = time.perf_counter() - t0
+            key = (fn, tuple(a.shape for a in args if isinstance(a, np.ndarray)),
+                   tuple(a for a in args if a is not None and not isinstance(a, np.ndarray)))
+            entry = spent[key]
+            entry[0] += dt
+            entry[1] += 1
+            if not entry[2]:
+                entry[2] = _kernels_of(fn, args, kwargs)
+            return out
+        return timed
+    for fn, inner in saved.items():
+        setattr(fastconv, fn, wrap(fn, inner))
+    try:
+        yield spent
+    finally:
+        for fn, inner in saved.items():
+            setattr(fastconv, fn, inner)
+
+
+def _kernels_of(fn, args, kwargs) -> str:
+    """The kernel(s) auto ran for this call (the dispatcher's memo answers)."""
+    try:
+        if fn == "conv2d":
+            spec = api._conv_spec(*args[:3], *args[3:7], "conv2d")
+            return dispatch.choose("conv2d.fwd", spec, caller="bench").name
+        if fn == "conv2d_backward":
+            spec = api._conv_spec(args[1], args[2], None, *args[3:7], "conv2d_backward")
+            return " + ".join(dispatch.choose(op, spec, caller="bench").name
+                              for op in ("conv2d.bwd_data", "conv2d.bwd_weight"))
+    except Exception:  # noqa: BLE001 - a label only
+        return "?"
+    return "c/numba maxpool"
+
+
+def adapter_overhead_us(train: bool) -> float:
+    """Microseconds per layer call spent in the torch adapter around fastconv.conv2d: the module's
+    call on a 1x4x4x4 input (a 1x1 conv, whose kernel time is tiny) minus fastconv.conv2d's on the
+    same arrays, best of 5 x 2000 calls each.  Inference: an optimized conv + BN + ReLU
+    (FusedConv2d) under no_grad; training: a patched Conv2d's forward with autograd recording."""
+    import torch
+
+    import fastconv.torch as fct
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 4, 4)
+    conv, bn = torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4)
+    if train:
+        module = fct.patch(torch.nn.Sequential(conv))
+        xr = x.clone().requires_grad_(True)
+
+        def adapter():
+            return module(xr)
+        w, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()
+    else:
+        module = fct.FusedConv2d(conv.eval(), bn.eval(), "relu").eval()
+
+        def adapter():
+            with torch.no_grad():
+                return module(x)
+        w, b = module._fold()
+    xn = x.numpy()
+
+    def bare():
+        return fastconv.conv2d(xn, w, b, activation=None if train else "relu")
+
+    def best(fn):
+        fn()
+        return min(timeit.repeat(fn, number=2000, repeat=5)) / 2000
+    return max(0.0, best(adapter) - best(bare)) * 1e6
+
+
+def run(name: str, batch: int = 1, train: bool = False, compare=(TORCH,), repeats: int = 5, progress=print) -> dict:
+    calls, fast, x = contenders(name, batch, train, compare, progress)
+    progress(f"timing: {repeats} interleaved rounds")
+    times = timing.interleaved(calls, repeats)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    time.sleep(timing.PAUSE_S)
+    calls[FASTCONV]()
+    with instrumented() as spent:
+        t0 = time.perf_counter()
+        calls[FASTCONV]()
+        instrumented_s = time.perf_counter() - t0
+    layers = sorted(([k, *v] for k, v in spent.items()), key=lambda r: -r[1])
+    n_calls = sum(r[2] for r in layers)
+    return {"model": name, "batch": batch, "train": train, "times": times, "medians": medians,
+            "layers": [{"call": _describe(k), "ms": s * 1e3, "calls": c, "kernels": kn} for k, s, c, kn in layers],
+            "instrumented_ms": instrumented_s * 1e3, "fastconv_ms": sum(r[1] for r in layers) * 1e3,
+            "fastconv_calls": n_calls, "adapter_us_per_call": adapter_overhead_us(train)}
+
+
+def _describe(key) -> str:
+    fn, shapes, hyper = key
+    return f"{fn} " + " * ".join("x".join(map(str, s)) for s in shapes[:2]) + " " + \
+        ", ".join(str(h).replace(" ", "") for h in hyper)
+
+
+def format_report(r: dict, top: int = 12) -> str:
+    import torch
+    what = "training step (forward, loss, backward, SGD)" if r["train"] else "inference (no_grad)"
+    med = r["medians"]
+    lines = [machine_line(None),
+             f"model {r['model']}, batch {r['batch']}, float32, {what}; torch {torch.__version__}; "
+             f"median of {len(r['times'][TORCH])} interleaved rounds",
+             f"  {'contender':14s} {'ms':>9s}  vs torch"]
+    for k, v in med.items():
+        label = k + (" (optimize)" if k == FASTCONV and not r["train"] else " (patch)" if k == FASTCONV else "")
+        lines.append(f"  {label:24s} {v * 1e3:9.2f}  {med[TORCH] / v:5.2f}x")
+    total = r["instrumented_ms"]
+    lines += ["", f"where fastconv's {total:.2f} ms go (one instrumented call):",
+              f"  fastconv calls (kernels + dispatch)  {r['fastconv_ms']:8.2f} ms  {r['fastconv_ms'] / total:5.1%}"
+              f"  ({r['fastconv_calls']} calls)",
+              f"  torch's other ops, Python, adapter   {total - r['fastconv_ms']:8.2f} ms  "
+              f"{1 - r['fastconv_ms'] / total:5.1%}",
+              f"  of which the adapter, about          {r['adapter_us_per_call'] * r['fastconv_calls'] / 1e3:8.2f} ms"
+              f"  ({r['adapter_us_per_call']:.1f} us per layer call, measured on a 1x4x4x4 layer)",
+              "", f"  the {min(top, len(r['layers']))} costliest fastconv calls:"]
+    for layer in r["layers"][:top]:
+        lines.append(f"  {layer['ms']:8.3f} ms  x{layer['calls']:<3d} {layer['call']:60s} {layer['kernels']}")
+    return "\n".join(lines)
