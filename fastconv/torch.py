@@ -20,6 +20,7 @@ torch is an optional extra (``pip install fastconv[torch]``): ``import fastconv`
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 try:
@@ -30,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
                       "(CPU wheels: https://download.pytorch.org/whl/cpu)") from exc
 
 import fastconv
+from fastconv.common.winograd import TRUSTED as _TRUSTED
 from fastconv.spec import activation_arg
 
 __all__ = ["conv2d", "max_pool2d", "Conv2d", "MaxPool2d", "patch", "PatchReport", "optimize", "OptimizeReport",
@@ -269,6 +271,9 @@ _ACT_FUNCTIONS = {nn.functional.relu: "relu", torch.relu: "relu", torch.relu_: "
 _ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 
 
+_FOLDS = itertools.count()  # a token per fold: FusedConv2d vouches for the weights it folded
+
+
 def _act_module(act) -> nn.Module:
     name, slope = activation_arg("optimize", act)
     return {"relu": nn.ReLU, "relu6": nn.ReLU6}[name]() if name != "leaky_relu" else nn.LeakyReLU(slope)
@@ -317,7 +322,10 @@ class FusedConv2d(nn.Module):
                         bn.eps, None if bn.weight is None else bn.weight.to(d),
                         None if bn.bias is None else bn.bias.to(d))
                     w, b = w64.to(w.dtype), b64.to(w.dtype)
+                else:  # a copy of our own: only a fold can change it, so it can be vouched for (below)
+                    w, b = w.detach().clone(), None if b is None else b.detach().clone()
                 self._folded = (_numpy(w, "weight", "optimize"), None if b is None else _numpy(b, "bias", "optimize"))
+                self._trust = (self._folded[0].__array_interface__["data"][0], next(_FOLDS))
             self._key = key
         return self._folded
 
@@ -328,8 +336,16 @@ class FusedConv2d(nn.Module):
             return y if self.act is None else self.act(y)
         w, b = self._fold()
         c = self._conv_hyper
-        return _tensor(fastconv.conv2d(_numpy(x, "input", "conv2d"), w, b, c.stride, c.padding, c.dilation, c.groups,
-                                       activation=self.activation))
+        # The folded weights are this module's own and change only with a new fold (a new token),
+        # so Winograd's filter cache may skip comparing them with the copy it keeps
+        # (fastconv/common/winograd.py; VGG's 512 x 512 layers: 0.85 ms a call)
+        vouched = _TRUSTED.set(self._trust)
+        try:
+            y = fastconv.conv2d(_numpy(x, "input", "conv2d"), w, b, c.stride, c.padding, c.dilation, c.groups,
+                                activation=self.activation)
+        finally:
+            _TRUSTED.reset(vouched)
+        return _tensor(y)
 
     @property
     def _conv_hyper(self):

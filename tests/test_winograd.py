@@ -273,7 +273,7 @@ def test_grad_of_input_keeps_the_weights_not_their_transposed_view(kernel, filte
         assert rel_err(gx, reference.conv2d_backward(gy, np.zeros(spec.input_shape, np.float32), w,
                                                      padding=1)[0]) <= kernel.rtol["float32"]
     assert (filters.misses, filters.hits) == (1, 1)
-    (key, (kept, _, finite)), = filters._entries.items()
+    (key, (kept, _, finite, _)), = filters._entries.items()
     assert finite
     assert key[0].endswith("(transposed)") and kept.flags.c_contiguous
     np.testing.assert_array_equal(kept.reshape(w.shape), w)
@@ -391,6 +391,61 @@ def test_the_filter_cache_on_its_own():
     assert len(cache) == 1 and cache.nbytes == 2 * big.nbytes
     cache.clear()
     assert len(cache) == 0 and cache.hits == cache.misses == 0
+
+
+def test_weights_vouched_for_skip_the_comparison_until_the_token_changes(monkeypatch):
+    cache = winograd.FilterCache()
+    compared = []
+    real_equal = winograd._equal
+    monkeypatch.setattr(winograd, "_equal", lambda kept, w: compared.append(1) or real_equal(kept, w))
+    a = np.arange(12.0).reshape(3, 4)
+    address = a.__array_interface__["data"][0]
+
+    def get(token=None, w=a):
+        reset = winograd.TRUSTED.set(None if token is None else (address, token))
+        try:
+            return cache.get("k", w, lambda v: v * 2)
+        finally:
+            winograd.TRUSTED.reset(reset)
+
+    np.testing.assert_array_equal(get(token=1), a * 2)  # a miss: transformed, kept under token 1
+    get(token=1)
+    assert not compared and (cache.misses, cache.hits) == (1, 1)  # vouched for: reused, not compared
+    a[0, 0] = 100.0  # changed behind the cache's back: only a caller's new token tells it
+    np.testing.assert_array_equal(get(token=2), a * 2)  # a new token compares, misses, transforms
+    assert compared and cache.misses == 2
+    compared.clear()
+    get(token=2)
+    assert not compared
+    np.testing.assert_array_equal(get(), a * 2)  # nobody vouching: compared as always
+    assert compared
+    other = a.copy()  # a token names one address: other arrays are compared
+    compared.clear()
+    np.testing.assert_array_equal(get(token=2, w=other), a * 2)
+    assert compared
+
+
+def test_optimized_layers_keep_their_winograd_filters_without_comparing(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import fastconv.torch as fct
+    layer = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU())
+    layer.eval()
+    x = torch.randn(1, 64, 16, 16)
+    spec = ConvSpec.from_shapes((1, 64, 16, 16), (64, 64, 3, 3), padding=1)
+    if "winograd" not in fc.explain((1, 64, 16, 16), (64, 64, 3, 3), padding=1).chosen:
+        pytest.fail(f"the heuristic no longer picks Winograd for {spec}: choose another shape")
+    fast = fct.optimize(layer)
+    compared = []
+    real_equal = winograd._equal
+    monkeypatch.setattr(winograd, "_equal", lambda kept, w: compared.append(1) or real_equal(kept, w))
+    with torch.no_grad():
+        expected = torch.relu(layer[1](torch.nn.functional.conv2d(x, layer[0].weight, layer[0].bias, padding=1)))
+        for _ in range(3):
+            assert rel_err(fast(x).numpy(), expected.numpy()) <= 5e-5
+        assert not compared  # the first call transformed, the others reused: none compared
+        layer[0].weight.mul_(0.5)  # a change: a new fold, a new token, the new weights' own transform
+        expected = torch.relu(layer[1](torch.nn.functional.conv2d(x, layer[0].weight, layer[0].bias, padding=1)))
+        assert rel_err(fast(x).numpy(), expected.numpy()) <= 5e-5
 
 
 # ----------------------------------------------------------------------------- the matrices
