@@ -21,6 +21,7 @@ torch is an optional extra (``pip install fastconv[torch]``): ``import fastconv`
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass, field
 
 try:
@@ -35,7 +36,7 @@ from fastconv.common.winograd import TRUSTED as _TRUSTED
 from fastconv.spec import activation_arg
 
 __all__ = ["conv2d", "max_pool2d", "Conv2d", "MaxPool2d", "patch", "PatchReport", "optimize", "OptimizeReport",
-           "FusedConv2d"]
+           "FusedConv2d", "enabled", "enable", "disable"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -464,3 +465,82 @@ def optimize(model: nn.Module) -> nn.Module:
     report.patch = patch(gm).fastconv_patch
     gm.fastconv_optimize = report
     return gm
+
+
+# ------------------------------------------------------------------------- the functional switch
+
+def _servable(*tensors) -> bool:
+    """Whether fastconv serves a call on these tensors (None ignored): CPU, one float32/float64 dtype."""
+    dtype = None
+    for t in tensors:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or _why_not(t) is not None or (dtype is not None and t.dtype != dtype):
+            return False
+        dtype = t.dtype
+    return True
+
+
+def _routed_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if not _servable(input, weight, bias) or input.dim() != 4:  # unbatched (C, H, W) input: torch's
+        return NotImplemented
+    return conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _routed_max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                       return_indices=False):
+    if not _servable(input) or input.dim() != 4:
+        return NotImplemented
+    if stride is not None and not isinstance(stride, int) and len(stride) == 0:  # torch's "default" spelling
+        stride = None
+    return max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _routed_max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                                    return_indices=True):
+    return _routed_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+_ROUTES = {torch.conv2d: _routed_conv2d, nn.functional.max_pool2d: _routed_max_pool2d,
+           torch.max_pool2d: _routed_max_pool2d, nn.functional.max_pool2d_with_indices: _routed_max_pool2d_with_indices}
+
+
+class _Routing(torch.overrides.TorchFunctionMode):
+    """Every torch.nn.functional.conv2d / max_pool2d call (nn.Conv2d's and nn.MaxPool2d's too,
+    and those of libraries that call the functions, Keras 3 on its torch backend) goes to
+    fastconv when fastconv serves it, else to torch unchanged (CUDA, other dtypes, unbatched
+    inputs).  torch's own interception mechanism: no torch attribute is overwritten."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        route = _ROUTES.get(func)
+        if route is not None:
+            out = route(*args, **(kwargs or {}))
+            if out is not NotImplemented:
+                return out
+        return func(*args, **(kwargs or {}))
+
+
+def enabled():
+    """``with fastconv.torch.enabled(): ...``: route the functional calls of the block through
+    fastconv (see _Routing), in the calling thread; nests, and undoes itself on exit."""
+    return _Routing()
+
+
+_ENABLED = threading.local()  # .mode: the thread's enable() mode, if any
+
+
+def enable() -> None:
+    """Route the functional calls through fastconv from now on, in the calling thread (torch's
+    function modes are per thread), until disable(); calling it twice changes nothing."""
+    if getattr(_ENABLED, "mode", None) is None:
+        mode = _Routing()
+        mode.__enter__()
+        _ENABLED.mode = mode
+
+
+def disable() -> None:
+    """Undo enable() in the calling thread (nothing when it did not enable)."""
+    mode = getattr(_ENABLED, "mode", None)
+    if mode is not None:
+        _ENABLED.mode = None
+        mode.__exit__(None, None, None)

@@ -369,7 +369,7 @@ def test_only_fastconv_argument_errors_exit_2(capsys, monkeypatch):
 # ----------------------------------------------------------------------------- bench --model
 
 @pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
-def test_bench_model_times_a_whole_model_and_says_where_its_time_goes(capsys, monkeypatch, tmp_path, train):
+def test_bench_model_times_a_whole_torch_model_and_says_where_its_time_goes(capsys, monkeypatch, tmp_path, train):
     pytest.importorskip("torch")
     if not train:
         pytest.importorskip("onnxruntime")
@@ -408,7 +408,7 @@ def test_bench_model_times_a_whole_model_and_says_where_its_time_goes(capsys, mo
     (["bench", "--train"], "--train applies to --model"),
     (["bench", "--model", "resnet18", "--train", "--compare", "onnxruntime"], "ONNX Runtime runs inference only"),
 ])
-def test_bench_model_bad_arguments(capsys, argv, message):
+def test_bench_torch_model_bad_arguments(capsys, argv, message):
     pytest.importorskip("torch")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

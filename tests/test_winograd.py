@@ -425,7 +425,7 @@ def test_weights_vouched_for_skip_the_comparison_until_the_token_changes(monkeyp
     assert compared
 
 
-def test_optimized_layers_keep_their_winograd_filters_without_comparing(monkeypatch):
+def test_torch_optimized_layers_keep_their_winograd_filters_without_comparing(monkeypatch):
     torch = pytest.importorskip("torch")
     import fastconv.torch as fct
     layer = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU())
