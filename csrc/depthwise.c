@@ -145,7 +145,7 @@ static int FC_SFX(fc_dw_fwd_blocked)(const FC_T *x, const FC_T *w, const fc_weig
     FC_OMP_PARALLEL_FOR(nt)
     for (int64_t t = 0; t < tasks; t++)
         task(x, w, ws, bias, y, s, t * run, fc_min64(items, (t + 1) * run), work + (int64_t)FC_THREAD_ID() * per_thread);
-    free(work);
+    fc_free(work);
     return FC_OK;
 }
 
@@ -165,8 +165,8 @@ int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weigh
     FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
     int64_t *toff = fc_flat_tap_offsets(s, &L, cg);
     if (!work || !toff) {
-        free(work);
-        free(toff);
+        fc_free(work);
+        fc_free(toff);
         return FC_ENOMEM;
     }
     if (!ws) ws = &contiguous;
@@ -174,8 +174,8 @@ int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weigh
     for (int64_t t = 0; t < tasks; t++)
         task(x, w, ws, bias, y, s, toff, t * run, fc_min64(planes, (t + 1) * run),
              work + (int64_t)FC_THREAD_ID() * per_thread);
-    free(work);
-    free(toff);
+    fc_free(work);
+    fc_free(toff);
     return FC_OK;
 }
 
@@ -190,16 +190,16 @@ int FC_SFX(fc_conv2d_bwd_weight_depthwise)(const FC_T *gy, const FC_T *x, FC_T *
     FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
     int64_t *toff = fc_flat_tap_offsets(s, &L, 1);
     if (!work || !toff) {
-        free(work);
-        free(toff);
+        fc_free(work);
+        fc_free(toff);
         return FC_ENOMEM;
     }
     FC_OMP_PARALLEL_FOR(n_threads)
     for (int64_t t = 0; t < tasks; t++)
         task(gy, x, gw, s, toff, t * run, fc_min64(s->groups, (t + 1) * run),
              work + (int64_t)FC_THREAD_ID() * per_thread);
-    free(work);
-    free(toff);
+    fc_free(work);
+    fc_free(toff);
     return FC_OK;
 }
 

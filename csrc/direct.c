@@ -366,8 +366,8 @@ static int FC_ISA_SFX(direct_fwd)(const FC_T *x, const FC_T *w, const fc_weight_
     FC_T *panels = fc_alloc((size_t)(nt * panel_size) * sizeof(FC_T));
     double *phases = profile ? calloc((size_t)(FC_PHASES * nt), sizeof(double)) : NULL; /* per thread */
     if (!wpack || !panels || (profile && !phases)) {
-        free(wpack);
-        free(panels);
+        fc_free(wpack);
+        fc_free(panels);
         free(phases);
         return FC_ENOMEM;
     }
@@ -387,8 +387,8 @@ static int FC_ISA_SFX(direct_fwd)(const FC_T *x, const FC_T *w, const fc_weight_
     }
     if (profile)
         for (int64_t i = 0; i < FC_PHASES * nt; i++) profile[i % FC_PHASES] += phases[i];
-    free(wpack);
-    free(panels);
+    fc_free(wpack);
+    fc_free(panels);
     free(phases);
     return FC_OK;
 }

@@ -498,11 +498,11 @@ FC_TARGET static int FC_ISA_SFX(chan_fwd)(const FC_T *x, const FC_T *w, const fc
     int64_t *pbase = fc_alloc((size_t)npix * sizeof(int64_t)); /* where output q of a task reads the copy */
     int64_t *copied = fc_alloc((size_t)nt * sizeof(int64_t));
     if (!work || !toff || !woff || !pbase || !copied) {
-        free(work);
-        free(toff);
-        free(woff);
-        free(pbase);
-        free(copied);
+        fc_free(work);
+        fc_free(toff);
+        fc_free(woff);
+        fc_free(pbase);
+        fc_free(copied);
         return FC_ENOMEM;
     }
     for (int64_t c = 0, t = 0; c < pl.cg; c++)
@@ -515,11 +515,11 @@ FC_TARGET static int FC_ISA_SFX(chan_fwd)(const FC_T *x, const FC_T *w, const fc
     for (int64_t t = 0; t < pl.tasks; t++)
         FC_ISA_SFX(chan_task)(x, w, ws, woff, bias, y, toff, pbase, s, &pl, t,
                               work + (int64_t)FC_THREAD_ID() * per_thread, copied + FC_THREAD_ID());
-    free(work);
-    free(toff);
-    free(woff);
-    free(pbase);
-    free(copied);
+    fc_free(work);
+    fc_free(toff);
+    fc_free(woff);
+    fc_free(pbase);
+    fc_free(copied);
     return FC_OK;
 }
 
@@ -552,10 +552,10 @@ FC_TARGET static int FC_ISA_SFX(flat_fwd)(const FC_T *x, const FC_T *w, const fc
     int64_t *toff = fc_flat_tap_offsets(s, &pl.L, pl.cg);
     int64_t *copied = fc_alloc((size_t)nt * sizeof(int64_t)); /* per thread: the run of rows its copy holds */
     if (!wpack || !work || !toff || !copied) {
-        free(wpack);
-        free(work);
-        free(toff);
-        free(copied);
+        fc_free(wpack);
+        fc_free(work);
+        fc_free(toff);
+        fc_free(copied);
         return FC_ENOMEM;
     }
     for (int64_t i = 0; i < nt; i++) copied[i] = -1;
@@ -571,10 +571,10 @@ FC_TARGET static int FC_ISA_SFX(flat_fwd)(const FC_T *x, const FC_T *w, const fc
             FC_ISA_SFX(flat_task)(x, w, ws, wpack, bias, y, toff, s, &pl, t, work + (int64_t)FC_THREAD_ID() * per_thread,
                                   copied + FC_THREAD_ID());
     }
-    free(wpack);
-    free(work);
-    free(toff);
-    free(copied);
+    fc_free(wpack);
+    fc_free(work);
+    fc_free(toff);
+    fc_free(copied);
     return FC_OK;
 }
 

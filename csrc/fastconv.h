@@ -56,6 +56,9 @@ enum {
 
 const char *fc_build_info(void);
 int fc_has_openmp(void);
+/* Workspace blocks kept between calls (csrc/workspace.c): their bytes, and handing them back. */
+int64_t fc_workspace_kept(void);
+void fc_workspace_release(void);
 
 /* y = conv2d(x, w) + bias; bias may be NULL; w is read through ws (NULL: contiguous). */
 int fc_conv2d_fwd_direct_f32(const float *x, const float *w, const fc_weight_strides *ws,

@@ -70,13 +70,9 @@ static inline double fc_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* 64-byte aligned workspace (uninitialised); NULL on failure (callers return FC_ENOMEM). */
-static inline void *fc_alloc(size_t bytes) {
-    void *p;
-    bytes = (bytes + 63) / 64 * 64;
-    if (bytes == 0) bytes = 64;
-    p = aligned_alloc(64, bytes);
-    return p;
-}
+/* 64-byte aligned workspace (uninitialised); NULL on failure (callers return FC_ENOMEM).  Freed
+ * by fc_free only (never free()): big blocks are kept between calls (csrc/workspace.c). */
+void *fc_alloc(size_t bytes);
+void fc_free(void *p);
 
 #endif

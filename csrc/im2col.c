@@ -127,7 +127,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(nt * K * rows * OW) * sizeof(FC_T));
     double *phases = profile ? calloc((size_t)(FC_PHASES * nt), sizeof(double)) : NULL; /* per thread */
     if ((!direct_cols && !cols) || (profile && !phases)) {
-        free(cols);
+        fc_free(cols);
         free(phases);
         return FC_ENOMEM;
     }
@@ -185,7 +185,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     }
     if (profile)
         for (int64_t i = 0; i < FC_PHASES * nt; i++) profile[i % FC_PHASES] += phases[i];
-    free(cols);
+    fc_free(cols);
     free(phases);
     return FC_OK;
 }
@@ -245,7 +245,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
                                 gw + (g * og + lo) * K, (int)K);
                 }
             }
-    free(cols);
+    fc_free(cols);
     return FC_OK;
 }
 
@@ -294,7 +294,7 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
             col2im(mine, gxc, s, nc, oh0, r);
         }
     }
-    free(dcols);
+    fc_free(dcols);
     return FC_OK;
 }
 

@@ -754,8 +754,8 @@ static int FC_SFX(forward)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T 
     FC_T *ms = fc_alloc((size_t)(nt * m_size) * sizeof(FC_T));
     double *phases = profile ? calloc((size_t)(3 * nt), sizeof(double)) : NULL;
     if (!v || !ms || (profile && !phases)) {
-        free(v);
-        free(ms);
+        fc_free(v);
+        fc_free(ms);
         free(phases);
         return FC_ENOMEM;
     }
@@ -785,8 +785,8 @@ static int FC_SFX(forward)(const FC_T *x, const FC_T *u, const FC_T *bias, FC_T 
             profile[FC_PHASE_GEMM] += phases[3 * i + 1];
             profile[FC_PHASE_OUTPUT] += phases[3 * i + 2];
         }
-    free(v);
-    free(ms);
+    fc_free(v);
+    fc_free(ms);
     free(phases);
     return FC_OK;
 }
@@ -867,8 +867,8 @@ static int FC_SFX(backward_weight)(const FC_T *gy, const FC_T *x, FC_T *gw, cons
     FC_T *v = fc_alloc((size_t)(planes * plane_stride) * sizeof(FC_T));
     FC_T *mm = fc_alloc((size_t)(a2 * og * cg) * sizeof(FC_T));
     if (!v || !mm) {
-        free(v);
-        free(mm);
+        fc_free(v);
+        fc_free(mm);
         return FC_ENOMEM;
     }
     for (int64_t g = 0; g < s->groups; g++) {
@@ -894,8 +894,8 @@ static int FC_SFX(backward_weight)(const FC_T *gy, const FC_T *x, FC_T *gw, cons
         for (int64_t o = 0; o < og; o++)
             FC_SFX(weight_output)(mm, gw + (g * og + o) * cg * 9, o, og, cg);
     }
-    free(v);
-    free(mm);
+    fc_free(v);
+    fc_free(mm);
     return FC_OK;
 }
 

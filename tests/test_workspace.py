@@ -5,10 +5,14 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import fastconv as fc
+from fastconv.c import _lib as c_lib
 from fastconv.common import config
+
+from conftest import rel_err
 
 IM2COL = [pytest.param(k, id=k.name) for k in fc.kernels("conv2d.fwd") if k.family == "im2col"]
 
@@ -70,3 +74,56 @@ def test_a_tiny_budget_still_computes_the_right_answer(kernel):
         config.set_workspace_bytes(before)
     ref = fc.reference.conv2d(x, w, stride=(2, 1), padding=1, groups=2)
     assert np.abs(y - ref).max() <= 1e-10 * np.abs(ref).max()
+
+
+C_KERNELS = [pytest.param(k, id=k.name) for k in fc.kernels("conv2d.fwd") if k.backend == "c"
+             and k.family not in ("depthwise",)]
+
+
+@pytest.mark.skipif(c_lib.lib is None, reason="C extension not built")
+@pytest.mark.parametrize("kernel", C_KERNELS)
+def test_kept_workspaces_serve_later_calls_of_other_sizes_correctly(kernel):
+    # blocks kept from one call serve the next of a similar size: the results must not depend on
+    # what a reused block held (garbage, NaN) nor on the order of the sizes
+    rng = np.random.default_rng(3)
+    shapes = [((2, 64, 40, 40), (64, 64, 3, 3)), ((1, 32, 24, 24), (48, 32, 3, 3)), ((2, 64, 40, 40), (64, 64, 3, 3)),
+              ((1, 128, 20, 20), (128, 128, 3, 3))]
+    c_lib.release_workspace()
+    for round_ in range(2):
+        for xs, ws in shapes:
+            x = rng.standard_normal(xs).astype(np.float32)
+            w = rng.standard_normal(ws).astype(np.float32)
+            y = fc.conv2d(x, w, padding=1, algo=kernel.algo, backend=kernel.backend)
+            assert rel_err(y, fc.reference.conv2d(x, w, padding=1)) <= kernel.rtol["float32"]
+        if round_ == 0:
+            assert c_lib.workspace_kept_bytes() > 0 or kernel.family == "direct"
+            c_lib.release_workspace()
+            assert c_lib.workspace_kept_bytes() == 0
+
+
+@pytest.mark.skipif(c_lib.lib is None, reason="C extension not built")
+def test_the_kept_workspace_is_bounded_and_shared_by_threads_safely():
+    import threading
+    rng = np.random.default_rng(4)
+    problems = []
+    for hw in (16, 24, 32, 40, 48, 56, 64, 72, 80, 88):  # more sizes than the pool has slots
+        x = rng.standard_normal((1, 64, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((96, 64, 3, 3)).astype(np.float32)
+        problems.append((x, w, fc.reference.conv2d(x, w, padding=1)))
+    errors = []
+
+    def work(order):
+        for i in order:
+            x, w, expected = problems[i]
+            for algo in ("im2col", "winograd_f4k3", "direct_flat"):
+                y = fc.conv2d(x, w, padding=1, algo=algo, backend="c")
+                if rel_err(y, expected) > 5e-5:
+                    errors.append((i, algo))
+    threads = [threading.Thread(target=work, args=(order,)) for order in
+               (range(10), reversed(range(10)), [3, 7, 1, 9, 0, 5, 2, 8, 4, 6])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert 0 < c_lib.workspace_kept_bytes() <= 256 << 20

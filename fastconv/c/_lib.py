@@ -161,6 +161,18 @@ def pool_shape(spec: PoolSpec | PoolBackwardSpec):
     return ffi.new("fc_pool2d_shape *", fields)
 
 
+def workspace_kept_bytes() -> int:
+    """Bytes of workspace the C kernels keep between calls (csrc/workspace.c: at most 8 blocks,
+    256 MiB; blocks of 256 KiB and more), 0 without the extension."""
+    return int(lib.fc_workspace_kept()) if lib is not None else 0
+
+
+def release_workspace() -> None:
+    """Hand the kept workspace blocks back to the system (the next big call allocates afresh)."""
+    if lib is not None:
+        lib.fc_workspace_release()
+
+
 def n_threads(spec=None) -> int:
     """Threads for one call on spec (one for a small problem: threads.for_problem)."""
     return threads.for_problem(spec)
