@@ -1,5 +1,6 @@
 """One thread count for every backend: the C kernels (OpenMP, passed explicitly on each call)
-and the Numba kernels (prange).  Set with set_num_threads(n) or FASTCONV_NUM_THREADS.
+and the Numba kernels (prange).  Set with set_num_threads(n) or FASTCONV_NUM_THREADS (else
+OMP_NUM_THREADS, as torch and OpenBLAS read it).
 
 Backend-neutral: nothing here imports a backend (the C path runs without Numba).  The count is
 bounded by the thread pool every backend can run: NUMBA_NUM_THREADS, else the CPUs this process
@@ -76,9 +77,13 @@ def _validated(n, source: str) -> int:
 
 
 def _from_environment() -> int:
+    """FASTCONV_NUM_THREADS; else OMP_NUM_THREADS (its first level, at most the pool), which the
+    launchers of several processes per machine set to divide the cores (torchrun sets 1, and
+    torch follows it); else the whole pool."""
     value = os.environ.get("FASTCONV_NUM_THREADS")
     if value is None:
-        return max_threads()
+        omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        return min(int(omp), max_threads()) if omp.isdigit() and int(omp) >= 1 else max_threads()
     try:
         return _validated(int(value), " (from FASTCONV_NUM_THREADS)")
     except (TypeError, ValueError) as exc:

@@ -55,6 +55,19 @@ def test_environment_variable_sets_the_count_and_bad_values_warn(tmp_path):
     env["FASTCONV_NUM_THREADS"] = "lots"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == str(threads.max_threads()) and "FASTCONV_NUM_THREADS='lots'" in out.stderr
+    # without it, OMP_NUM_THREADS (torchrun's 1 per process; a nested list's first level; at most
+    # the pool; nonsense ignored)
+    del env["FASTCONV_NUM_THREADS"]
+    for omp, expected in (("1", 1), ("1,4", 1), ("999", threads.max_threads()), ("zero", threads.max_threads()),
+                          ("0", threads.max_threads())):
+        env["OMP_NUM_THREADS"] = omp
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                             cwd=tmp_path)
+        assert out.stdout.strip() == str(expected), omp
+    env["FASTCONV_NUM_THREADS"] = "1"
+    env["OMP_NUM_THREADS"] = "999"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "1"  # fastconv's own variable first
 
 
 def test_concurrent_calls_from_four_python_threads(tmp_path):
