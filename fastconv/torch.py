@@ -174,8 +174,120 @@ class _MaxPool2dBackward(torch.autograd.Function):
         return ggx.reshape(n, c, h * w).gather(2, planes).reshape(idx.shape), None, None
 
 
+# ------------------------------------------------------------- torch.compile / torch.export
+# Under torch.compile and torch.export (torch.compiler.is_compiling()) conv2d and max_pool2d go
+# through custom ops registered with torch.library, with shape functions and autograd formulas, so
+# a patched model compiles into one graph (no break on fastconv's calls) and exports.  In eager
+# mode the autograd Functions above run instead: their per-call cost is lower, and they support
+# derivatives of any order (the ops: first order; a second derivative of a compiled graph raises
+# torch's own error for an op without one).
+
+def _pair_list(v) -> list:
+    return [v, v] if isinstance(v, int) else [int(v[0]), int(v[1])]
+
+
+@torch.library.custom_op("fastconv::conv2d", mutates_args=())
+def _conv2d_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
+               padding_mode: str, dilation: list[int], groups: int) -> torch.Tensor:
+    pad = padding_mode or tuple(padding)
+    return _tensor(fastconv.conv2d(_numpy(x, "input", "conv2d"), _numpy(w, "weight", "conv2d"),
+                                   None if b is None else _numpy(b, "bias", "conv2d"), tuple(stride), pad,
+                                   tuple(dilation), groups))
+
+
+@_conv2d_op.register_fake
+def _(x, w, b, stride, padding, padding_mode, dilation, groups):
+    spec = fastconv.spec.ConvSpec.from_shapes(tuple(x.shape), tuple(w.shape), tuple(stride),
+                                              padding_mode or tuple(padding), tuple(dilation), groups,
+                                              str(x.dtype).replace("torch.", ""))
+    return x.new_empty(spec.output_shape)
+
+
+@torch.library.custom_op("fastconv::conv2d_backward", mutates_args=())
+def _conv2d_backward_op(grad_y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: list[int],
+                        padding: list[int], padding_mode: str, dilation: list[int],
+                        groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pad = padding_mode or tuple(padding)
+    gx, gw, gb = _conv_backward(grad_y, x, w, True, (tuple(stride), pad, tuple(dilation), groups))
+    return gx, gw, gb
+
+
+@_conv2d_backward_op.register_fake
+def _(grad_y, x, w, stride, padding, padding_mode, dilation, groups):
+    return x.new_empty(x.shape), w.new_empty(w.shape), w.new_empty(w.shape[0])
+
+
+def _conv2d_setup(ctx, inputs, output):
+    x, w, b, *args = inputs
+    ctx.save_for_backward(x, w)
+    ctx.args, ctx.has_bias = args, b is not None
+
+
+def _conv2d_grad(ctx, grad_y):
+    x, w = ctx.saved_tensors
+    gx, gw, gb = _conv2d_backward_op(grad_y.contiguous(), x, w, *ctx.args)
+    return gx, gw, gb if ctx.has_bias else None, None, None, None, None, None
+
+
+_conv2d_op.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
+
+
+@torch.library.custom_op("fastconv::max_pool2d", mutates_args=())
+def _max_pool2d_op(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                   dilation: list[int], ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    y, idx = fastconv.max_pool2d(_numpy(x, "input", "max_pool2d"), tuple(kernel_size), tuple(stride),
+                                 tuple(padding), tuple(dilation), ceil_mode, return_indices=True)
+    return _tensor(y), _tensor(idx)
+
+
+@_max_pool2d_op.register_fake
+def _(x, kernel_size, stride, padding, dilation, ceil_mode):
+    spec = fastconv.spec.PoolSpec.from_shape(tuple(x.shape), tuple(kernel_size), tuple(stride), tuple(padding),
+                                             tuple(dilation), ceil_mode, str(x.dtype).replace("torch.", ""))
+    return x.new_empty(spec.output_shape), x.new_empty(spec.output_shape, dtype=torch.int64)
+
+
+@torch.library.custom_op("fastconv::max_pool2d_backward", mutates_args=())
+def _max_pool2d_backward_op(grad_y: torch.Tensor, idx: torch.Tensor, input_shape: list[int]) -> torch.Tensor:
+    return _pool_backward(grad_y, idx, tuple(input_shape))
+
+
+@_max_pool2d_backward_op.register_fake
+def _(grad_y, idx, input_shape):
+    return grad_y.new_empty(input_shape)
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.input_shape = list(inputs[0].shape)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _max_pool2d_grad(ctx, grad_y, _grad_idx):
+    (idx,) = ctx.saved_tensors
+    return _max_pool2d_backward_op(grad_y.contiguous(), idx, ctx.input_shape), None, None, None, None, None
+
+
+_max_pool2d_op.register_autograd(_max_pool2d_grad, setup_context=_max_pool2d_setup)
+
+
+def _compiled_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    mode = padding if isinstance(padding, str) else ""
+    return _conv2d_op(input, weight, bias, _pair_list(stride), [0, 0] if mode else _pair_list(padding), mode,
+                      _pair_list(dilation), groups)
+
+
+def _compiled_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    k = _pair_list(kernel_size)
+    y, idx = _max_pool2d_op(input, k, k if stride is None or stride == [] or stride == () else _pair_list(stride),
+                            _pair_list(padding), _pair_list(dilation), bool(ceil_mode))
+    return (y, idx) if return_indices else y
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """torch.nn.functional.conv2d on fastconv's kernels, differentiable (any order) in input, weight, bias."""
+    if torch.compiler.is_compiling():
+        return _compiled_conv2d(input, weight, bias, stride, padding, dilation, groups)
     if _grad_wanted(input, weight, bias):
         return _Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
     # nothing to differentiate (no_grad, inference_mode, frozen weights on a plain input): no autograd
@@ -189,6 +301,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """torch.nn.functional.max_pool2d on fastconv's kernels; indices as torch's (int64, per plane); any order.
     Without return_indices, when no gradient can flow back (torch.no_grad(), inference_mode, or an
     input that does not require grad), the indices are neither computed nor stored."""
+    if torch.compiler.is_compiling():
+        return _compiled_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     if not return_indices and not _grad_wanted(input):
         y = fastconv.max_pool2d(_numpy(input, "input", "max_pool2d"), kernel_size, stride, padding,
                                 dilation, ceil_mode, return_indices=False)
