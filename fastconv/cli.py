@@ -204,14 +204,15 @@ def _nets(args) -> int:
         return 0
     size = np.dtype(args.dtype).itemsize
     print(f"per image, {args.dtype}; 'layers' counts every occurrence of a row's shape; activations include the "
-          f"input; weights exclude biases; FLOPs count 2 per multiply-add (the table: fastconv nets NAME)")
+          f"input; weights exclude biases, params add them and BatchNorms; the fully connected layers count; FLOPs "
+          f"count 2 per multiply-add (the table: fastconv nets NAME)")
     head = (f"{'net':12s} {'shapes':>6s} {'layers':>6s} {'activations':>13s} {'MB':>7s} {'weights':>12s} "
-            f"{'FLOPs':>16s}")
+            f"{'params':>12s} {'FLOPs':>16s}")
     print(head)
     print("-" * len(head))
     for s in summary:
         print(f"{s['net']:12s} {s['shapes']:6d} {s['layers']:6d} {s['activations']:13,d} "
-              f"{s['activations'] * size / 1e6:7.1f} {s['weights']:12,d} {s['flops']:16,d}")
+              f"{s['activations'] * size / 1e6:7.1f} {s['weights']:12,d} {s['params']:12,d} {s['flops']:16,d}")
     return 0
 
 

@@ -148,15 +148,40 @@ MOBILENET_V2 = _mobilenet_v2()
 # Its depthwise layers alone, the layer class a depthwise kernel is measured on.
 MOBILENET_V2_DEPTHWISE = tuple(l for l in MOBILENET_V2 if l.groups > 1)
 
+# The layers after the conv stack, for the layer table's parameter and activation counts (bench and
+# tune time only the convs and pools above): fully connected layers (with biases) as torchvision
+# defines them, and what follows every conv (a bias, or a BatchNorm's weight and bias).  With
+# them the tables count torchvision's parameters exactly (GoogLeNet without its auxiliary heads).
+
+
+def _fc(name, n_in, n_out):
+    return Layer(name, "fc", (n_in,), (n_out, n_in))
+
+
+HEADS = {
+    "lenet5": (_fc("fc4", 120, 84), _fc("fc5", 84, 10)),
+    "alexnet": (_fc("fc6", 256 * 6 * 6, 4096), _fc("fc7", 4096, 4096), _fc("fc8", 4096, 1000)),
+    "vgg16": (_fc("fc6", 512 * 7 * 7, 4096), _fc("fc7", 4096, 4096), _fc("fc8", 4096, 1000)),
+    "googlenet": (_fc("fc", 1024, 1000),), "resnet18": (_fc("fc", 512, 1000),),
+    "mobilenetv2": (_fc("classifier", 1280, 1000),), "mobilenetv2dw": (),
+}
+AFTER_CONV = {"lenet5": "bias", "alexnet": "bias", "vgg16": "bias", "googlenet": "batchnorm",
+              "resnet18": "batchnorm", "mobilenetv2": "batchnorm", "mobilenetv2dw": "batchnorm"}
+
 NETS = {"lenet5": LENET5, "alexnet": ALEXNET, "vgg16": VGG16, "googlenet": GOOGLENET, "resnet18": RESNET18,
         "mobilenetv2": MOBILENET_V2, "mobilenetv2dw": MOBILENET_V2_DEPTHWISE}
 
 
-def get(name: str) -> tuple[Layer, ...]:
+def _key(name: str) -> str:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in NETS:
         raise ValueError(f"unknown net {name!r}; known: {', '.join(NETS)}")
-    return NETS[key]
+    return key
+
+
+def get(name: str) -> tuple[Layer, ...]:
+    """The net's conv and pool layers (what bench and tune run)."""
+    return NETS[_key(name)]
 
 
 # ----------------------------------------------------------------------------- the layer table
@@ -167,6 +192,7 @@ class Row:
     output_chw: tuple
     activations: int          # output values per image, all occurrences
     weights: int              # weight values (no biases), all occurrences
+    params: int               # weights + biases + BatchNorm weights and biases, all occurrences
     flops: int                # per image, all occurrences (2 per multiply-add)
     receptive_field: Optional[int]  # input pixels one output sees along each axis (chain nets only)
     jump: Optional[int]             # input pixels between neighbouring outputs
@@ -184,23 +210,31 @@ def table(name: str) -> tuple[list[Row], dict]:
     """Per layer: output shape, activations, weights, FLOPs, receptive field and jump (the
     recurrence r += (k_eff - 1) * j, j *= stride, from r = j = 1 at the input); and the totals,
     summed from the rows.  Activations include the input image as the first line of the totals."""
+    key = _key(name)
     layers = get(name)
     chain = _is_chain(layers)
+    per_channel = 2 if AFTER_CONV[key] == "batchnorm" else 1
     rows, r, j = [], 1, 1
     for l in layers:
         spec = l.spec()
         out = spec.output_shape[1:]
         if l.kind == "conv":
             k, stride, dil, weights, flops = (l.weight[2], l.weight[3]), l.stride, l.dilation, math.prod(l.weight), spec.flops
+            params = weights + per_channel * l.weight[0]
         else:
-            k, stride, dil, weights, flops = l.kernel, l.stride, l.dilation, 0, 0
+            k, stride, dil, weights, flops, params = l.kernel, l.stride, l.dilation, 0, 0, 0
         for _ in range(l.count if chain else 0):  # square kernels and strides: one axis tells
             r, j = r + dil[0] * (k[0] - 1) * j, j * stride[0]
-        rows.append(Row(l, out, l.count * math.prod(out), l.count * weights, l.count * flops,
+        rows.append(Row(l, out, l.count * math.prod(out), l.count * weights, l.count * params, l.count * flops,
                         r if chain else None, j if chain else None))
+    for l in HEADS[key]:  # fully connected: out x in weights and out biases
+        weights = math.prod(l.weight)
+        rows.append(Row(l, (l.weight[0],), l.count * l.weight[0], l.count * weights, l.count * (weights + l.weight[0]),
+                        l.count * 2 * weights, None, None))
     image = math.prod(layers[0].input_chw)
     totals = {"input": image, "activations": image + sum(x.activations for x in rows),
-              "weights": sum(x.weights for x in rows), "flops": sum(x.flops for x in rows)}
+              "weights": sum(x.weights for x in rows), "params": sum(x.params for x in rows),
+              "flops": sum(x.flops for x in rows)}
     return rows, totals
 
 
@@ -214,18 +248,25 @@ def _si(v: float) -> str:
 def format_table(name: str, dtype: str = "float32") -> str:
     rows, totals = table(name)
     size = np.dtype(dtype).itemsize
+    after = AFTER_CONV[_key(name)]
     head = (f"{'layer':18s} {'x':>2s} {'output (C,H,W)':>16s} {'activations':>11s} {'bytes':>8s} "
-            f"{'weights':>8s} {'FLOPs':>8s} {'RF':>4s} {'jump':>4s}")
+            f"{'weights':>8s} {'params':>8s} {'FLOPs':>8s} {'RF':>4s} {'jump':>4s}")
     lines = [f"{name}: per image, {dtype}; rows are distinct shapes, 'x' how often each occurs "
-             f"(activations, weights and FLOPs count every occurrence; weights exclude biases; RF and jump are"
-             f" after the row's last occurrence)", head, "-" * len(head)]
+             f"(activations, weights, params and FLOPs count every occurrence; weights exclude biases, params "
+             f"add them{' and the BatchNorm after every conv' if after == 'batchnorm' else ''}; RF and jump are"
+             f" after the row's last occurrence; fc rows are the fully connected layers)", head, "-" * len(head)]
     for x in rows:
         rf = f"{x.receptive_field:4d} {x.jump:4d}" if x.receptive_field else f"{'-':>4s} {'-':>4s}"
         lines.append(f"{x.layer.name:18s} {x.layer.count:2d} {str(x.output_chw):>16s} {_si(x.activations):>11s} "
-                     f"{_si(x.activations * size) + 'B':>8s} {_si(x.weights):>8s} {_si(x.flops):>8s} {rf}")
+                     f"{_si(x.activations * size) + 'B':>8s} {_si(x.weights):>8s} {_si(x.params):>8s} "
+                     f"{_si(x.flops):>8s} {rf}")
     lines.append("-" * len(head))
     lines.append(f"{'total':18s} {'':2s} {'(+ input ' + _si(totals['input']) + ')':>16s} {_si(totals['activations']):>11s} "
-                 f"{_si(totals['activations'] * size) + 'B':>8s} {_si(totals['weights']):>8s} {_si(totals['flops']):>8s}")
+                 f"{_si(totals['activations'] * size) + 'B':>8s} {_si(totals['weights']):>8s} {_si(totals['params']):>8s} "
+                 f"{_si(totals['flops']):>8s}")
+    lines.append(f"parameters: {totals['params']:,} ({totals['weights']:,} weights + "
+                 f"{totals['params'] - totals['weights']:,} biases{' and BatchNorm' if after == 'batchnorm' else ''}); "
+                 f"activations {totals['activations']:,} values, {totals['activations'] * size / 1e6:.1f} MB per image")
     if not _is_chain(get(name)):
         lines.append("(receptive fields: this table is not a single chain of layers, so they are not shown)")
     return "\n".join(lines)

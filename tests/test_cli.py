@@ -198,12 +198,16 @@ def test_nets_lists_every_net_with_its_totals(capsys):
     body = lines[lines.index(next(l for l in lines if set(l) == {"-"})) + 1:]
     assert [l.split()[0] for l in body] == list(fastconv_nets.NETS)
     # VGG-16 by hand (tests/test_nets.py derives these): 14 distinct shapes, 13 convs + 5 pools,
-    # 15,228,416 activations with the input (60.9 MB in float32), 14,710,464 weights, 2 * 15,346,630,656 FLOPs
+    # 15,228,416 activations with the input and 9,192 of the fully connected layers (61.0 MB in
+    # float32), 14,710,464 conv and 123,633,664 fc weights, 138,357,544 parameters with the biases,
+    # 2 * (15,346,630,656 + 123,633,664) FLOPs
     vgg = next(l for l in body if l.startswith("vgg16 ")).split()
-    assert vgg == ["vgg16", "14", "18", "15,228,416", "60.9", "14,710,464", f"{2 * 15_346_630_656:,}"]
+    assert vgg == ["vgg16", "14", "18", "15,237,608", "61.0", "138,344,128", "138,357,544",
+                   f"{2 * (15_346_630_656 + 123_633_664):,}"]
     assert cli.main(["nets", "--json"]) == 0
     doc = {d["net"]: d for d in json.loads(capsys.readouterr().out)}
-    assert doc["vgg16"]["flops"] == 2 * 15_346_630_656 and doc["resnet18"]["layers"] == 21
+    assert doc["vgg16"]["flops"] == 2 * (15_346_630_656 + 123_633_664) and doc["resnet18"]["layers"] == 21
+    assert doc["resnet18"]["params"] == 11_689_512
 
 
 def test_nets_table(capsys):
@@ -211,11 +215,12 @@ def test_nets_table(capsys):
     out = capsys.readouterr().out
     assert out == fastconv_nets.format_table("VGG-16", "float64") + "\n"
     total = next(l for l in out.splitlines() if l.startswith("total"))
-    assert total.split()[-5:] == ["150.5K)", "15.2M", "121.8MB", "14.7M", "30.7G"]  # 8 bytes per value
+    assert total.split()[-6:] == ["150.5K)", "15.2M", "121.9MB", "138.3M", "138.4M", "30.9G"]  # 8 bytes per value
     assert cli.main(["nets", "lenet5", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [r["layer"]["name"] for r in doc["rows"]] == [l.name for l in fastconv_nets.get("lenet5")]
-    assert doc["totals"]["weights"] == 6 * 25 + 16 * 6 * 25 + 120 * 16 * 25
+    assert [r["layer"]["name"] for r in doc["rows"]] == [l.name for l in fastconv_nets.get("lenet5")] + ["fc4", "fc5"]
+    assert doc["totals"]["weights"] == 6 * 25 + 16 * 6 * 25 + 120 * 16 * 25 + 120 * 84 + 84 * 10
+    assert doc["totals"]["params"] == 61_706  # LeNet-5's classic count: every bias too
 
 
 # ----------------------------------------------------------------------------- explain, tune, cache

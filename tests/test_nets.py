@@ -55,13 +55,14 @@ def test_mobilenet_v2_stack_counts_its_published_size():
     # 52 convs: the stem, 17 blocks of depthwise + 1x1 project (16 with a 1x1 expand, t > 1), the last 1x1
     layers = _convs("mobilenetv2")
     assert sum(l.count for l in layers) == 1 + 17 * 2 + 16 + 1
-    _, totals = nets.table("mobilenetv2")
-    # the paper's 300M multiply-adds (Table 3, 224x224, width 1.0; its classifier's 1.28M are no conv)
-    assert abs(totals["flops"] / 2 - 300e6) < 0.01 * 300e6
+    rows, totals = nets.table("mobilenetv2")
+    # the paper's 300M multiply-adds (Table 3, 224x224, width 1.0), its convs' (the classifier adds 1.28M)
+    assert abs(sum(r.flops for r in rows if r.layer.kind == "conv") / 2 - 300e6) < 0.01 * 300e6
     # torchvision's 3,504,872 parameters: the convs' weights, a BatchNorm (weight and bias) after
     # every conv, and the 1280 -> 1000 classifier
+    conv_weights = sum(l.count * math.prod(l.weight) for l in layers)
     batchnorm = 2 * sum(l.count * l.weight[0] for l in layers)
-    assert totals["weights"] + batchnorm + 1280 * 1000 + 1000 == 3_504_872
+    assert conv_weights + batchnorm + 1280 * 1000 + 1000 == totals["params"] == 3_504_872
 
 
 def test_vgg16_table_totals_and_receptive_fields():
@@ -69,12 +70,17 @@ def test_vgg16_table_totals_and_receptive_fields():
     # Output values per image, hand-summed: 224^2*64*2 + 112^2*64 (pool1) + 112^2*128*2 + 56^2*128
     # + 56^2*256*3 + 28^2*256 + 28^2*512*3 + 14^2*512 + 14^2*512*3 + 7^2*512, plus the input
     # 224^2*3: 15.2M, not the "24M" of the classic walkthrough, whose rows add up to this too.
-    assert totals["activations"] == 15_228_416
-    assert totals["weights"] == 14_710_464 and totals["flops"] == 2 * 15_346_630_656
+    # plus the fully connected layers' 4096 + 4096 + 1000 outputs
+    assert totals["activations"] == 15_228_416 + 4096 + 4096 + 1000
+    fc = 25088 * 4096 + 4096 * 4096 + 4096 * 1000
+    assert totals["weights"] == 14_710_464 + fc and totals["flops"] == 2 * (15_346_630_656 + fc)
+    # the classic walkthrough's 138M parameters, biases included: torchvision's vgg16, exactly
+    assert totals["params"] == 14_710_464 + 4_224 + fc + 4096 + 4096 + 1000 == 138_357_544
+    assert "138,357,544" in nets.format_table("vgg16")
     # the well-known receptive fields: conv5_3 sees 196x196 input pixels, pool5 212x212, jump 32
     by_name = {r.layer.name: r for r in rows}
     assert (by_name["conv5_1"].receptive_field, by_name["pool5"].receptive_field, by_name["pool5"].jump) == (196, 212, 32)
-    assert nets.table("alexnet")[0][-1].receptive_field == 195
+    assert {r.layer.name: r for r in nets.table("alexnet")[0]}["pool5"].receptive_field == 195
     assert all(r.receptive_field is None for r in nets.table("resnet18")[0])  # branches: no single chain
     assert "15.2M" in nets.format_table("vgg16")
 
@@ -238,3 +244,17 @@ def test_table_matches_torch_model(net):
     if net in CONV_PARAMS:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         assert sum(p.numel() for m in convs for p in m.parameters()) == CONV_PARAMS[net]
+
+
+# torchvision's parameter counts (its model docs; fastconv.torch_models reproduces them): the
+# tables count every conv's weights and bias or BatchNorm, and the fully connected layers
+TORCHVISION_PARAMS = {"lenet5": 61_706, "alexnet": 61_100_840, "vgg16": 138_357_544, "googlenet": 6_624_904,
+                      "resnet18": 11_689_512, "mobilenetv2": 3_504_872}
+
+
+@pytest.mark.parametrize("net", sorted(TORCHVISION_PARAMS))
+def test_tables_count_the_whole_nets_parameters(net):
+    rows, totals = nets.table(net)
+    assert totals["params"] == sum(r.params for r in rows) == TORCHVISION_PARAMS[net]
+    assert [r.layer.kind for r in rows][-len(nets.HEADS[net]):] == ["fc"] * len(nets.HEADS[net])
+    assert all(layer.kind != "fc" for layer in nets.get(net))  # bench and tune see convs and pools only
