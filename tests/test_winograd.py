@@ -440,7 +440,9 @@ def test_torch_optimized_layers_keep_their_winograd_filters_without_comparing(mo
     monkeypatch.setattr(winograd, "_equal", lambda kept, w: compared.append(1) or real_equal(kept, w))
     with torch.no_grad():
         expected = torch.relu(layer[1](torch.nn.functional.conv2d(x, layer[0].weight, layer[0].bias, padding=1)))
-        for _ in range(3):
+        assert rel_err(fast(x).numpy(), expected.numpy()) <= 5e-5
+        compared.clear()  # the first call may compare with entries of other tests' weights of this shape
+        for _ in range(2):
             assert rel_err(fast(x).numpy(), expected.numpy()) <= 5e-5
         assert not compared  # the first call transformed, the others reused: none compared
         layer[0].weight.mul_(0.5)  # a change: a new fold, a new token, the new weights' own transform
