@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
                       "(CPU wheels: https://download.pytorch.org/whl/cpu)") from exc
 
 import fastconv
+from fastconv.common.config import WEIGHTS_VARY as _WEIGHTS_VARY
 from fastconv.common.winograd import TRUSTED as _TRUSTED
 from fastconv.spec import activation_arg
 
@@ -65,9 +66,14 @@ def _tensor(a) -> torch.Tensor:
 
 
 def _conv_backward(grad_y, x, w, has_bias, args):
-    """(gx, gw, gb) of conv2d on fastconv, as tensors; gb is None without a bias."""
-    gx, gw, gb = fastconv.conv2d_backward(_numpy(grad_y, "grad_output", "conv2d"), _numpy(x, "input", "conv2d"),
-                                          _numpy(w, "weight", "conv2d"), *args, bias=has_bias)
+    """(gx, gw, gb) of conv2d on fastconv, as tensors; gb is None without a bias.  Weights that get
+    gradients change every step: the dispatcher is told so (config.WEIGHTS_VARY)."""
+    vary = _WEIGHTS_VARY.set(w.requires_grad)
+    try:
+        gx, gw, gb = fastconv.conv2d_backward(_numpy(grad_y, "grad_output", "conv2d"), _numpy(x, "input", "conv2d"),
+                                              _numpy(w, "weight", "conv2d"), *args, bias=has_bias)
+    finally:
+        _WEIGHTS_VARY.reset(vary)
     return _tensor(gx), _tensor(gw), None if gb is None else _tensor(gb)
 
 
@@ -80,8 +86,14 @@ class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
         args = (stride, padding, dilation, groups)
-        y = fastconv.conv2d(_numpy(x, "input", "conv2d"), _numpy(w, "weight", "conv2d"),
-                            None if b is None else _numpy(b, "bias", "conv2d"), *args)
+        # weights that get gradients (a training step) change every call: the dispatcher times and
+        # keeps its choice for that case apart (fastconv.common.config.WEIGHTS_VARY)
+        vary = _WEIGHTS_VARY.set(w.requires_grad)
+        try:
+            y = fastconv.conv2d(_numpy(x, "input", "conv2d"), _numpy(w, "weight", "conv2d"),
+                                None if b is None else _numpy(b, "bias", "conv2d"), *args)
+        finally:
+            _WEIGHTS_VARY.reset(vary)
         ctx.save_for_backward(x, w)
         ctx.args, ctx.has_bias = args, b is not None
         return _tensor(y)

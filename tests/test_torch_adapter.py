@@ -237,3 +237,29 @@ def test_fastconv_never_imports_torch_and_the_adapter_says_what_is_missing(tmp_p
             "try:\n    import fastconv.torch\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert "pip install fastconv[torch]" in out.stdout, out.stderr
+
+
+def test_training_calls_tell_the_dispatcher_their_weights_change(monkeypatch):
+    # weights that get gradients change every step: fastconv.common.config.WEIGHTS_VARY is set for
+    # their forward and backward calls (the dispatcher keeps that case apart), not otherwise
+    import fastconv
+    from fastconv.common import config
+    seen = []
+    for name in ("conv2d", "conv2d_backward"):
+        inner = getattr(fastconv, name)
+
+        def record(*args, _inner=inner, _name=name, **kwargs):
+            seen.append((_name, config.WEIGHTS_VARY.get()))
+            return _inner(*args, **kwargs)
+        monkeypatch.setattr(fastconv, name, record)
+    conv = fct.patch(nn.Sequential(nn.Conv2d(2, 3, 3))).double()
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    conv(x).sum().backward()
+    assert seen == [("conv2d", True), ("conv2d_backward", True)]
+    seen.clear()
+    with torch.no_grad():
+        conv(x)
+    conv[0].weight.requires_grad_(False)  # frozen weights (fine-tuning the rest)
+    conv(x.requires_grad_(True)).sum().backward()
+    assert seen == [("conv2d", False), ("conv2d", False), ("conv2d_backward", False)]
+    assert config.WEIGHTS_VARY.get() is False

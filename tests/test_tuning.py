@@ -24,6 +24,8 @@ from fastconv.dispatch import measure, settings, tuning, tuning_cache
 from fastconv.registry import Kernel
 from fastconv.spec import ConvSpec
 
+from conftest import rel_err
+
 SHAPES = ((1, 5, 6, 6), (3, 5, 3, 3))  # tiny (the reference runs it in microseconds), not a first layer
 SLOW_S = 0.004
 
@@ -703,3 +705,38 @@ def test_the_rounds_run_in_shuffled_orders_so_no_kernel_always_follows_the_same_
     before = {name: {o[o.index(name) - 1] for o in orders if o.index(name)} for name in orders[0]}
     assert all(len(b) == 2 for b in before.values()), before
     assert slots(seed=0) == orders  # a seed repeats its orders
+
+
+def test_calls_whose_weights_vary_are_timed_and_kept_as_a_problem_of_their_own(measuring, monkeypatch):
+    # a training step gets new weights every call: Winograd's filter transform is then part of
+    # every call, so the tuner times it so (no filter cache) and keeps that choice apart
+    from fastconv.common import config, winograd
+    x = np.random.default_rng(0).standard_normal((1, 16, 10, 10)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+    spec = ConvSpec.from_args(x, w, None, 1, 1)
+    winograd.FILTERS.clear()
+    fixed = dispatch.choose("conv2d.fwd", spec, caller="t")
+    kept_after_fixed = len(winograd.FILTERS)
+    vary = config.WEIGHTS_VARY.set(True)
+    try:
+        varying = dispatch.choose("conv2d.fwd", spec, caller="t")
+        assert len(winograd.FILTERS) == kept_after_fixed  # timed without keeping any transform
+        y = fc.conv2d(x, w, padding=1, algo="winograd_f4k3", backend="numba")  # and run so
+        assert len(winograd.FILTERS) == kept_after_fixed
+        assert rel_err(y, fc.reference.conv2d(x, w, padding=1)) <= 5e-5
+        w_nan = w.copy()
+        w_nan[0, 0, 1, 1] = np.nan  # non-finite weights still reroute (to im2col), as with the cache
+        np.testing.assert_array_equal(np.isnan(fc.conv2d(x, w_nan, padding=1, algo="winograd_f4k3")),
+                                      np.isnan(fc.reference.conv2d(x, w_nan, padding=1)))
+    finally:
+        config.WEIGHTS_VARY.reset(vary)
+    assert fixed.op == varying.op == "conv2d.fwd"
+    doc = json.loads(open(tuning_cache.current(threads.get_num_threads()).path).read())
+    keys = [k for k in doc["entries"] if k.startswith("conv2d.fwd ConvSpec(n=1, c_in=16, h=10")]
+    assert sorted(keys) == sorted([tuning_cache.problem_key("conv2d.fwd", spec),
+                                   tuning_cache.problem_key("conv2d.fwd", spec, True)])
+    assert doc["entries"][tuning_cache.problem_key("conv2d.fwd", spec, True)]["weights_vary"] is True
+    # both entries are valid on reading the file again (the key names the problem, flag included)
+    tuning_cache.forget()
+    doc = tuning_cache.read_document(tuning_cache.current(threads.get_num_threads()).path, None, strict=True)
+    assert len([k for k in doc["entries"] if k in keys]) == 2  # strict: a malformed entry would raise

@@ -8,6 +8,7 @@ FASTCONV_WORKSPACE_MB.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import warnings
 
@@ -45,3 +46,12 @@ def set_workspace_bytes(n: int) -> None:
     if n < 1:
         raise ValueError(f"set_workspace_bytes: n={n} must be positive")
     _workspace_bytes = n
+
+
+# Whether the calls in this context get new weights every time (a training step): set by callers
+# that know (fastconv.torch's autograd path, for weights that get gradients).  The dispatcher keeps
+# its choices for it apart and times Winograd with its filter transform, and Winograd's filter
+# cache neither keeps nor compares those weights (fastconv/common/winograd.py): a kept transform
+# would never be used again, and timing with it made F4 look 3.7x faster than it runs in a step
+# (VGG-size 512 x 512 layer on 8x7x7: 4.8 ms with the transform kept, 18 when weights change).
+WEIGHTS_VARY: contextvars.ContextVar = contextvars.ContextVar("fastconv_weights_vary", default=False)

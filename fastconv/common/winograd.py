@@ -78,6 +78,11 @@ class FilterCache:
     def get(self, kernel: str, w: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """transform(w), or the transform kept from an earlier call with equal weights; NonFinite
         when it holds inf or NaN (weights that do: the call must go elsewhere)."""
+        if config.WEIGHTS_VARY.get():  # new weights every call: transform, keep nothing
+            u = transform(w)
+            if not finite(u):
+                raise NonFinite(kernel)
+            return u
         kind = (kernel, w.shape, w.dtype.str)
         key = kind + (w.__array_interface__["data"][0],)
         trusted = TRUSTED.get()

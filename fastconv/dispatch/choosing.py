@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import registry, threads
+from ..common import config
 from ..registry import Kernel
 from ..spec import spec_to_json
 from . import measure, settings, tuning_cache
@@ -133,7 +134,7 @@ def _sync() -> None:
 def choose(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
            *, caller: str) -> Kernel:
     """The kernel that will run op on spec, or ValueError naming every refusal."""
-    key = (op, spec, algo, backend, rtol, threads._num_threads)
+    key = (op, spec, algo, backend, rtol, threads._num_threads, config.WEIGHTS_VARY.get())
     if _seen[0] is registry.KERNELS and _seen[1] is registry.BACKENDS:
         try:
             kernel = _memo.get(key)
@@ -171,10 +172,13 @@ def _pick(entry: Optional[dict], candidates, rigor: str, spec, partial: bool = F
     return heuristic(fastest.op, spec, tied)
 
 
-def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budget_s: float) -> dict:
+def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budget_s: float,
+             weights_vary: bool = False) -> dict:
     result = measure.run(op, spec, candidates, registry.kernels(op)[-1], rigor=rigor, cap_s=budget_s)
     entry = {"op": op, "spec": spec_to_json(spec), "rigor": rigor, "times": {}, "errors": {}, "failed": {},
              "cost_s": 0.0}
+    if weights_vary:
+        entry["weights_vary"] = True
     if old is not None and {k.name for k in candidates} < set(old["times"]) | set(old.get("failed", {})):
         # a narrower query (one backend, an rtol) re-timed some kernels: keep the others' figures
         entry.update({f: dict(old.get(f, {})) for f in ("times", "errors", "failed")})
@@ -205,9 +209,10 @@ def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budg
 
 def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool = False,
            remember: bool = True, budget_s: Optional[float] = None) -> Decision:
-    """Decide for key = (op, spec, algo, backend, rtol, threads).  rigor overrides the mode (tune,
-    explain); force re-measures whatever the cache holds."""
-    op, spec, algo, backend, rtol, n_threads = key
+    """Decide for key = (op, spec, algo, backend, rtol, threads, weights_vary).  rigor overrides the
+    mode (tune, explain); force re-measures whatever the cache holds.  weights_vary: timed (and
+    kept) as a problem of its own, with config.WEIGHTS_VARY set while timing."""
+    op, spec, algo, backend, rtol, n_threads, weights_vary = key
     with _lock:
         _sync()
         candidates, refused = eligible(op, spec, algo, backend, rtol, caller=caller)
@@ -223,7 +228,7 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
             d.why_heuristic = "an empty batch (N = 0) runs no kernel"
         else:
             cache = d.cache = tuning_cache.current(n_threads)
-            pkey = problem_key(op, spec)
+            pkey = problem_key(op, spec, weights_vary)
             need = "patient" if mode == "patient" else "measure"
             entry = cache.get(pkey)
             source = "cache"
@@ -238,7 +243,11 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
                 # too large to time (its call's memory, or no probe can fit the budget): the heuristic
                 too_large = measure.not_timed(op, spec, candidates, budget) if pick is None else ""
                 if pick is None and not too_large:
-                    entry = _measure(op, spec, candidates, need, cache, pkey, entry, budget)
+                    vary = config.WEIGHTS_VARY.set(weights_vary)
+                    try:
+                        entry = _measure(op, spec, candidates, need, cache, pkey, entry, budget, weights_vary)
+                    finally:
+                        config.WEIGHTS_VARY.reset(vary)
                     pick = _pick(entry, candidates, need, spec, partial=True)
                     source = "measured now"
             d.entry = entry

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import registry, threads
-from ..common import nonfinite
+from ..common import config, nonfinite
 from ..spec import ConvSpec, PoolSpec
 from . import choosing, settings
 from .choosing import Decision
@@ -167,7 +167,7 @@ def plan_of(key: tuple, d: Decision) -> Plan:
                 (f" ({rerouted} so far)" if rerouted else "")
         cands.append(c)
     if d.source == "cache" and d.cache is not None:
-        detail = f"{d.cache.path} [{problem_key(op, spec)}], rigor {entry.get('rigor')}"
+        detail = f"{d.cache.path} [{problem_key(op, spec, key[6])}], rigor {entry.get('rigor')}"
     elif d.source == "measured now":
         detail = f"rigor {entry.get('rigor')}, budget {entry.get('budget_s', 0):.2g} s, stored in {d.cache.path}"
     if d.source in ("cache", "measured now"):
@@ -178,7 +178,7 @@ def plan_of(key: tuple, d: Decision) -> Plan:
         detail = ""
     backend = registry.BACKENDS.get(d.kernel.backend)
     plan = Plan(op, spec, d.kernel.name, d.source, detail, d.heuristic.name, key[5], cands, list(d.refused),
-                problem_key(op, spec), d.cache.path if d.cache is not None else None,
+                problem_key(op, spec, key[6]), d.cache.path if d.cache is not None else None,
                 isa=backend.isa() if backend is not None else "")
     if entry and d.source in ("cache", "measured now"):
         plan.tuning_cost_s = entry.get("cost_s")
@@ -209,7 +209,7 @@ def explain_spec(op: str, spec, algo: str = "auto", backend: str = "auto", rtol:
     if rigor is not None and rigor not in settings.MODES:
         raise ValueError(f"{caller}: rigor={rigor!r} is not one of {', '.join(map(repr, settings.MODES))}")
     choosing.eligible(op, spec, algo, backend, rtol, caller=caller)  # its errors name a bad argument (an unhashable algo)
-    key = (op, spec, algo, backend, rtol, threads.get_num_threads())
+    key = (op, spec, algo, backend, rtol, threads.get_num_threads(), config.WEIGHTS_VARY.get())
     with choosing._lock:
         choosing._sync()
         d = choosing._decisions.get(key) if rigor is None or rigor == settings.mode else None

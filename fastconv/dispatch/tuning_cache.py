@@ -112,9 +112,10 @@ def _static_environment() -> dict:
     return _static_env
 
 
-def problem_key(op: str, spec) -> str:
-    """A problem's key in the file (the thread count is part of the file's environment)."""
-    return f"{op} {spec!r}"
+def problem_key(op: str, spec, weights_vary: bool = False) -> str:
+    """A problem's key in the file (the thread count is part of the file's environment); calls
+    whose weights change every time (fastconv.common.config.WEIGHTS_VARY) are a problem of their own."""
+    return f"{op} {spec!r}" + (" weights-vary" if weights_vary else "")
 
 
 def environment(threads: int) -> dict:
@@ -196,7 +197,7 @@ def _entry_problem(key: str, entry) -> str | None:
     op = entry.get("op")
     try:
         spec = spec_from_json(entry.get("spec")) if isinstance(op, str) else None
-        same = spec is not None and problem_key(op, spec) == key
+        same = spec is not None and problem_key(op, spec, entry.get("weights_vary") is True) == key
     except RecursionError:  # absurdly nested values
         same = False
     if not same:
