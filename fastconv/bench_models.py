@@ -81,7 +81,7 @@ def contenders(name: str, batch: int, train: bool, compare: tuple, progress=prin
         t0 = time.perf_counter()
         call()
         progress(f"  {label}: {time.perf_counter() - t0:.2f} s")
-    return calls, fast, x
+    return calls
 
 
 def _onnxruntime_call(model, x):
@@ -136,9 +136,13 @@ def _kernels_of(fn, args, kwargs) -> str:
             spec = api._conv_spec(args[1], args[2], None, *args[3:7], "conv2d_backward")
             return " + ".join(dispatch.choose(op, spec, caller="bench").name
                               for op in ("conv2d.bwd_data", "conv2d.bwd_weight"))
+        if fn == "max_pool2d":
+            spec = api._pool_spec(*args[:6], kwargs.get("return_indices", True))
+            return dispatch.choose("maxpool2d.fwd", spec, caller="bench").name
+        spec = api._pool_backward_spec(*args[:3])
+        return dispatch.choose("maxpool2d.bwd", spec, caller="bench").name
     except Exception:  # noqa: BLE001 - a label only
         return "?"
-    return "c/numba maxpool"
 
 
 def adapter_overhead_us(train: bool) -> float:
@@ -178,7 +182,7 @@ def adapter_overhead_us(train: bool) -> float:
 
 
 def run(name: str, batch: int = 1, train: bool = False, compare=(TORCH,), repeats: int = 5, progress=print) -> dict:
-    calls, fast, x = contenders(name, batch, train, compare, progress)
+    calls = contenders(name, batch, train, compare, progress)
     progress(f"timing: {repeats} interleaved rounds")
     times = timing.interleaved(calls, repeats)
     medians = {k: statistics.median(v) for k, v in times.items()}
