@@ -42,7 +42,7 @@ typedef struct {
     int64_t g, o, c, i, j;
 } fc_weight_strides;
 
-enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2, FC_ESIZE = 3 };
+enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINDEX = 2, FC_ESIZE = 3, FC_ENONFINITE = 4 };
 
 /* Where a forward call's time goes: the forward kernels take `double *profile`, NULL when not
  * measured, else FC_PHASES slots to which each phase's thread-seconds are added. */
@@ -98,7 +98,8 @@ int fc_conv2d_bwd_data_im2col_f64(const double *gy, const double *w, double *gx,
 /* Winograd F(m x m, 3 x 3) conv2d, m = 2 (winograd_f2k3) or 4 (winograd_f4k3): 3x3 filters,
  * stride 1, dilation 1, any padding (negative too).  transform_filter writes u, the transformed
  * filter packed for the kernel: groups * (m+2)^2 * round_up(c_out / groups, fc_winograd_mr(isa)) *
- * (c_in / groups) elements, reading w through ws (NULL: contiguous OIHW).  fwd computes
+ * (c_in / groups) elements, reading w through ws (NULL: contiguous OIHW); it returns
+ * FC_ENONFINITE (u written whole) when u holds inf or NaN.  fwd computes
  * y = conv2d(x, w) + bias from u; bias may be NULL; its per-thread buffers stay within
  * workspace_bytes (at least one block of tiles each).  profile, when not NULL, accumulates the
  * thread-seconds of the phases {transform_input, transform_filter, batched_gemm, transform_output}. */

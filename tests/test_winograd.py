@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import reference
-from fastconv.common import config, winograd, winograd_points
+from fastconv.common import config, nonfinite, winograd, winograd_points
 from fastconv.c import _lib as c_lib
 from fastconv.numba import _blas
 from fastconv.numba import winograd as nb_winograd
@@ -349,6 +349,48 @@ def test_nan_weights(kernel, filters, rng):
     _forward(kernel, x, w)
 
 
+@pytest.mark.parametrize("vary", [False, True], ids=["kept", "weights-vary"])
+@pytest.mark.parametrize("kernel", [k for k in FORWARD if tile(k.values[0]) == 2])
+def test_finite_weights_whose_transform_overflows_go_to_im2col(kernel, filters, vary):
+    """The transform, not the weights, is checked: float32 weights near the largest float
+    overflow in G w G^T (F2's middle rows sum 1.5 of them; F4's rows at most 1, so its U cannot),
+    and the reference stays finite on a small input, so the call must be rerouted, not give inf."""
+    x = np.full((1, 3, 6, 6), 1e-3, np.float32)
+    w = np.full((4, 3, 3, 3), 3e38, np.float32)
+    w[1] *= -1
+    spec = ConvSpec.from_args(x, w, None, 1, 1)
+    usable(kernel, spec)
+    expected = reference.conv2d(x, w, None, 1, 1)
+    assert np.isfinite(expected).all()
+    before = nonfinite.REROUTED[kernel.name]
+    token = config.WEIGHTS_VARY.set(vary)
+    try:
+        for _ in range(2):  # transformed, then (kept) the kept verdict reused
+            assert rel_err(kernel.run(spec, x, w, None), expected) <= kernel.rtol["float32"]
+    finally:
+        config.WEIGHTS_VARY.reset(token)
+    assert nonfinite.REROUTED[kernel.name] == before + 2
+
+
+@pytest.mark.parametrize("kernel", FORWARD)
+def test_weights_that_vary_share_a_scratch_transform_and_stay_right(kernel, filters, rng):
+    """Under WEIGHTS_VARY the transform goes to the thread's scratch, reused by every call: a
+    large shape, a smaller one, new weights of the first, each against the reference, none kept."""
+    token = config.WEIGHTS_VARY.set(True)
+    try:
+        for c_out, c_in in [(20, 12), (6, 8), (20, 12), (6, 8)]:
+            x = rng.standard_normal((2, c_in, 9, 9))
+            w = rng.standard_normal((c_out, c_in, 3, 3))
+            for dtype in ("float32", "float64"):
+                _forward(kernel, x.astype(dtype), w.astype(dtype))
+            w[c_out - 1, 0, 1, 1] = np.nan  # the last block's last lane
+            y = kernel.run(ConvSpec.from_args(x, w, None, 1, 1), x, w, None)
+            assert np.isnan(y[:, c_out - 1]).all() and not np.isnan(y[:, :c_out - 1]).any()
+    finally:
+        config.WEIGHTS_VARY.reset(token)
+    assert len(filters) == 0 and filters.misses == filters.hits == 0
+
+
 @pytest.mark.parametrize("kernel", FORWARD)
 def test_the_cache_is_bounded(kernel, filters, rng, monkeypatch):
     x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
@@ -374,7 +416,7 @@ def test_the_filter_cache_on_its_own():
 
     def transform(w):
         calls.append(w.copy())
-        return w * 2
+        return w * 2, True
 
     a = np.arange(12.0).reshape(3, 4)
     np.testing.assert_array_equal(cache.get("k", a, transform), a * 2)
@@ -404,7 +446,7 @@ def test_weights_vouched_for_skip_the_comparison_until_the_token_changes(monkeyp
     def get(token=None, w=a):
         reset = winograd.TRUSTED.set(None if token is None else (address, token))
         try:
-            return cache.get("k", w, lambda v: v * 2)
+            return cache.get("k", w, lambda v: (v * 2, True))
         finally:
             winograd.TRUSTED.reset(reset)
 

@@ -66,7 +66,7 @@ def cpu_isa() -> str:
     return ISA_NAMES[lib.fc_cpu_isa()] if lib is not None else "unknown"
 
 
-FC_OK, FC_ENOMEM, FC_EINDEX, FC_ESIZE = 0, 1, 2, 3
+FC_OK, FC_ENOMEM, FC_EINDEX, FC_ESIZE, FC_ENONFINITE = 0, 1, 2, 3, 4
 
 
 def build_info() -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..common import config, transpose, winograd
 from ..common.nonfinite import NonFinite, finite
-from ._lib import ISA, check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
+from ._lib import FC_ENONFINITE, ISA, check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:  # per output tile m
     TRANSFORM_FILTER = {
@@ -31,11 +31,13 @@ def _transformed_filter(name, m, spec, w, profile, source=None):
     """U for w (or for the transposed view w of source): fastconv.common.winograd.transformed."""
     def transform(w5):
         mr, G, og, cg = lib.fc_winograd_mr(ISA), spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
-        u = np.empty(G * (m + 2) ** 2 * -(-og // mr) * mr * cg, spec.dtype)
+        u = winograd.buffer(G * (m + 2) ** 2 * -(-og // mr) * mr * cg, spec.dtype)
         status = TRANSFORM_FILTER[m][spec.dtype](
             *weight_ptr(w5), ptr(u, out=True), conv_shape(spec), n_threads(spec), ptr(profile, out=True))
+        if status == FC_ENONFINITE:  # u holds inf or NaN (the C kernel checks as it writes)
+            return u, False
         check(status, name)
-        return u
+        return u, True
 
     return winograd.transformed(name, spec, w, transform, source)
 

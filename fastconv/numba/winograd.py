@@ -519,11 +519,11 @@ def _transformed_filter(name, m, spec, w, source=None):
         alpha = m + 2
         G, og, cg = w5.shape[:3]
         wt = np.ascontiguousarray(w5.transpose(0, 1, 3, 4, 2)).reshape(G * og, 3, 3, cg)
-        u = np.empty((G, alpha ** 2, og, cg), w5.dtype)
+        u = winograd.buffer(G * alpha ** 2 * og * cg, w5.dtype).reshape(G, alpha ** 2, og, cg)
         tmp = np.empty((get_num_threads(), alpha * 3 * cg))
         launch_threads()
         _transform_filter(wt, u, _G[m], tmp)
-        return u
+        return u, finite(u)
 
     return winograd.transformed(name, spec, w, transform, source)
 
