@@ -65,16 +65,18 @@ def _tensor(a) -> torch.Tensor:
     return torch.from_numpy(a)  # fastconv returns new C-contiguous arrays: no copy
 
 
-def _conv_backward(grad_y, x, w, has_bias, args):
-    """(gx, gw, gb) of conv2d on fastconv, as tensors; gb is None without a bias.  Weights that get
-    gradients change every step: the dispatcher is told so (config.WEIGHTS_VARY)."""
+def _conv_backward(grad_y, x, w, has_bias, args, need=(True, True, True)):
+    """(gx, gw, gb) of conv2d on fastconv, as tensors, each None where need says no (or gb without
+    a bias).  Weights that get gradients change every step: the dispatcher is told so
+    (config.WEIGHTS_VARY)."""
     vary = _WEIGHTS_VARY.set(w.requires_grad)
     try:
-        gx, gw, gb = fastconv.conv2d_backward(_numpy(grad_y, "grad_output", "conv2d"), _numpy(x, "input", "conv2d"),
-                                              _numpy(w, "weight", "conv2d"), *args, bias=has_bias)
+        gx, gw, gb = fastconv.api.conv2d_grads(
+            _numpy(grad_y, "grad_output", "conv2d"), _numpy(x, "input", "conv2d"), _numpy(w, "weight", "conv2d"),
+            *args, bias=has_bias and need[2], grad_input=need[0], grad_weight=need[1])
     finally:
         _WEIGHTS_VARY.reset(vary)
-    return _tensor(gx), _tensor(gw), None if gb is None else _tensor(gb)
+    return tuple(None if g is None else _tensor(g) for g in (gx, gw, gb))
 
 
 def _pool_backward(grad_y, idx, input_shape):
@@ -103,8 +105,8 @@ class _Conv2d(torch.autograd.Function):
         x, w = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: record the backward so it can be differentiated
             gx, gw, gb = _Conv2dBackward.apply(grad_y, x, w, ctx.has_bias, *ctx.args)
-        else:  # first order: straight to fastconv, nothing recorded
-            gx, gw, gb = _conv_backward(grad_y, x, w, ctx.has_bias, ctx.args)
+        else:  # first order: straight to fastconv, nothing recorded, only the gradients wanted
+            gx, gw, gb = _conv_backward(grad_y, x, w, ctx.has_bias, ctx.args, ctx.needs_input_grad[:3])
         need = ctx.needs_input_grad
         return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
                 None, None, None, None)

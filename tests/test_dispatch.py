@@ -124,6 +124,22 @@ def test_backward_runs_through_the_registry():
     assert fc.conv2d_backward(gy, X, W, bias=False)[2] is None
 
 
+@pytest.mark.parametrize("grad_input,grad_weight,bias", [(False, True, True), (True, False, False), (False, False, True)])
+def test_conv2d_grads_computes_only_what_is_asked(grad_input, grad_weight, bias, monkeypatch):
+    from fastconv import api
+    gy = np.random.default_rng(3).standard_normal((1, 4, 7, 7)).astype(np.float32)
+    chosen = []
+    real_choose = dispatch.choose
+    monkeypatch.setattr(dispatch, "choose", lambda op, *a, **k: chosen.append(op) or real_choose(op, *a, **k))
+    got = api.conv2d_grads(gy, X, W, bias=bias, grad_input=grad_input, grad_weight=grad_weight)
+    wanted = (grad_input, grad_weight, bias)
+    for g, expected, want in zip(got, fc.reference.conv2d_backward(gy, X, W), wanted):
+        assert (g is None) == (not want)
+        if want:
+            assert rel_err(g, expected) <= 1e-5
+    assert chosen == [op for op, want in (("conv2d.bwd_data", grad_input), ("conv2d.bwd_weight", grad_weight)) if want]
+
+
 def test_repeated_calls_reuse_the_spec_but_never_skip_a_check():
     from fastconv import api
 

@@ -116,6 +116,27 @@ def test_first_order_backward_does_not_build_the_differentiable_path(monkeypatch
     assert not x.grad.requires_grad
 
 
+def test_backward_computes_only_the_gradients_autograd_wants(monkeypatch):
+    """A network's first layer: its input (the images) needs no gradient, and computing one cost
+    ResNet-18's conv1 about half of its backward.  Frozen weights likewise."""
+    import fastconv.api as api
+    asked = []
+    real = api.conv2d_grads
+    monkeypatch.setattr(api, "conv2d_grads", lambda *a, **k: asked.append(
+        (k["grad_input"], k["grad_weight"], k["bias"])) or real(*a, **k))
+    x, w, b = _conv_inputs()
+    for x_grad, w_grad in [(False, True), (True, False)]:
+        xs, ws, bs = (t.detach().requires_grad_(g) for t, g in ((x, x_grad), (w, w_grad), (b, True)))
+        fct.conv2d(xs, ws, bs, padding=1).square().sum().backward()
+        xn, wn, bn = (t.detach().requires_grad_(g) for t, g in ((x, x_grad), (w, w_grad), (b, True)))
+        F.conv2d(xn, wn, bn, padding=1).square().sum().backward()
+        for mine, native in ((xs, xn), (ws, wn), (bs, bn)):
+            assert (mine.grad is None) == (native.grad is None)
+            if native.grad is not None:
+                torch.testing.assert_close(mine.grad, native.grad)
+    assert asked == [(False, True, True), (True, False, True)]
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "input without grad"])
 def test_inference_pools_compute_no_indices(mode, monkeypatch):
     # Where no gradient can flow back, max_pool2d asks fastconv for the values alone (the kernels
@@ -243,15 +264,16 @@ def test_training_calls_tell_the_dispatcher_their_weights_change(monkeypatch):
     # weights that get gradients change every step: fastconv.common.config.WEIGHTS_VARY is set for
     # their forward and backward calls (the dispatcher keeps that case apart), not otherwise
     import fastconv
+    from fastconv import api
     from fastconv.common import config
     seen = []
-    for name in ("conv2d", "conv2d_backward"):
-        inner = getattr(fastconv, name)
+    for module, name, shown in ((fastconv, "conv2d", "conv2d"), (api, "conv2d_grads", "conv2d_backward")):
+        inner = getattr(module, name)
 
-        def record(*args, _inner=inner, _name=name, **kwargs):
+        def record(*args, _inner=inner, _name=shown, **kwargs):
             seen.append((_name, config.WEIGHTS_VARY.get()))
             return _inner(*args, **kwargs)
-        monkeypatch.setattr(fastconv, name, record)
+        monkeypatch.setattr(module, name, record)
     conv = fct.patch(nn.Sequential(nn.Conv2d(2, 3, 3))).double()
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     conv(x).sum().backward()
