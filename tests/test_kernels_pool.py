@@ -17,6 +17,8 @@ BACKWARD = kernel_params("maxpool2d.bwd")
 # (input shape, kernel_size, stride, padding, dilation, ceil_mode)
 CASES = {
     "vgg-2x2s2": ((1, 3, 8, 8), 2, 2, 0, 1, False),
+    "2x2s2-odd": ((2, 3, 7, 9), 2, 2, 0, 1, False),  # floor: the last row and column unread
+    "2x2s2-ceil-odd": ((1, 2, 7, 5), 2, 2, 0, 1, True),  # partial windows: the general loop
     "resnet-3x3s2p1": ((2, 4, 13, 11), 3, 2, 1, 1, False),
     "overlapping-s1": ((1, 2, 7, 9), 3, 1, 1, 1, False),
     "ceil-mode": ((1, 2, 5, 5), 2, 2, 1, 1, True),
