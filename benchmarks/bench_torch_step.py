@@ -7,12 +7,24 @@ Models: the LeNet-5-style CNN of examples/train_lenet_digits.py (1x8x8 digits) a
 block (two 3x3 convs of 64 channels on 56x56, then a 2x2 max-pool).  The parameter naming the
 model is `layer` ("<model>:train_step"), as in bench_conv_layers.py, so that one
 `--benchmark-group-by=param:layer` groups the whole suite.  Not collected without torch.
+
+pytest-benchmark times the contenders one after the other; for a ratio, run the file itself:
+
+    python benchmarks/bench_torch_step.py [--model lenet] [--repeats 15]
+
+which interleaves them (fastconv.timing.interleaved: rounds in shuffled orders, a pause and a
+warm-up before each contender) and prints the medians and torch's time over fastconv's.
 """
+import statistics
+import sys
 import time
+
+if __name__ == "__main__":  # run as a script: its folder's profile.py would shadow the stdlib's (torch imports it)
+    sys.path.pop(0)
 
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch") if __name__ != "__main__" else __import__("torch")
 import fastconv.torch as fct  # noqa: E402
 
 nn = torch.nn
@@ -57,3 +69,26 @@ def test_training_step(benchmark, layer, backend):
         time.sleep(0.1)  # let the previous contender's thread pool stop spinning
     benchmark.group = layer
     benchmark.pedantic(step, rounds=7, warmup_rounds=1)
+
+
+def main(argv=None):
+    import argparse
+
+    from fastconv import machine, timing
+    p = argparse.ArgumentParser(description="one training step, native torch against patched, interleaved")
+    p.add_argument("--model", default="lenet", choices=sorted(MODELS))
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args(argv)
+    steps = {backend: training_step(args.model, backend) for backend in ("torch", "fastconv")}
+    for step in steps.values():
+        step()  # compile, tune, warm the pools
+    times = timing.interleaved(steps, args.repeats)
+    med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    print(f"{machine.describe()}; torch {torch.__version__}; {args.model} training step, batch 16, "
+          f"median of {args.repeats} interleaved rounds")
+    print(f"  torch {med['torch']:.3f} ms  fastconv {med['fastconv']:.3f} ms  "
+          f"torch/fastconv {med['torch'] / med['fastconv']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,6 +43,9 @@
 #define FC_IM2COL_WIDE_OG 256
 #define FC_IM2COL_MIN_COLUMNS 2048
 #define FC_IM2COL_SPLIT_OG 64 /* batch 1: output channels per part at least (the forward's split) */
+/* The weight gradient folds the batch into one GEMM below this many multiply-adds: a GEMM call per
+ * image costs more than its arithmetic there (LeNet's conv2, 16x6x4x4 -> 16: 16 calls, 56 us). */
+#define FC_IM2COL_FOLD_MACS (1 << 22)
 
 /* A 1x1, stride-1, unpadded convolution needs no unfold: the input plane already is cols. */
 static int fc_im2col_direct_cols(const fc_conv2d_shape *s) {
@@ -195,6 +198,27 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
  * then split the GEMM by grad_w's longer side, each thread owning its columns (or rows) of it.  (Per-thread
  * chunks would need per-thread partial grad_w, each read and written in full by every GEMM: on
  * VGG conv5_1 that ran 4x slower on 2 threads than on 1.) */
+/* A tiny weight gradient (one group) as one GEMM over the whole batch, on one thread:
+ * grad_w[o][k] = sum over (n, p) of gy[n][o][p] * cols_n[k][p], with gy and every image's columns
+ * laid out [row][n][p] first. */
+static int FC_SFX(bwd_weight_folded)(const FC_T *gy, const FC_T *x, FC_T *gw, const fc_conv2d_shape *s,
+                                     FC_SFX(rows_fn) unfold) {
+    const int64_t og = s->c_out, K = s->c_in * s->kh * s->kw, P = s->out_h * s->out_w, NP = s->n * P;
+    FC_T *cols = fc_alloc((size_t)((K + og) * NP + K * P) * sizeof(FC_T));
+    if (!cols) return FC_ENOMEM;
+    FC_T *gyt = cols + K * NP, *one = gyt + og * NP;
+    for (int64_t n = 0; n < s->n; n++) {
+        unfold(x + n * s->c_in * s->h * s->w, one, s, s->c_in, 0, s->out_h);
+        for (int64_t k = 0; k < K; k++) memcpy(cols + k * NP + n * P, one + k * P, (size_t)P * sizeof(FC_T));
+        for (int64_t o = 0; o < og; o++)
+            memcpy(gyt + o * NP + n * P, gy + (n * og + o) * P, (size_t)P * sizeof(FC_T));
+    }
+    FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)K, (int)NP, (FC_T)1, gyt, (int)NP, cols,
+            (int)NP, (FC_T)0, gw, (int)K);
+    fc_free(cols);
+    return FC_OK;
+}
+
 int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
                                         const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = s->kh * s->kw;
@@ -212,6 +236,8 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     const int by_columns = K >= og;
     const int64_t side = by_columns ? K : og, parts = fc_min64(nt, (side + 15) / 16);
     const int64_t block = fc_round_up(fc_ceil_div(side, parts), 16);
+    if (s->groups == 1 && s->n > 1 && !direct_cols && og * K * s->n * P <= FC_IM2COL_FOLD_MACS)
+        return FC_SFX(bwd_weight_folded)(gy, x, gw, s, unfold);
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(K * rows * OW) * sizeof(FC_T));
     if (!direct_cols && !cols) return FC_ENOMEM;
     memset(gw, 0, (size_t)(s->c_out * K) * sizeof(FC_T));
