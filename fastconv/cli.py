@@ -52,13 +52,19 @@ def _count(text: str) -> int:
     return value
 
 
+def _bitwise(row: dict) -> str:
+    """The kernels table's reproducibility column: "any nt" (the same bits at any thread count),
+    "same nt" (run to run at one thread count) or "no"."""
+    return ("any nt" if row["thread_invariant"] else "same nt") if row["deterministic"] else "no"
+
+
 def _kernels(args) -> int:
     rows = []
     for k in registry.kernels():
         unavailable = registry.BACKENDS[k.backend].unavailable if k.backend in registry.BACKENDS else None
         rows.append({"name": k.name, "op": k.op, "backend": k.backend, "algo": k.algo,
                      "rtol_float32": k.rtol["float32"], "rtol_float64": k.rtol["float64"],
-                     "deterministic": k.deterministic, "nonfinite_to": k.nonfinite, "status": unavailable or "ok"})
+                     "deterministic": k.deterministic, "thread_invariant": k.thread_invariant, "nonfinite_to": k.nonfinite, "status": unavailable or "ok"})
     force = threads.in_force()
     info = {"version": __version__, "machine": machine.describe(), "isa": machine.isa_path(),
             "backends": {b.name: {"status": b.status(), "unavailable": b.unavailable, **b.fingerprint()}
@@ -74,10 +80,10 @@ def _kernels(args) -> int:
     print(f"threads: {info['threads']} per call (pool {info['thread_pool']}; OpenBLAS "
           f"{info['openblas_threads_per_task']} inside each task)"
           + ("; serial: forked after the parent ran kernels" if info["serial_only"] else ""))
-    print(f"{'kernel':20s} {'op':18s} {'rtol f32':>9s} {'rtol f64':>9s} {'determ.':>7s}  {'inf/NaN to':14s} status")
+    print(f"{'kernel':20s} {'op':18s} {'rtol f32':>9s} {'rtol f64':>9s} {'bitwise':>8s}  {'inf/NaN to':14s} status")
     for r in rows:
         print(f"{r['name']:20s} {r['op']:18s} {r['rtol_float32']:9.0e} {r['rtol_float64']:9.0e} "
-              f"{'yes' if r['deterministic'] else 'no':>7s}  {r['nonfinite_to'] or '-':14s} {r['status']}")
+              f"{_bitwise(r):>8s}  {r['nonfinite_to'] or '-':14s} {r['status']}")
     return 0
 
 

@@ -157,10 +157,16 @@ class Kernel:
     # The kernel that serves this one's calls holding inf or NaN, where its arithmetic would put
     # them elsewhere than PyTorch (fastconv/common/nonfinite.py); None: it computes them itself.
     nonfinite: Optional[str] = None
-    # Bitwise the same result run to run and at any thread count on one machine (tasks write
-    # disjoint outputs and each sums in a fixed order; tests/test_reliability.py holds it to it).
-    # Not across machines: OpenBLAS and the C microkernels pick their code by CPU.
+    # Bitwise the same result run to run at one thread count on one machine (tasks write disjoint
+    # outputs and each sums in a fixed order; tests/test_reliability.py holds it to it).  Not across
+    # machines: OpenBLAS and the C microkernels pick their code by CPU.
     deterministic: bool = True
+    # ... and at any thread count: the work's split into sums does not depend on the threads.
+    # False where a GEMM is split by the thread count: OpenBLAS's entries depend on the shape of
+    # the call they are in (its Haswell sgemm: one 64 x 576 x 784 product against the same in
+    # column blocks of 16..128 differs in the last bits), so a split that follows the threads
+    # changes the bits.
+    thread_invariant: bool = True
 
     @property
     def backend(self) -> str:
@@ -275,8 +281,11 @@ def _rerouting(kernel: Kernel, fallback: Kernel, *, data: bool, weights: bool) -
 
 def _winograd(name: str, op: str, m: int, run: Callable, fallback: Kernel) -> Kernel:
     """A Winograd F(m x m, 3 x 3) kernel: its eligibility and error bound; data holding inf or NaN
-    is checked per call, weights through their cached transform (which raises NonFinite)."""
-    return _rerouting(Kernel(name, op, run, winograd.why_not, rtol=winograd.RTOL[m]), fallback,
+    is checked per call, weights through their cached transform (which raises NonFinite).  Numba's
+    splits its GEMMs into tasks by the thread count (fastconv/numba/winograd.py); C's by its
+    blocks of tiles."""
+    return _rerouting(Kernel(name, op, run, winograd.why_not, rtol=winograd.RTOL[m],
+                             thread_invariant=not name.startswith("numba.")), fallback,
                       data=True, weights=False)
 
 
@@ -293,13 +302,15 @@ def _transposed_backward_data(name: str, run: Callable, fallback: Kernel, why_no
     return _rerouting(Kernel(name, "conv2d.bwd_data", run, why_not), fallback, data=False, weights=True)
 
 
-# im2col's limits are OpenBLAS's, the same in both backends
-C_IM2COL_FWD = Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward, im2col.why_not)
-NB_IM2COL_FWD = Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward, im2col.why_not)
-C_IM2COL_BWD_DATA = Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data, im2col.why_not)
-NB_IM2COL_BWD_DATA = Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data, im2col.why_not)
-C_IM2COL_BWD_WEIGHT = Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, im2col.why_not)
-NB_IM2COL_BWD_WEIGHT = Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, im2col.why_not)
+# im2col's limits are OpenBLAS's, the same in both backends; so are its splits of the GEMMs by the
+# thread count (csrc/im2col.c), which make its bits depend on that count
+_IM2COL = dict(why_not=im2col.why_not, thread_invariant=False)
+C_IM2COL_FWD = Kernel("c.im2col", "conv2d.fwd", c_im2col.conv2d_forward, **_IM2COL)
+NB_IM2COL_FWD = Kernel("numba.im2col", "conv2d.fwd", nb_im2col.conv2d_forward, **_IM2COL)
+C_IM2COL_BWD_DATA = Kernel("c.im2col", "conv2d.bwd_data", c_im2col.conv2d_backward_data, **_IM2COL)
+NB_IM2COL_BWD_DATA = Kernel("numba.im2col", "conv2d.bwd_data", nb_im2col.conv2d_backward_data, **_IM2COL)
+C_IM2COL_BWD_WEIGHT = Kernel("c.im2col", "conv2d.bwd_weight", c_im2col.conv2d_backward_weight, **_IM2COL)
+NB_IM2COL_BWD_WEIGHT = Kernel("numba.im2col", "conv2d.bwd_weight", nb_im2col.conv2d_backward_weight, **_IM2COL)
 
 
 KERNELS: tuple[Kernel, ...] = (

@@ -15,7 +15,7 @@ import pytest
 import fastconv as fc
 from fastconv import api, dispatch, reference, registry, threads
 from fastconv.common import nonfinite
-from fastconv.spec import PARAM_LIMIT, ConvSpec
+from fastconv.spec import PARAM_LIMIT, ConvSpec, PoolSpec
 
 from conftest import kernel_params, rel_err
 
@@ -442,35 +442,62 @@ def test_another_librarys_blas_limit_does_not_reach_inside_the_kernels(tmp_path)
 
 # ----------------------------------------------------------------------------- determinism
 
-@pytest.mark.parametrize("kernel", [k for op in CONV_OPS + ("maxpool2d.fwd", "maxpool2d.bwd")
-                                    for k in kernel_params(op) if k.values[0].deterministic])
-def test_deterministic_kernels_are_bitwise_reproducible(kernel):
-    """Run to run and across thread counts (registry: Kernel.deterministic)."""
-    k = kernel
+# Problems whose tasks split differently at 1 and 2 threads: a batch (the original case), one image
+# (im2col and Numba's Winograd then split the GEMMs by output channels or taps), a first layer.
+DETERMINISM_PROBLEMS = (((3, 8, 17, 15), (12, 8, 3, 3), 1), ((1, 16, 20, 20), (40, 16, 3, 3), 1),
+                        ((1, 32, 14, 14), (128, 32, 3, 3), 1), ((1, 3, 24, 24), (16, 3, 7, 7), 2))
+
+
+def _runs(kernel, counts):
+    """kernel's results, run by kernel.run itself (the public API's algo= names a family: "direct"
+    may run direct_flat), on each of DETERMINISM_PROBLEMS at each thread count of counts."""
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((3, 8, 17, 15)).astype(np.float32)
-    w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
-    gy = rng.standard_normal((3, 12, 17, 15)).astype(np.float32)
-    if k.op.startswith("conv2d"):
-        def run():
-            return _call(k, x, w, gy)
-    elif k.op == "maxpool2d.fwd":
-        def run():
-            return np.stack(fc.max_pool2d(x, 3, 1, 1, backend=k.backend)).astype(np.float64)
-    else:
-        y, idx = fc.max_pool2d(x, 3, 1, 1)
-        def run():
-            return fc.max_pool2d_backward(y, idx, x.shape, backend=k.backend)
+    problems = []
+    for x_shape, w_shape, stride in DETERMINISM_PROBLEMS:
+        if kernel.op.startswith("conv2d"):
+            groups = x_shape[1] if kernel.family == "depthwise" else 1  # the kind it serves
+            w_shape = (x_shape[1], 1, *w_shape[2:]) if groups > 1 else w_shape
+            spec = ConvSpec.from_shapes(x_shape, w_shape, stride, w_shape[2] // 2, 1, groups)
+        else:
+            spec = PoolSpec.from_shape(x_shape, 3, 1, 1, 1, False, "float32")
+            spec = spec.backward_spec() if kernel.op == "maxpool2d.bwd" else spec
+        if kernel.why_not(spec) is None:
+            problems.append((spec, registry.OPS[kernel.op].arguments(spec, rng)))
+    assert problems, f"{kernel.name} serves none of the problems"
     before = fc.get_num_threads()
+    results = []
     try:
-        results = []
-        for n in sorted({1, threads.max_threads()}) * 2:
+        for n in counts:
             fc.set_num_threads(n)
-            results.append(run())
+            results.append([np.asarray(registry.OPS[kernel.op].output_of(kernel.run(spec, *args)))
+                            for spec, args in problems])
     finally:
         fc.set_num_threads(before)
-    for r in results[1:]:
-        np.testing.assert_array_equal(r, results[0])
+    return results
+
+
+@pytest.mark.parametrize("kernel", [k for op in CONV_OPS + ("maxpool2d.fwd", "maxpool2d.bwd")
+                                    for k in kernel_params(op) if k.values[0].deterministic])
+def test_deterministic_kernels_are_bitwise_reproducible_run_to_run(kernel):
+    """At one thread and at the most, twice each (registry: Kernel.deterministic)."""
+    counts = sorted({1, threads.max_threads()})
+    results = _runs(kernel, counts * 2)
+    for first, again in zip(results[:len(counts)], results[len(counts):]):
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("kernel", [k for op in CONV_OPS + ("maxpool2d.fwd", "maxpool2d.bwd")
+                                    for k in kernel_params(op) if k.values[0].thread_invariant])
+def test_thread_invariant_kernels_give_the_same_bits_at_any_thread_count(kernel):
+    """registry: Kernel.thread_invariant (im2col and Numba's Winograd GEMMs are split by the thread
+    count, and OpenBLAS's entries depend on the shape of the call: they do not promise this)."""
+    if threads.max_threads() < 2:
+        pytest.skip("one CPU: a single thread count to compare")
+    results = _runs(kernel, (1, threads.max_threads(), 1))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(b, a)
 
 
 # ----------------------------------------------------------------------------- what already held
