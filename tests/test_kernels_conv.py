@@ -5,6 +5,7 @@ dilation, groups (depthwise too), 1x1 and 7x7 filters, batch 1 and 3, and non-co
 Tolerances are per kernel and dtype, from the registry.  A kernel that refuses a case must raise
 the documented ValueError naming itself, never return something wrong.
 """
+import itertools
 import time
 
 import numpy as np
@@ -124,6 +125,28 @@ def test_forward_edge_cases(kernel, case, dtype, rng):
 @pytest.mark.parametrize("kernel", FORWARD)
 def test_forward_non_contiguous_input(kernel, case, rng):
     _run_case(kernel, case, "float32", rng, contiguous=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", [k for k in FORWARD if k.values[0].algo in ("direct_flat", "depthwise")])
+def test_forward_stride2_rows_of_every_width(kernel, dtype, rng):
+    """The flat kernels' stride-2 phase copy (csrc/fc_flat_copy.h: copy_even's whole vectors, its
+    masked tail, and the last row of the last plane ending at the array's end) on rows 1..20 wide,
+    against the reference, by kernel.run itself."""
+    k = kernel
+    for width, height, padding, dilation in itertools.product(range(1, 21), (1, 6), (0, 1, 2), (1, 2)):
+        c = 3
+        x = random_array(rng, (2, c, height, width), dtype)
+        w = random_array(rng, (c, 1 if k.family == "depthwise" else c, 3, 3), dtype)
+        groups = c if k.family == "depthwise" else 1
+        try:
+            spec = ConvSpec.from_args(x, w, stride=2, padding=padding, dilation=dilation, groups=groups)
+        except ValueError:  # no output pixel
+            continue
+        if k.why_not(spec) is not None:
+            continue
+        expected = fc.reference.conv2d(x, w, None, 2, padding, dilation, groups)
+        assert rel_err(k.run(spec, x, w, None), expected) <= k.rtol[dtype], (width, height, padding, dilation)
 
 
 def valid(problem, dtype) -> bool:
