@@ -449,8 +449,8 @@ DETERMINISM_PROBLEMS = (((3, 8, 17, 15), (12, 8, 3, 3), 1), ((1, 16, 20, 20), (4
 
 
 def _runs(kernel, counts):
-    """kernel's results, run by kernel.run itself (the public API's algo= names a family: "direct"
-    may run direct_flat), on each of DETERMINISM_PROBLEMS at each thread count of counts."""
+    """kernel's results, run by kernel.run itself, on each of DETERMINISM_PROBLEMS at each thread
+    count of counts."""
     rng = np.random.default_rng(9)
     problems = []
     for x_shape, w_shape, stride in DETERMINISM_PROBLEMS:

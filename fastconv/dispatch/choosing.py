@@ -63,6 +63,10 @@ def eligible(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Opt
     if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0):
         raise ValueError(f"{caller}: rtol={rtol!r} must be a positive number or None")
     named = [k for k in registry.kernels(op) if _matches(k, algo, backend)]
+    # A name that is both a variant's and a family's ("direct": c.direct, and the family of
+    # direct_flat) names the variant: otherwise algo="direct" ran direct_flat wherever the heuristic
+    # or the tuner preferred it, and no call could ask for direct itself.
+    named = [k for k in named if k.algo == algo] or named
     if not named:
         known = sorted({k.algo for k in registry.kernels(op)} | {k.family for k in registry.kernels(op)})
         raise ValueError(f"{caller}: no {op} kernel matches {algo_arg}={algo!r}, backend={backend!r} "
