@@ -472,6 +472,25 @@ FC_TARGET FC_INLINE FC_T FC_ISA_SFX(dot_run)(const FC_T *FC_RESTRICT a, const FC
         }
         *acc += t;
     }
+#elif FC_X86 && FC_VBYTES == 32
+    /* The same with AVX's masked loads: the scalar tail was a chain of dependent FMAs, 28 cycles
+     * for a row of 7, most of a 7x7 plane's weight gradient (AMD EPYC Zen 3: dw960_7 0.32 ms, 0.59x
+     * torch's). */
+    if (q < len) {
+        VEC t;
+        if (sizeof(FC_T) == 4) {
+            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(len - q)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            const __m256 p = _mm256_mul_ps(_mm256_maskload_ps((const float *)a + q, m),
+                                           _mm256_maskload_ps((const float *)b + q, m));
+            memcpy(&t, &p, sizeof t);
+        } else {
+            const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(len - q), _mm256_setr_epi64x(0, 1, 2, 3));
+            const __m256d p = _mm256_mul_pd(_mm256_maskload_pd((const double *)a + q, m),
+                                            _mm256_maskload_pd((const double *)b + q, m));
+            memcpy(&t, &p, sizeof t);
+        }
+        *acc += t;
+    }
 #else
     for (; q < len; q++) tail += a[q] * b[q];
 #endif
