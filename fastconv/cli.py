@@ -64,7 +64,8 @@ def _kernels(args) -> int:
         unavailable = registry.BACKENDS[k.backend].unavailable if k.backend in registry.BACKENDS else None
         rows.append({"name": k.name, "op": k.op, "backend": k.backend, "algo": k.algo,
                      "rtol_float32": k.rtol["float32"], "rtol_float64": k.rtol["float64"],
-                     "deterministic": k.deterministic, "thread_invariant": k.thread_invariant, "nonfinite_to": k.nonfinite, "status": unavailable or "ok"})
+                     "deterministic": k.deterministic, "thread_invariant": k.thread_invariant,
+                     "nonfinite_to": k.nonfinite, "status": unavailable or "ok"})
     force = threads.in_force()
     info = {"version": __version__, "machine": machine.describe(), "isa": machine.isa_path(),
             "backends": {b.name: {"status": b.status(), "unavailable": b.unavailable, **b.fingerprint()}
