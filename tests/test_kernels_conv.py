@@ -133,9 +133,8 @@ def test_forward_stride2_rows_of_every_width(kernel, dtype, rng):
     """The flat kernels' stride-2 phase copy (csrc/fc_flat_copy.h: copy_even's whole vectors, its
     masked tail, and the last row of the last plane ending at the array's end) on rows 1..20 wide,
     against the reference, by kernel.run itself."""
-    k = kernel
+    k, c = kernel, 3
     for width, height, padding, dilation in itertools.product(range(1, 21), (1, 6), (0, 1, 2), (1, 2)):
-        c = 3
         x = random_array(rng, (2, c, height, width), dtype)
         w = random_array(rng, (c, 1 if k.family == "depthwise" else c, 3, 3), dtype)
         groups = c if k.family == "depthwise" else 1

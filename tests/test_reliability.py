@@ -446,6 +446,7 @@ def test_another_librarys_blas_limit_does_not_reach_inside_the_kernels(tmp_path)
 # (im2col and Numba's Winograd then split the GEMMs by output channels or taps), a first layer.
 DETERMINISM_PROBLEMS = (((3, 8, 17, 15), (12, 8, 3, 3), 1), ((1, 16, 20, 20), (40, 16, 3, 3), 1),
                         ((1, 32, 14, 14), (128, 32, 3, 3), 1), ((1, 3, 24, 24), (16, 3, 7, 7), 2))
+DETERMINISM_KERNELS = [k for op in CONV_OPS + ("maxpool2d.fwd", "maxpool2d.bwd") for k in kernel_params(op)]
 
 
 def _runs(kernel, counts):
@@ -476,8 +477,7 @@ def _runs(kernel, counts):
     return results
 
 
-@pytest.mark.parametrize("kernel", [k for op in CONV_OPS + ("maxpool2d.fwd", "maxpool2d.bwd")
-                                    for k in kernel_params(op) if k.values[0].deterministic])
+@pytest.mark.parametrize("kernel", [k for k in DETERMINISM_KERNELS if k.values[0].deterministic])
 def test_deterministic_kernels_are_bitwise_reproducible_run_to_run(kernel):
     """At one thread and at the most, twice each (registry: Kernel.deterministic)."""
     counts = sorted({1, threads.max_threads()})
@@ -487,8 +487,7 @@ def test_deterministic_kernels_are_bitwise_reproducible_run_to_run(kernel):
             np.testing.assert_array_equal(b, a)
 
 
-@pytest.mark.parametrize("kernel", [k for op in CONV_OPS + ("maxpool2d.fwd", "maxpool2d.bwd")
-                                    for k in kernel_params(op) if k.values[0].thread_invariant])
+@pytest.mark.parametrize("kernel", [k for k in DETERMINISM_KERNELS if k.values[0].thread_invariant])
 def test_thread_invariant_kernels_give_the_same_bits_at_any_thread_count(kernel):
     """registry: Kernel.thread_invariant (im2col and Numba's Winograd GEMMs are split by the thread
     count, and OpenBLAS's entries depend on the shape of the call: they do not promise this)."""
