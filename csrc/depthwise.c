@@ -1,9 +1,8 @@
 /* Depthwise conv2d, the twin of fastconv/numba/depthwise.py: groups = C_in, one input channel per
  * group and og = C_out / groups outputs of it (the channel multiplier), any stride, padding and
- * dilation.  Forward and grad of weight here; the grad of input runs the forward on the transposed
- * problems of fastconv/common/transpose.py, which are again one small group per channel (og
- * inputs, one output), so the forward serves any cg x og per group and the Python side keeps it
- * to depthwise problems (fastconv/common/depthwise.py).
+ * dilation, all three passes.  (The forward serves any cg x og per group, as it once ran the grad
+ * of input's transposed problems; the Python side keeps it to depthwise problems,
+ * fastconv/common/depthwise.py.)
  *
  * A depthwise layer does 2 * kH * kW flops per output and per input element it reads: its limit is
  * memory traffic, not multiply-adds, and a GEMM (im2col) or a channel-blocked microkernel (direct)
@@ -20,7 +19,9 @@
  *                that stays in L1) whose rows are copied into y;
  *   weight grad  per tap the dot products of gy's rows with the tap's rows of xq (out_w columns
  *                each, the last vector masked), in vector partial sums, summed over the batch in
- *                a fixed order (deterministic at any thread count).
+ *                a fixed order (deterministic at any thread count);
+ *   grad input   the inputs split by stride phase instead, all reading one copy of each gy plane
+ *                (fc_dw_data_window below says how), each phase a flat run as in the forward.
  * Tasks: runs of consecutive planes (n, g), a few per thread (dynamic scheduling); a 7x7 plane is
  * too small a task alone.  Each thread owns one plane copy of cg channels and its gathered
  * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a
@@ -95,6 +96,72 @@ static int64_t fc_dw_run(int64_t items, int64_t nt) {
     return (items + tasks - 1) / tasks;
 }
 
+/* The grad of input, directly (not the forward on transpose.py's problems, one call and one gy copy
+ * per stride phase, then a strided scatter in NumPy: 2.6x a stride-1 layer's time at stride 2 on
+ * AMD EPYC Zen 3).  gx[ih][iw] sums w[i][j] * gy[oh][ow] over the taps with oh * sh = ih + pt - i * dh.
+ * Split the inputs by phase, ih = u * sh + rh: tap i reaches phase rh when (rh + pt - i * dh) % sh
+ * is 0, and then reads gy row u + d_i, d_i = (rh + pt - i * dh) / sh, the same for every u (columns
+ * alike).  So every phase reads one zero-padded copy of the gy plane, the window of rows
+ * [r0, r0 + rows) and columns [c0, c0 + pitch) that some tap reaches, at one offset per tap, and its
+ * outputs are a flat run as in the forward; the phases' runs are written into gx's rows, two column
+ * phases interleaved at stride 2. */
+typedef struct {
+    int64_t r0, rows, c0, pitch;
+} fc_dw_window;
+
+/* The taps of phase r along one axis (stride, dilation, k taps, padding pad): their indices and
+ * offsets d, in tap[]/d[] (k entries at most); returns how many. */
+static int64_t fc_dw_phase_taps(int64_t r, int64_t stride, int64_t dilation, int64_t k, int64_t pad, int64_t *tap,
+                                int64_t *d) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < k; i++) {
+        const int64_t a = r + pad - i * dilation;
+        if (((a % stride) + stride) % stride == 0) {
+            tap[m] = i;
+            d[m++] = a / stride; /* exact */
+        }
+    }
+    return m;
+}
+
+/* Inputs of phase r along an axis of `size` inputs at this stride. */
+static int64_t fc_dw_phase_len(int64_t r, int64_t stride, int64_t size) {
+    return r < size ? (size - r + stride - 1) / stride : 0;
+}
+
+/* The gy window that the taps of one axis reach: [*lo, *hi), over its phases (inputs `size`, gy
+ * `outputs` long). */
+static void fc_dw_axis_window(int64_t stride, int64_t dilation, int64_t k, int64_t pad, int64_t size, int64_t *lo,
+                              int64_t *hi, int64_t *tap, int64_t *d) {
+    *lo = INT64_MAX;
+    *hi = INT64_MIN;
+    for (int64_t r = 0; r < fc_min64(stride, size); r++) {
+        const int64_t m = fc_dw_phase_taps(r, stride, dilation, k, pad, tap, d), len = fc_dw_phase_len(r, stride, size);
+        for (int64_t t = 0; t < m; t++) {
+            *lo = fc_min64(*lo, d[t]);
+            *hi = fc_max64(*hi, len - 1 + d[t] + 1);
+        }
+    }
+    if (*lo > *hi) *lo = *hi = 0; /* no tap reaches any input: gx is zero */
+}
+
+/* tap, d: scratch of max(kh, kw) entries. */
+static fc_dw_window fc_dw_data_window(const fc_conv2d_shape *s, int64_t *tap, int64_t *d) {
+    fc_dw_window win;
+    int64_t hi;
+    fc_dw_axis_window(s->stride_h, s->dilation_h, s->kh, s->pad_top, s->h, &win.r0, &hi, tap, d);
+    win.rows = hi - win.r0;
+    fc_dw_axis_window(s->stride_w, s->dilation_w, s->kw, s->pad_left, s->w, &win.c0, &hi, tap, d);
+    /* at least phase 0's inputs per row: the runs' rows are this pitch apart in the buffers too */
+    win.pitch = fc_max64(hi - win.c0, fc_dw_phase_len(0, s->stride_w, s->w));
+    return win;
+}
+
+/* Elements of one gy plane's copy: the window, a zero row past it and a vector (what the runs read). */
+static int64_t fc_dw_data_psize(const fc_dw_window *win, int64_t vlen) {
+    return (win->rows + 1) * win->pitch + vlen;
+}
+
 #define FC_T float
 #define FC_IT int32_t /* the integer of FC_T's size, and that size: the transposes' shuffle indices */
 #define FC_TBYTES 4
@@ -125,6 +192,8 @@ typedef void (*FC_SFX(dw_fwd_fn))(const FC_T *, const FC_T *, const fc_weight_st
                                   FC_T *, const fc_conv2d_shape *, const int64_t *, int64_t, int64_t, FC_T *);
 typedef void (*FC_SFX(dw_block_fn))(const FC_T *, const FC_T *, const fc_weight_strides *, const FC_T *, FC_T *,
                                     const fc_conv2d_shape *, int64_t, int64_t, FC_T *);
+typedef void (*FC_SFX(dw_bwd_data_fn))(const FC_T *, const FC_T *, FC_T *, const fc_conv2d_shape *,
+                                       const fc_dw_window *, int64_t, int64_t, FC_T *);
 typedef void (*FC_SFX(dw_bwd_weight_fn))(const FC_T *, const FC_T *, FC_T *, const fc_conv2d_shape *,
                                          const int64_t *, int64_t, int64_t, FC_T *);
 /* Vector elements of the ISA a call runs (its copies' slack is a vector), from that ISA's level 2. */
@@ -176,6 +245,31 @@ int FC_SFX(fc_conv2d_fwd_depthwise)(const FC_T *x, const FC_T *w, const fc_weigh
              work + (int64_t)FC_THREAD_ID() * per_thread);
     fc_free(work);
     fc_free(toff);
+    return FC_OK;
+}
+
+int FC_SFX(fc_conv2d_bwd_data_depthwise)(const FC_T *gy, const FC_T *w, FC_T *gx, const fc_conv2d_shape *s,
+                                         int n_threads) {
+    const int64_t nt = n_threads > 0 ? n_threads : 1, og = s->c_out / s->groups, vlen = FC_DW_VLEN(s->isa);
+    const int64_t planes = s->n * s->groups, kmax = fc_max64(s->kh, s->kw);
+    int64_t *scratch = fc_alloc((size_t)(2 * kmax) * sizeof(int64_t));
+    if (!scratch) return FC_ENOMEM;
+    const fc_dw_window win = fc_dw_data_window(s, scratch, scratch + kmax);
+    fc_free(scratch);
+    const int64_t U = fc_dw_phase_len(0, s->stride_h, s->h), chunk = fc_max64(1, fc_min64(U, FC_DW_CHUNK_ELEMS / win.pitch));
+    /* per thread: og gy copies, a chunk's buffer per column phase written together (two at most:
+     * stride 2's pair, interleaved), the phase's weights and tap offsets */
+    const int64_t per_thread = fc_round_up(og * fc_dw_data_psize(&win, vlen), 16) +
+                               2 * (fc_round_up(chunk * win.pitch, 16) + 16) + fc_round_up(og * s->kh * s->kw, 16) +
+                               fc_round_up((og * s->kh * s->kw + 2 * (s->kh + s->kw)) * (int64_t)(sizeof(int64_t) / sizeof(FC_T)), 16);
+    const int64_t run = fc_dw_run(planes, nt), tasks = (planes + run - 1) / run;
+    const FC_SFX(dw_bwd_data_fn) task = FC_ISA_PICK(s->isa, dw_bwd_data_task);
+    FC_T *work = fc_alloc((size_t)(nt * per_thread) * sizeof(FC_T));
+    if (!work) return FC_ENOMEM;
+    FC_OMP_PARALLEL_FOR(n_threads)
+    for (int64_t t = 0; t < tasks; t++)
+        task(gy, w, gx, s, &win, t * run, fc_min64(planes, (t + 1) * run), work + (int64_t)FC_THREAD_ID() * per_thread);
+    fc_free(work);
     return FC_OK;
 }
 
@@ -450,6 +544,78 @@ FC_TARGET static void FC_ISA_SFX(dw_block_task)(const FC_T *x, const FC_T *w, co
 #undef VECA
 #undef IVEC
 #undef PX
+
+/* gx of planes [p0, p1) of (n, c) (fc_dw_data_window's comment): per plane the copies of its og gy
+ * planes, then per input row phase rh and chunk of its rows the flat runs of the column phases,
+ * written into gx's rows (phases whose taps miss every input run no taps: zeros). */
+FC_TARGET static void FC_ISA_SFX(dw_bwd_data_task)(const FC_T *gy, const FC_T *w, FC_T *gx,
+                                                   const fc_conv2d_shape *s, const fc_dw_window *win, int64_t p0,
+                                                   int64_t p1, FC_T *work) {
+    const int64_t og = s->c_out / s->groups, H = s->h, W = s->w, OH = s->out_h, OW = s->out_w;
+    const int64_t sh = s->stride_h, sw = s->stride_w, pitch = win->pitch, taps = s->kh * s->kw;
+    /* the copy as fc_flat's layout of a stride-1 problem whose padding places the window */
+    fc_conv2d_shape cs = *s;
+    cs.h = OH;
+    cs.w = OW;
+    cs.stride_h = cs.stride_w = 1;
+    cs.pad_top = -win->r0;
+    cs.pad_left = -win->c0;
+    const fc_flat_layout L = {pitch, win->rows, fc_dw_data_psize(win, VLEN), fc_dw_data_psize(win, VLEN)};
+    const int64_t U0 = fc_dw_phase_len(0, sh, H), chunk = fc_max64(1, fc_min64(U0, FC_DW_CHUNK_ELEMS / pitch));
+    const int64_t pairs = sw == 2 && W >= 2 ? 2 : 1; /* column phases computed together */
+    FC_T *xq = work, *bufs[2];
+    bufs[0] = xq + fc_round_up(og * L.psize, 16);
+    bufs[1] = bufs[0] + fc_round_up(chunk * pitch, 16) + 16;
+    FC_T *wl = bufs[1] + fc_round_up(chunk * pitch, 16) + 16;
+    int64_t *toff = (int64_t *)(wl + fc_round_up(og * taps, 16)), *tap_i = toff + og * taps;
+    int64_t *d_i = tap_i + s->kh, *tap_j = d_i + s->kh, *d_j = tap_j + s->kw; /* one phase's taps per axis */
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t n = p / s->groups, g = p % s->groups;
+        for (int64_t o = 0; o < og; o++)
+            FC_ISA_SFX(copy_plane)(gy + (n * s->c_out + g * og + o) * OH * OW, xq + o * L.psize, &cs, &L, 0);
+        FC_T *gp = gx + (n * s->c_in + g) * H * W;
+        for (int64_t rh = 0; rh < fc_min64(sh, H); rh++) {
+            const int64_t U = fc_dw_phase_len(rh, sh, H);
+            for (int64_t rw0 = 0; rw0 < fc_min64(sw, W); rw0 += pairs) {
+                for (int64_t u0 = 0; u0 < U; u0 += chunk) {
+                    const int64_t rows = fc_min64(chunk, U - u0), nvec = (rows * pitch + VLEN - 1) / VLEN;
+                    for (int64_t k = 0; k < pairs; k++) {
+                        /* the phase's taps, (o, i, j) in order, and where each reads the copies */
+                        const int64_t mh = fc_dw_phase_taps(rh, sh, s->dilation_h, s->kh, s->pad_top, tap_i, d_i);
+                        const int64_t mw = fc_dw_phase_taps(rw0 + k, sw, s->dilation_w, s->kw, s->pad_left, tap_j, d_j);
+                        int64_t m = 0;
+                        for (int64_t o = 0; o < og; o++)
+                            for (int64_t a = 0; a < mh; a++)
+                                for (int64_t b = 0; b < mw; b++, m++) {
+                                    wl[m] = w[((g * og + o) * s->kh + tap_i[a]) * s->kw + tap_j[b]];
+                                    toff[m] = o * L.psize + (d_i[a] - win->r0) * pitch + d_j[b] - win->c0 + u0 * pitch;
+                                }
+                        int64_t v = 0;
+                        for (; v + FC_DW_NV <= nvec; v += FC_DW_NV)
+                            FC_ISA_SFX(flat_tile)(xq + v * VLEN, toff, wl, m, 0, bufs[k] + v * VLEN, FC_DW_NV);
+                        for (; v < nvec; v++) FC_ISA_SFX(flat_tile)(xq + v * VLEN, toff, wl, m, 0, bufs[k] + v * VLEN, 1);
+                    }
+                    for (int64_t r = 0; r < rows; r++) {
+                        FC_T *dst = gp + ((u0 + r) * sh + rh) * W;
+                        const FC_T *b0 = bufs[0] + r * pitch, *b1 = bufs[1] + r * pitch;
+                        if (sw == 1) {
+                            FC_ISA_SFX(copy_run)(dst, b0, W);
+                        } else if (pairs == 2) { /* stride 2: the two column phases interleaved */
+                            const int64_t half = W / 2;
+                            for (int64_t q = 0; q < half; q++) {
+                                dst[2 * q] = b0[q];
+                                dst[2 * q + 1] = b1[q];
+                            }
+                            if (W % 2) dst[W - 1] = b0[half];
+                        } else {
+                            for (int64_t q = 0; rw0 + q * sw < W; q++) dst[rw0 + q * sw] = b0[q];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 /* sum over q < len of a[q] * b[q], in vector partial sums and then a fixed order. */
 FC_TARGET FC_INLINE FC_T FC_ISA_SFX(dot_run)(const FC_T *FC_RESTRICT a, const FC_T *FC_RESTRICT b, int64_t len,

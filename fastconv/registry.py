@@ -297,8 +297,10 @@ def _winograd_weight(name: str, m: int, run: Callable, fallback: Kernel) -> Kern
 
 
 def _transposed_backward_data(name: str, run: Callable, fallback: Kernel, why_not: Callable = _always) -> Kernel:
-    """A grad of input that runs its backend's forward on transpose.py's problems (direct,
-    depthwise): its calls with non-finite weights go to fallback (common/nonfinite.py)."""
+    """A grad of input that multiplies a zero-padded copy of gy by the weights (direct: its backend's
+    forward on transpose.py's problems; depthwise: its own phases of one gy copy), where 0 x inf
+    would be NaN that PyTorch does not have: its calls with non-finite weights go to fallback
+    (common/nonfinite.py)."""
     return _rerouting(Kernel(name, "conv2d.bwd_data", run, why_not), fallback, data=False, weights=True)
 
 

@@ -67,6 +67,35 @@ def test_backward_depthwise_property(kernel, dtype, problem, seed):
         _check(kernel, problem, dtype, np.random.default_rng(seed))
 
 
+# The depthwise grad of input splits gx by stride phase and reads one window of each gy plane
+# (common/depthwise.py's data_window): phases no tap reaches (a stride past the kernel, padding
+# that moves every tap off one phase), a stride past the plane, one row or column, odd widths at
+# stride 2 (the interleaved column phases), a window cropped by a padding past the kernel, and
+# the multiplier's planes summed.
+DEPTHWISE_DATA_PHASES = {
+    "stride3-1x1": ((1, 3, 10, 11), (3, 1, 1, 1), 3, 0, 1),
+    "stride3-2x2-pad1": ((2, 2, 9, 8), (4, 1, 2, 2), 3, 1, 1),
+    "stride-past-plane": ((1, 2, 3, 2), (2, 1, 3, 3), (5, 4), (2, 1), 1),
+    "one-column-stride2": ((1, 2, 9, 1), (2, 1, 3, 3), 2, 1, 1),
+    "one-row-stride2": ((1, 2, 1, 12), (6, 1, 3, 3), 2, 1, 1),
+    "odd-width-stride2": ((1, 5, 13, 13), (5, 1, 3, 3), 2, 1, 1),
+    "stride2-dilation3-5x5": ((1, 3, 21, 19), (9, 1, 5, 5), 2, (4, 2), 3),
+    "pad-past-kernel-stride2": ((1, 2, 6, 7), (2, 1, 3, 2), 2, (5, 4), 1),
+    "stride-2x3-7x7": ((2, 3, 23, 29), (3, 1, 7, 7), (2, 3), 3, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DEPTHWISE_DATA_PHASES.values(), ids=DEPTHWISE_DATA_PHASES.keys())
+@pytest.mark.parametrize("name", ["c.depthwise", "numba.depthwise"])
+def test_depthwise_grad_input_phases(name, case, dtype, rng):
+    xs, ws, stride, padding, dilation = case
+    kernel = registry.kernel("conv2d.bwd_data", name)
+    spec = ConvSpec.from_args(np.empty(xs, dtype), np.empty(ws, dtype), None, stride, padding, dilation, xs[1])
+    assert kernel.refusal(spec) is None
+    _check(kernel, (*case, xs[1]), dtype, rng)
+
+
 @pytest.mark.parametrize("data_kernel", kernel_params("conv2d.bwd_data"))
 @pytest.mark.parametrize("weight_kernel", kernel_params("conv2d.bwd_weight"))
 @pytest.mark.parametrize("args", [dict(), dict(stride=2, padding=1), dict(padding="same", dilation=2),

@@ -1,12 +1,11 @@
-"""c.depthwise: wrapper over csrc/depthwise.c.  The grad of input runs its forward on the
-transposed problems of fastconv/common/transpose.py (one small group per channel again)."""
+"""c.depthwise: wrapper over csrc/depthwise.c, all three passes."""
 import numpy as np
 
-from ..common import transpose
 from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:
     FORWARD = per_dtype(lib.fc_conv2d_fwd_depthwise_f32, lib.fc_conv2d_fwd_depthwise_f64)
+    BACKWARD_DATA = per_dtype(lib.fc_conv2d_bwd_data_depthwise_f32, lib.fc_conv2d_bwd_data_depthwise_f64)
     BACKWARD_WEIGHT = per_dtype(lib.fc_conv2d_bwd_weight_depthwise_f32, lib.fc_conv2d_bwd_weight_depthwise_f64)
 
 
@@ -19,7 +18,11 @@ def conv2d_forward(spec, x, w, bias, out=None):
 
 
 def conv2d_backward_data(spec, grad_y, w):
-    return transpose.backward_data(conv2d_forward, spec, grad_y, w)
+    grad_x = np.empty(spec.input_shape, spec.dtype)
+    status = BACKWARD_DATA[spec.dtype](ptr(grad_y), ptr(np.ascontiguousarray(w)), ptr(grad_x, out=True),
+                                       conv_shape(spec), n_threads(spec))
+    check(status, "c.depthwise")
+    return grad_x
 
 
 def conv2d_backward_weight(spec, grad_y, x):

@@ -1,7 +1,5 @@
 """Depthwise conv2d in Numba, the twin of csrc/depthwise.c (its header has the why): groups =
-C_in, any channel multiplier, stride, padding and dilation.  Forward and grad of weight here; the
-grad of input runs the forward on the transposed problems of fastconv/common/transpose.py (the
-forward serves any cg input channels per group for them).
+C_in, any channel multiplier, stride, padding and dilation, all three passes.
 
 Per task, a run of consecutive planes (n, g), as in C:
   copy_plane   the zero-padded copy of an input plane split by stride phase in both axes, rows
@@ -12,6 +10,9 @@ Per task, a run of consecutive planes (n, g), as in C:
                acc[f] += w * xq[toff + f] over the whole run, which LLVM vectorizes (contiguous,
                indexed from 0, so no wraparound checks; one loop per tap and chunk, not per row);
                the rows of acc (pitch apart, the columns past out_w dropped) are copied into y;
+  grad input   per plane the copies of its og gy planes' window (common/depthwise.py's data_window,
+               unsplit), then per input phase (rh, rw) the same flat run over the taps that reach
+               the phase, its rows written into gx's rows of the phase (stride sw apart);
   weight grad  per tap the dot products of gy's rows with the tap's rows of the copy (out_w
                columns each: a reduction LLVM vectorizes under FASTMATH's reassoc), summed over
                the batch in order.
@@ -21,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from .. import threads
-from ..common import transpose
+from ..common import depthwise
 from ._flat import copy_plane, layout, tap_offsets
 from ._options import driver, launch_threads
 
@@ -62,6 +63,44 @@ def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, run):
                             acc[f] += wv * src[f]
                     for r in range(nrows):
                         y[n, oc, oh0 + r, :] = acc[r * pitch:r * pitch + OW]
+
+
+@driver
+def _conv2d_backward_data(gy, w, gx, sh, sw, r0, rows, c0, pitch, taps_h, n_h, taps_w, n_w, groups, run):
+    N, _, H, W = gx.shape
+    O, _, kh, kw = w.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    og = O // groups
+    psize = (rows + 1) * pitch  # the last run reads up to pitch - 1 past the window
+    chunk = max(1, min((H + sh - 1) // sh, CHUNK_ELEMS // pitch))
+    planes = N * groups
+    for t in prange((planes + run - 1) // run):
+        xq = np.empty(og * psize, gy.dtype)
+        acc = np.empty(chunk * pitch, gy.dtype)
+        for p in range(t * run, min(planes, (t + 1) * run)):
+            n, g = p // groups, p % groups
+            for o in range(og):  # the window as a stride-1 copy whose padding places it
+                copy_plane(gy, n, g * og + o, xq, o * psize, 0, -r0, -c0, 1, 1, rows, pitch, psize)
+            for rh in range(n_h.shape[0]):
+                U = (H - rh + sh - 1) // sh
+                for rw in range(n_w.shape[0]):
+                    V = (W - rw + sw - 1) // sw
+                    for u0 in range(0, U, chunk):
+                        nrows = min(chunk, U - u0)
+                        F = nrows * pitch
+                        acc[:F] = 0.0
+                        for o in range(og):
+                            for a in range(n_h[rh]):
+                                for b in range(n_w[rw]):
+                                    wv = w[g * og + o, 0, taps_h[rh, a, 0], taps_w[rw, b, 0]]
+                                    off = o * psize + (taps_h[rh, a, 1] - r0 + u0) * pitch + taps_w[rw, b, 1] - c0
+                                    src = xq[off:off + F]
+                                    for f in range(F):
+                                        acc[f] += wv * src[f]
+                        for r in range(nrows):
+                            dst = gx[n, g, (u0 + r) * sh + rh]
+                            for q in range(V):
+                                dst[q * sw + rw] = acc[r * pitch + q]
 
 
 @driver
@@ -108,8 +147,24 @@ def conv2d_forward(spec, x, w, bias, out=None):
     return y
 
 
+def _tap_table(phases, k):
+    """common/depthwise.py's taps per phase as arrays: (phase, tap, (index, offset)) and counts."""
+    table, counts = np.zeros((len(phases), max(k, 1), 2), np.int64), np.zeros(len(phases), np.int64)
+    for r, taps in enumerate(phases):
+        counts[r] = len(taps)
+        if taps:
+            table[r, :len(taps)] = taps
+    return table, counts
+
+
 def conv2d_backward_data(spec, grad_y, w):
-    return transpose.backward_data(conv2d_forward, spec, grad_y, w)
+    grad_x = np.empty(spec.input_shape, spec.dtype)
+    win = depthwise.data_window(spec)
+    launch_threads(spec)
+    _conv2d_backward_data(grad_y, np.ascontiguousarray(w), grad_x, *spec.stride, win.r0, win.rows, win.c0, win.pitch,
+                          *_tap_table(win.taps_h, spec.kh), *_tap_table(win.taps_w, spec.kw), spec.groups,
+                          _run(spec.n * spec.groups, spec))
+    return grad_x
 
 
 def conv2d_backward_weight(spec, grad_y, x):
