@@ -104,7 +104,8 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-# Below this much work (FLOPs, or for max-pool twice the input's size) a call runs on one thread.
+# Below this much work (FLOPs; for max-pool its window taps, POOL_WORK_PER_TAP each, or for its
+# backward twice the input's size) a call runs on one thread.
 # Waking a team costs microseconds on an idle machine, but on a busy one every parallel region
 # waits for a time slice on each core: measured with 2 threads while other processes kept both
 # cores busy, a 2x4x7x6 conv took 11-23 ms, against 12-50 us on one thread.  2^20 FLOPs is about
@@ -116,6 +117,11 @@ SERIAL_WORK = 1 << 20
 # (0.85 MFLOP) at 7 GFLOP/s on one core, 121 us, where 2^20 FLOPs of a dense layer take about 20
 # (Intel Xeon, AVX-512).  Its work counts its FLOPs this many times.
 DEPTHWISE_WORK_PER_FLOP = 8
+# A max-pool tap (a load, a compare, one or two selects) costs tens of FLOPs of a dense layer:
+# AlexNet's pool5 (256 planes of 13x13, 3x3/2: 83k taps) took 194 us on one core of AMD EPYC
+# Zen 3, 2.3 ns a tap, yet counted as twice its input (86k) it stayed on one thread, 0.66x the
+# speed of torch's two.
+POOL_WORK_PER_TAP = 64
 
 
 _launched = False  # this process has launched a kernel (an OpenMP team, a Numba parallel loop)
@@ -142,6 +148,8 @@ def for_problem(spec=None) -> int:
         return _num_threads
     if hasattr(spec, "flops"):
         work = spec.flops * (DEPTHWISE_WORK_PER_FLOP if spec.c_in == spec.groups > 1 else 1)
+    elif hasattr(spec, "kernel"):  # a max-pool forward
+        work = POOL_WORK_PER_TAP * math.prod(spec.output_shape) * math.prod(spec.kernel)
     else:
         work = 2 * math.prod(spec.input_shape)
     return 1 if work < SERIAL_WORK else _num_threads

@@ -14,7 +14,9 @@ from conftest import kernel_params
 FORWARD = kernel_params("maxpool2d.fwd")
 BACKWARD = kernel_params("maxpool2d.bwd")
 
-# (input shape, kernel_size, stride, padding, dilation, ceil_mode)
+# (input shape, kernel_size, stride, padding, dilation, ceil_mode).  C pools rows of up to a
+# vector of outputs by output and wider ones along the rows (csrc/maxpool.c): the "wide" cases
+# take the row loop on every ISA path, most others the by-output one.
 CASES = {
     "vgg-2x2s2": ((1, 3, 8, 8), 2, 2, 0, 1, False),
     "2x2s2-odd": ((2, 3, 7, 9), 2, 2, 0, 1, False),  # floor: the last row and column unread
@@ -27,6 +29,9 @@ CASES = {
     "asymmetric": ((3, 2, 6, 17), (1, 4), (1, 3), (0, 2), 1, True),
     "global": ((2, 5, 7, 7), 7, 7, 0, 1, False),
     "1x1": ((1, 1, 3, 3), 1, 1, 0, 1, False),
+    "alexnet-pool5": ((1, 3, 13, 13), 3, 2, 0, 1, False),
+    "wide-3x3s2p1": ((1, 2, 9, 40), 3, 2, 1, 1, False),
+    "wide-dilated-ceil": ((1, 2, 7, 45), (2, 3), (1, 2), (1, 1), (2, 2), True),
 }
 
 

@@ -114,3 +114,5 @@ def test_small_problems_run_on_one_thread():
     assert threads.for_problem(big) == threads.get_num_threads() == threads.for_problem(None)
     assert threads.for_problem(PoolSpec.from_shape((1, 64, 112, 112), 2)) == threads.get_num_threads()
     assert threads.for_problem(PoolSpec.from_shape((1, 2, 8, 8), 2)) == 1
+    # a pool's work is its taps: AlexNet's pool5 (a small input, 9 taps an output) takes both
+    assert threads.for_problem(PoolSpec.from_shape((1, 256, 13, 13), 3, 2)) == threads.get_num_threads()
