@@ -213,6 +213,28 @@ def test_non_finite_weights_land_where_the_reference_puts_them(kernel, bad, tap)
         assert rel_err(got[ok], want[ok]) <= kernel.rtol[dtype]
 
 
+@pytest.mark.parametrize("kernel", [k for k in kernel_params("conv2d.bwd_weight") if "depthwise" in k.id])
+@pytest.mark.parametrize("bad", [np.inf, np.nan], ids=["inf", "nan"])
+@pytest.mark.parametrize("col", [0, 4, 5, 6])
+def test_depthwise_weight_gradient_keeps_inputs_past_the_rows_out(kernel, bad, col):
+    """The depthwise weight gradient reads each tap's inputs through a flat run of the copy, whose
+    columns past out_w hold inputs that other taps read (Numba sums whole runs against gy padded
+    with zeros): an inf or NaN there must reach only the taps that read it, as in the reference."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 7, 7))   # unpadded 3x3: out_w 5, the copy's rows 7 wide
+    x[1, 2, 3, col] = bad
+    w = rng.standard_normal((6, 1, 3, 3))   # multiplier 2
+    gy = rng.standard_normal((2, 6, 5, 5))
+    for dtype in ("float32", "float64"):
+        xs, ws, gys = x.astype(dtype), w.astype(dtype), gy.astype(dtype)
+        got = _call(kernel, xs, ws, gys, padding=0, groups=3)
+        want = _call(fc.kernels("conv2d.bwd_weight")[-1], xs, ws, gys, padding=0, groups=3)
+        assert not np.isfinite(want[4:]).all() and np.isfinite(want[:4]).all()
+        _same_pattern(got, want)
+        ok = np.isfinite(want)
+        assert rel_err(got[ok], want[ok]) <= kernel.rtol[dtype]
+
+
 @pytest.mark.parametrize("kernel", [k for k in kernel_params("conv2d.bwd_weight") if "winograd" in k.id])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
 def test_winograd_weight_gradient_reroutes_non_finite_output_gradients(kernel, bad):
