@@ -155,7 +155,8 @@ int fc_maxpool2d_bwd_direct_f64(const double *gy, const int64_t *idx, double *gx
 
 /* Depthwise conv2d (groups = c_in; c_out = groups * the channel multiplier), any stride, padding
  * (negative too) and dilation.  fwd: y = conv2d(x, w) + bias, bias may be NULL, w read through ws
- * (NULL: contiguous); it serves any c_in / groups (the grad of input's transposed problems).
+ * (NULL: contiguous); it serves any c_in / groups, though the Python side calls it on depthwise
+ * problems only.
  * bwd_data: gx of a problem with c_in / groups = 1, from gy and a contiguous OIHW w.
  * bwd_weight: gw of a problem with c_in / groups = 1. */
 int fc_conv2d_fwd_depthwise_f32(const float *x, const float *w, const fc_weight_strides *ws,
