@@ -129,8 +129,8 @@ static int64_t fc_dw_phase_len(int64_t r, int64_t stride, int64_t size) {
     return r < size ? (size - r + stride - 1) / stride : 0;
 }
 
-/* The gy window that the taps of one axis reach: [*lo, *hi), over its phases (inputs `size`, gy
- * `outputs` long). */
+/* The gy indices [*lo, *hi) that the taps of one axis reach, over the phases of its `size` inputs
+ * (tap, d: scratch for fc_dw_phase_taps). */
 static void fc_dw_axis_window(int64_t stride, int64_t dilation, int64_t k, int64_t pad, int64_t size, int64_t *lo,
                               int64_t *hi, int64_t *tap, int64_t *d) {
     *lo = INT64_MAX;

@@ -5,9 +5,10 @@
  *   - a tap replaces the max when `val > maxval || isnan(val)`: ties keep the first maximum in
  *     scan order, and a window holding NaN ends on the *last* NaN;
  *   - padding taps are never read (they act as -inf).
- * Forward: tasks of consecutive (n, c) planes, a few per thread.  For each output row the window taps are walked in scan
- * order (i, j) and, for each tap, over all output columns at once, so the inner loop runs along a
- * row of the input and vectorizes; each output still sees its taps in scan order.
+ * Forward: tasks of consecutive (n, c) planes, a few per thread.  For each output row the window
+ * taps are walked in scan order (i, j) and, for each tap, over all output columns at once, so the
+ * inner loop runs along a row of the input and vectorizes; each output still sees its taps in scan
+ * order.
  * Without idx (NULL: the caller asked for no indices) the same walk keeps only the running max.
  * Backward: per plane (tasks of consecutive planes, as the forward's) zero the plane, then
  * gx[idx] += gy (overlapping windows add up).
