@@ -27,7 +27,7 @@
  * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a
  * hostile dilation or padding goes to another kernel instead of failing here.
  *
- * On AVX-512, multiplier 1 takes a channel-blocked path instead, as ONNX Runtime's and oneDNN's
+ * On AVX-512 and AVX2, multiplier 1 takes a channel-blocked path instead, as ONNX Runtime's and oneDNN's
  * NCHWc depthwise kernels do, but reading and writing NCHW: a plane of 14x14 or 7x7 is so little
  * work per copy (a 7x7 output is 4 vectors of the flat run, 9 taps) that the phase-split copy, the
  * row ends and the per-plane set-up were most of the time (576@14x14 stride 2 ran at 2 GB/s), and
@@ -74,14 +74,17 @@ static int64_t fc_dw_block_cols(const fc_conv2d_shape *s) {
 }
 
 /* 1 when the channel-blocked path runs s, for vectors of vlen elements of `elem` bytes: one input
- * and one output channel per group (the multiplier's planes and the transposed problems of its
- * grad of input stay on the rows), channels for at least half a vector, a block's copy within
- * bound, and AVX-512: on the avx2 and generic paths its transposes (shuffles of 8 or 4 lanes,
- * spilled from 16 registers) made it 1.1-4x slower than the rows (BENCHMARKS.md). */
+ * and one output channel per group (the multiplier's planes stay on the rows), channels for at
+ * least half a vector, a block's copy within bound, and a vector ISA.  On AVX2 it once lost
+ * 1.1-4x to the rows, when its partial loads and stores went through libc's memcpy; with masked
+ * ones (AMD EPYC Zen 3, 2 threads, MobileNet-v2's ten depthwise shapes) it runs them in 0.36-1.16x
+ * the rows' time at batch 1 and 0.36-0.96x at batch 8, the slower two being 112x112 and 56x56
+ * planes at stride 1 and batch 1.  The generic path (SSE2's 4 lanes) keeps the rows: its blocks
+ * were 0.5-1.25x the rows' time at batch 8 (BENCHMARKS.md). */
 static int fc_dw_blocked(const fc_conv2d_shape *s, int64_t vlen, int64_t elem) {
     if (s->groups != s->c_in || s->c_out != s->c_in || FC_DW_LAYOUT == 1) return 0;
     if (FC_DW_LAYOUT == 2) return 1;
-    return fc_isa(s->isa) == FC_ISA_AVX512 && 2 * s->groups >= vlen &&
+    return fc_isa(s->isa) != FC_ISA_GENERIC && 2 * s->groups >= vlen &&
            fc_dw_block_rows(s) * fc_dw_block_cols(s) * vlen * elem <= FC_DW_BLOCK_BYTES;
 }
 
@@ -414,12 +417,21 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(transpose_vecs)(VECA *r) {
 #undef FC_DW_LANES
 #undef VLEN_PP
 
-/* The first len (<= VLEN) elements at p as a vector, zero past them; and their store.  AVX-512
- * masks the rest off (no read or write past len); the others go through a small buffer. */
-FC_TARGET FC_INLINE VECA FC_ISA_SFX(load_part)(const FC_T *p, int64_t len) {
+/* The vector at p whose first len (<= VLEN) elements the caller uses, and their store; `room`
+ * elements from p lie inside the plane (room >= len).  Where the room holds a whole vector it is
+ * loaded or stored whole: the lanes past len are whatever lies there (the fill never stores the
+ * pixels they become; a store's spill lands on later outputs of the plane, written after it).
+ * Else only len elements are touched: AVX-512's and AVX2's masked loads and stores, a loop on the
+ * generic path.  (AVX2 went through a buffer and libc's memcpy, two calls per vector: most of the
+ * blocked path's time on a 14x14 plane.) */
+FC_TARGET FC_INLINE VECA FC_ISA_SFX(load_part)(const FC_T *p, int64_t len, int64_t room) {
     VECA v;
+    if (room >= VLEN) {
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
 #if FC_X86 && FC_VBYTES == 64
-    const unsigned bits = len >= VLEN ? ~0u : (1u << len) - 1u;
+    const unsigned bits = (1u << len) - 1u;
     if (sizeof(FC_T) == 4) {
         const __m512 t = _mm512_maskz_loadu_ps((__mmask16)bits, p);
         memcpy(&v, &t, sizeof v);
@@ -427,16 +439,29 @@ FC_TARGET FC_INLINE VECA FC_ISA_SFX(load_part)(const FC_T *p, int64_t len) {
         const __m512d t = _mm512_maskz_loadu_pd((__mmask8)bits, p);
         memcpy(&v, &t, sizeof v);
     }
+#elif FC_X86 && FC_VBYTES == 32
+    if (sizeof(FC_T) == 4) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 t = _mm256_maskload_ps((const float *)p, m);
+        memcpy(&v, &t, sizeof v);
+    } else {
+        const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(len), _mm256_setr_epi64x(0, 1, 2, 3));
+        const __m256d t = _mm256_maskload_pd((const double *)p, m);
+        memcpy(&v, &t, sizeof v);
+    }
 #else
-    FC_T t[VLEN] = {0};
-    memcpy(t, p, (size_t)fc_min64(len, VLEN) * sizeof(FC_T));
-    memcpy(&v, t, sizeof v);
+    v = (VECA){0};
+    for (int64_t k = 0; k < len; k++) v[k] = p[k];
 #endif
     return v;
 }
-FC_TARGET FC_INLINE void FC_ISA_SFX(store_part)(FC_T *p, VECA v, int64_t len) {
+FC_TARGET FC_INLINE void FC_ISA_SFX(store_part)(FC_T *p, VECA v, int64_t len, int64_t room) {
+    if (room >= VLEN) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
 #if FC_X86 && FC_VBYTES == 64
-    const unsigned bits = len >= VLEN ? ~0u : (1u << len) - 1u;
+    const unsigned bits = (1u << len) - 1u;
     if (sizeof(FC_T) == 4) {
         __m512 t;
         memcpy(&t, &v, sizeof t);
@@ -446,10 +471,19 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(store_part)(FC_T *p, VECA v, int64_t len) {
         memcpy(&t, &v, sizeof t);
         _mm512_mask_storeu_pd(p, (__mmask8)bits, t);
     }
+#elif FC_X86 && FC_VBYTES == 32
+    if (sizeof(FC_T) == 4) {
+        __m256 t;
+        memcpy(&t, &v, sizeof t);
+        _mm256_maskstore_ps((float *)p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len),
+                                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), t);
+    } else {
+        __m256d t;
+        memcpy(&t, &v, sizeof t);
+        _mm256_maskstore_pd((double *)p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(len), _mm256_setr_epi64x(0, 1, 2, 3)), t);
+    }
 #else
-    FC_T t[VLEN];
-    memcpy(t, &v, sizeof v);
-    memcpy(p, t, (size_t)fc_min64(len, VLEN) * sizeof(FC_T));
+    for (int64_t k = 0; k < len; k++) p[k] = v[k];
 #endif
 }
 
@@ -508,9 +542,10 @@ FC_TARGET static void FC_ISA_SFX(dw_block_task)(const FC_T *x, const FC_T *w, co
             }
             const FC_T *src = x + ((n * C + c0) * H + ih) * W - pl; /* channel l's row: src + l * H * W */
             for (int64_t q = lo; q < hi; q += VLEN) { /* VLEN columns of VLEN channels, transposed */
+                const int64_t room = (H - ih) * W - (q - pl); /* elements from src + q to the plane's end */
                 VECA t[VLEN];
                 for (int64_t l = 0; l < VLEN; l++)
-                    t[l] = l < nc ? FC_ISA_SFX(load_part)(src + l * H * W + q, hi - q) : (VECA){0};
+                    t[l] = l < nc ? FC_ISA_SFX(load_part)(src + l * H * W + q, fc_min64(VLEN, hi - q), room) : (VECA){0};
                 FC_ISA_SFX(transpose_vecs)(t);
                 for (int64_t k = 0; k < fc_min64(VLEN, hi - q); k++) *(VECA *)(dst + (q + k) * VLEN) = t[k];
             }
@@ -535,7 +570,8 @@ FC_TARGET static void FC_ISA_SFX(dw_block_task)(const FC_T *x, const FC_T *w, co
                 VECA t[VLEN];
                 for (int64_t k = 0; k < VLEN; k++) t[k] = *(const VECA *)(rb + (q + k) * VLEN);
                 FC_ISA_SFX(transpose_vecs)(t);
-                for (int64_t l = 0; l < nc; l++) FC_ISA_SFX(store_part)(yr + l * OH * OW + q, t[l], OW - q);
+                for (int64_t l = 0; l < nc; l++)
+                    FC_ISA_SFX(store_part)(yr + l * OH * OW + q, t[l], fc_min64(VLEN, OW - q), (OH - oh) * OW - q);
             }
         }
     }

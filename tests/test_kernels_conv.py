@@ -43,11 +43,15 @@ CASES = {
     "depthwise-small-planes": ((3, 20, 7, 7), (20, 1, 3, 3), 1, 1, 1, 20),
     "depthwise-wide-rows": ((1, 2, 5, 75), (4, 1, 3, 3), (1, 3), (0, 2), 1, 2),
     "depthwise-padding-beyond-kernel": ((1, 3, 4, 6), (3, 1, 2, 3), (1, 2), (3, 4), 1, 3),
-    # its channel-blocked path (AVX-512, csrc/depthwise.c): a partial last block (37 = 2 x 16 + 5;
+    # its channel-blocked path (AVX-512 and AVX2, csrc/depthwise.c): a partial last block (37 = 2 x 16 + 5;
     # float64 4 x 8 + 5), a 5x3 dilated tap set with uneven strides, rows of one tile and a short
     # last one; rows of several transposed blocks of columns
     "depthwise-blocks-partial-dilated": ((2, 37, 9, 11), (37, 1, 5, 3), (2, 1), (3, 2), (2, 1), 37),
     "depthwise-blocks-wide-rows": ((1, 24, 6, 40), (24, 1, 3, 3), 1, 1, 1, 24),
+    # its whole loads and stores where the plane has room, masked ones at its end: rows narrower
+    # than a vector (several rows per load and per store), and rows of a vector and a bit
+    "depthwise-blocks-narrow-planes": ((2, 11, 6, 3), (11, 1, 3, 3), 1, 2, 1, 11),
+    "depthwise-blocks-row-ends": ((1, 12, 5, 9), (12, 1, 3, 3), (1, 2), 1, 1, 12),
     # first layers (csrc/direct_flat.c): output channels not a multiple of any register tile,
     # planes cut into several runs of rows (each its own copy), strides 2 and 4 (4 and 16 phases)
     "first-layer-3x3-many-rows": ((1, 3, 61, 45), (13, 3, 3, 3), 1, 1, 1, 1),
