@@ -158,7 +158,8 @@ def adapter_overhead_us(train: bool) -> float:
     """Microseconds per layer call spent in the torch adapter around fastconv.conv2d: the module's
     call on a 1x4x4x4 input (a 1x1 conv, whose kernel time is tiny) minus fastconv.conv2d's on the
     same arrays, best of 5 x 2000 calls each.  Inference: an optimized conv + BN + ReLU
-    (FusedConv2d) under no_grad; training: a patched Conv2d's forward with autograd recording."""
+    (FusedConv2d) under no_grad, entered once around the timing as a model's call enters it once
+    for all its layers; training: a patched Conv2d's forward with autograd recording."""
     import torch
 
     import fastconv.torch as fct
@@ -176,8 +177,7 @@ def adapter_overhead_us(train: bool) -> float:
         module = fct.FusedConv2d(conv.eval(), bn.eval(), "relu").eval()
 
         def adapter():
-            with torch.no_grad():
-                return module(x)
+            return module(x)
         w, b = module._fold()
     xn = x.numpy()
 
@@ -187,7 +187,8 @@ def adapter_overhead_us(train: bool) -> float:
     def best(fn):
         fn()
         return min(timeit.repeat(fn, number=2000, repeat=5)) / 2000
-    return max(0.0, best(adapter) - best(bare)) * 1e6
+    with contextlib.nullcontext() if train else torch.no_grad():
+        return max(0.0, best(adapter) - best(bare)) * 1e6
 
 
 def run(name: str, batch: int = 1, train: bool = False, compare=(TORCH,), repeats: int = 5, progress=print) -> dict:

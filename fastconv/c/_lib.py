@@ -105,11 +105,13 @@ _check_stale()
 
 
 def ptr(a: np.ndarray | None, *, out: bool = False):
-    """A cffi pointer to a C-contiguous array's data (NULL for None); no copy."""
+    """A cffi pointer to a C-contiguous array's data (NULL for None); no copy.  out: the kernel
+    writes it (the wrappers' own new arrays).  Every call passes three or four of these: cffi's
+    require_writable keyword alone cost 0.2 us each, so the check is the assertion's."""
     if a is None:
         return ffi.NULL
-    assert a.flags.c_contiguous, "kernel inputs are made contiguous by the api layer"
-    return ffi.from_buffer(_CTYPES[a.dtype], a, require_writable=out)
+    assert a.flags.c_contiguous and (a.flags.writeable or not out), "kernel arrays are C-contiguous (api._c)"
+    return ffi.from_buffer(_CTYPES[a.dtype], a)
 
 
 def weight_ptr(w: np.ndarray):
@@ -140,8 +142,25 @@ def check(status: int, what: str, index_error: Exception | None = None) -> None:
     raise RuntimeError(f"{what}: C kernel returned status {status}")
 
 
-@functools.lru_cache(maxsize=512)
-def conv_shape(spec: ConvSpec):
+# The C shapes of the specs in use, by the spec's identity: api's memo hands a repeated call the
+# same spec object, and hashing a spec (a dataclass of 12 fields) cost 1.6 us a call, a fifth of a
+# small layer's kernel call.  Each entry holds its spec, so the id cannot be reused while it is kept.
+_SHAPES: dict = {}
+_SHAPES_MAX = 1024
+
+
+def _by_identity(spec, make):
+    hit = _SHAPES.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    shape = make(spec)
+    _SHAPES[id(spec)] = (spec, shape)
+    return shape
+
+
+def _conv_shape(spec: ConvSpec):
     return ffi.new("fc_conv2d_shape *", dict(
         n=spec.n, c_in=spec.c_in, h=spec.h, w=spec.w, c_out=spec.c_out, kh=spec.kh, kw=spec.kw,
         out_h=spec.out_h, out_w=spec.out_w, stride_h=spec.stride[0], stride_w=spec.stride[1],
@@ -149,8 +168,7 @@ def conv_shape(spec: ConvSpec):
         dilation_h=spec.dilation[0], dilation_w=spec.dilation[1], groups=spec.groups, isa=ISA))
 
 
-@functools.lru_cache(maxsize=512)
-def pool_shape(spec: PoolSpec | PoolBackwardSpec):
+def _pool_shape(spec: PoolSpec | PoolBackwardSpec):
     if isinstance(spec, PoolBackwardSpec):  # backward reads only the plane sizes
         fields = dict(n=spec.n, c=spec.c, h=spec.h, w=spec.w, out_h=spec.out_h, out_w=spec.out_w)
     else:
@@ -159,6 +177,16 @@ def pool_shape(spec: PoolSpec | PoolBackwardSpec):
                       pad_h=spec.padding[0], pad_w=spec.padding[1],
                       dilation_h=spec.dilation[0], dilation_w=spec.dilation[1], isa=ISA)
     return ffi.new("fc_pool2d_shape *", fields)
+
+
+def conv_shape(spec: ConvSpec):
+    """The fc_conv2d_shape of spec (made once per spec object, read-only to the C side)."""
+    return _by_identity(spec, _conv_shape)
+
+
+def pool_shape(spec: PoolSpec | PoolBackwardSpec):
+    """The fc_pool2d_shape of spec (made once per spec object)."""
+    return _by_identity(spec, _pool_shape)
 
 
 def workspace_kept_bytes() -> int:
