@@ -27,11 +27,11 @@
  * weights.  The copy is bounded by the Python side (fastconv/common/depthwise.py's COPY_LIMIT), so a
  * hostile dilation or padding goes to another kernel instead of failing here.
  *
- * On AVX-512 and AVX2, multiplier 1 takes a channel-blocked path instead, as ONNX Runtime's and oneDNN's
- * NCHWc depthwise kernels do, but reading and writing NCHW: a plane of 14x14 or 7x7 is so little
- * work per copy (a 7x7 output is 4 vectors of the flat run, 9 taps) that the phase-split copy, the
- * row ends and the per-plane set-up were most of the time (576@14x14 stride 2 ran at 2 GB/s), and
- * on larger planes the blocks still won a little.  Per task item (image, block of VLEN channels):
+ * On AVX-512 and AVX2, multiplier 1 takes a channel-blocked path instead, as ONNX Runtime's and
+ * oneDNN's NCHWc depthwise kernels do, but reading and writing NCHW: a plane of 14x14 or 7x7 is
+ * so little work per copy (a 7x7 output is 4 vectors of the flat run, 9 taps) that the phase-split
+ * copy, the row ends and the per-plane set-up were most of the time (576@14x14 stride 2 ran at
+ * 2 GB/s), and on larger planes the blocks still won a little.  Per task item (image, block of VLEN channels):
  *   block_fill   the block's input planes, transposed into a zero-padded (rows, cols, VLEN) copy:
  *                every pixel one vector of VLEN channels, lanes past the last channel zero;
  *   block_tile   PX outputs of a row in registers, each a vector of the block's channels: per tap
@@ -314,6 +314,15 @@ typedef FC_T FC_ISA_SFX(fc_dw_vec) __attribute__((vector_size(FC_VBYTES), aligne
 
 FC_TARGET static int64_t FC_ISA_SFX(dw_vlen)(void) { return VLEN; }
 
+#if FC_X86 && FC_VBYTES == 32
+/* AVX2's mask of a vector's first len (< VLEN) lanes of FC_T, for vmaskmov (the lanes off it are
+ * neither read nor written): the ends of rows in the weight gradient and the channel blocks. */
+FC_TARGET FC_INLINE __m256i FC_ISA_SFX(lanes_below)(int64_t len) {
+    return sizeof(FC_T) == 4 ? _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+                             : _mm256_cmpgt_epi64(_mm256_set1_epi64x(len), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
+
 /* out[0 : nv vectors] = b + the sum over the taps t of wl[t] * xq[toff[t] + 0 : nv vectors]. */
 FC_TARGET FC_INLINE void FC_ISA_SFX(flat_tile)(const FC_T *FC_RESTRICT xq, const int64_t *FC_RESTRICT toff,
                                                const FC_T *FC_RESTRICT wl, int64_t taps, FC_T b,
@@ -441,12 +450,10 @@ FC_TARGET FC_INLINE VECA FC_ISA_SFX(load_part)(const FC_T *p, int64_t len, int64
     }
 #elif FC_X86 && FC_VBYTES == 32
     if (sizeof(FC_T) == 4) {
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        const __m256 t = _mm256_maskload_ps((const float *)p, m);
+        const __m256 t = _mm256_maskload_ps((const float *)p, FC_ISA_SFX(lanes_below)(len));
         memcpy(&v, &t, sizeof v);
     } else {
-        const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(len), _mm256_setr_epi64x(0, 1, 2, 3));
-        const __m256d t = _mm256_maskload_pd((const double *)p, m);
+        const __m256d t = _mm256_maskload_pd((const double *)p, FC_ISA_SFX(lanes_below)(len));
         memcpy(&v, &t, sizeof v);
     }
 #else
@@ -475,12 +482,11 @@ FC_TARGET FC_INLINE void FC_ISA_SFX(store_part)(FC_T *p, VECA v, int64_t len, in
     if (sizeof(FC_T) == 4) {
         __m256 t;
         memcpy(&t, &v, sizeof t);
-        _mm256_maskstore_ps((float *)p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)len),
-                                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), t);
+        _mm256_maskstore_ps((float *)p, FC_ISA_SFX(lanes_below)(len), t);
     } else {
         __m256d t;
         memcpy(&t, &v, sizeof t);
-        _mm256_maskstore_pd((double *)p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(len), _mm256_setr_epi64x(0, 1, 2, 3)), t);
+        _mm256_maskstore_pd((double *)p, FC_ISA_SFX(lanes_below)(len), t);
     }
 #else
     for (int64_t k = 0; k < len; k++) p[k] = v[k];
@@ -680,13 +686,12 @@ FC_TARGET FC_INLINE FC_T FC_ISA_SFX(dot_run)(const FC_T *FC_RESTRICT a, const FC
      * torch's). */
     if (q < len) {
         VEC t;
+        const __m256i m = FC_ISA_SFX(lanes_below)(len - q);
         if (sizeof(FC_T) == 4) {
-            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(len - q)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             const __m256 p = _mm256_mul_ps(_mm256_maskload_ps((const float *)a + q, m),
                                            _mm256_maskload_ps((const float *)b + q, m));
             memcpy(&t, &p, sizeof t);
         } else {
-            const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(len - q), _mm256_setr_epi64x(0, 1, 2, 3));
             const __m256d p = _mm256_mul_pd(_mm256_maskload_pd((const double *)a + q, m),
                                             _mm256_maskload_pd((const double *)b + q, m));
             memcpy(&t, &p, sizeof t);
