@@ -5,7 +5,9 @@
  * rows), and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels,
  * the parts sharing their chunk's columns (splitting a 7x7 or 14x14
  * plane's rows left each thread a 21-98 column GEMM: MobileNet-v2's 1x1 expansions ran at
- * 0.53-0.68x torch's speed, 0.66-1.12x with the channels split; Intel Xeon model 167, avx512):
+ * 0.53-0.68x torch's speed, 0.66-1.12x with the channels split; Intel Xeon model 167, avx512).
+ * At batch > 1 on a 7x7 plane with many output channels a task is instead a run of images, their
+ * columns side by side in one GEMM (fwd_folded, fc_im2col_fold):
  *   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
  *                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
  *                 unpadded convolution needs no unfold (the input already is cols);
@@ -43,6 +45,12 @@
 #define FC_IM2COL_WIDE_OG 256
 #define FC_IM2COL_MIN_COLUMNS 2048
 #define FC_IM2COL_SPLIT_OG 64 /* batch 1: output channels per part at least (the forward's split) */
+/* The forward folds images into one GEMM on planes of fewer pixels than this, up to this many
+ * columns per GEMM (see fc_im2col_fold). */
+#ifndef FC_IM2COL_FOLD_PIXELS
+#define FC_IM2COL_FOLD_PIXELS 100
+#endif
+#define FC_IM2COL_FOLD_COLUMNS 512
 /* The weight gradient folds the batch into one GEMM below this many multiply-adds: a GEMM call per
  * image costs more than its arithmetic there (LeNet's conv2, 16x6x4x4 -> 16: 16 calls, 56 us). */
 #define FC_IM2COL_FOLD_MACS (1 << 22)
@@ -72,6 +80,23 @@ static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffe
     return fc_max64(1, fc_min64(OH, fc_min64(fc_max64(by_cache, by_gemm), workspace_bytes / (buffers * row_bytes))));
 }
 
+/* Images per task of the forward (1: none).  A GEMM per image of a small plane packs the whole
+ * weight matrix for its few columns (49 on a 7x7 plane), so at batch > 1 each task unfolds a run of
+ * images side by side, cols[k][j*P + p], and runs one GEMM over them: as many runs as it takes to
+ * give every thread one (per group), at most FC_IM2COL_FOLD_COLUMNS columns, within the budget.
+ * OpenBLAS sgemm, one thread, GFLOP/s per image -> 4 images folded (Zen 3, avx2): MobileNet-v2's
+ * 1x1s on 7x7 planes 320->1280 76 -> 88, 960->160 68 -> 90, 576->160 64 -> 77; on a 14x14 plane
+ * (384->96) 88 -> 76, hence FC_IM2COL_FOLD_PIXELS. */
+static int64_t fc_im2col_fold(const fc_conv2d_shape *s, int64_t nt, int64_t rows, int64_t workspace_bytes,
+                              int64_t elem) {
+    const int64_t P = s->out_h * s->out_w, K = s->c_in / s->groups * s->kh * s->kw, og = s->c_out / s->groups;
+    if (s->n < 2 || rows < s->out_h || P >= FC_IM2COL_FOLD_PIXELS || og < FC_IM2COL_WIDE_OG) return 1;
+    const int64_t runs = fc_ceil_div(nt, s->groups); /* runs of images per group for the threads */
+    const int64_t fold = fc_min64(fc_min64(fc_ceil_div(s->n, runs), FC_IM2COL_FOLD_COLUMNS / P),
+                                  workspace_bytes / (nt * (K + og) * P * elem));
+    return fold >= 2 ? fold : 1;
+}
+
 #define FC_T float
 #define FC_SFX(name) name##_f32
 #define FC_GEMM scipy_cblas_sgemm
@@ -96,7 +121,52 @@ static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffe
 
 /* unfold_rows and col2im_rows, as FC_ISA_PICK picks them for a call. */
 typedef void (*FC_SFX(rows_fn))(const FC_T *FC_RESTRICT, FC_T *FC_RESTRICT, const fc_conv2d_shape *, int64_t,
-                                 int64_t, int64_t);
+                                 int64_t, int64_t, int64_t);
+
+/* The forward with `fold` images per task (fc_im2col_fold): the task's images unfolded side by side,
+ * one GEMM into the thread's buffer, then copied out plane by plane with the bias. */
+static int FC_SFX(fwd_folded)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y, const fc_conv2d_shape *s,
+                              int64_t fold, int n_threads, double *profile, FC_SFX(rows_fn) unfold) {
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, K = cg * s->kh * s->kw;
+    const int64_t P = s->out_h * s->out_w, tasks = s->groups * fc_ceil_div(s->n, fold);
+    const int64_t nt = n_threads > 0 ? n_threads : 1, buffer = (K + og) * fold * P;
+    FC_T *work = fc_alloc((size_t)(nt * buffer) * sizeof(FC_T));
+    double *phases = profile ? calloc((size_t)(FC_PHASES * nt), sizeof(double)) : NULL; /* per thread */
+    if (!work || (profile && !phases)) {
+        fc_free(work);
+        free(phases);
+        return FC_ENOMEM;
+    }
+    FC_OMP_PARALLEL_FOR(n_threads)
+    for (int64_t t = 0; t < tasks; t++) {
+        double *phase = phases ? phases + FC_PHASES * FC_THREAD_ID() : NULL;
+        const double t0 = phase ? fc_now() : 0;
+        const int64_t g = t % s->groups, n0 = t / s->groups * fold, nb = fc_min64(fold, s->n - n0), width = nb * P;
+        FC_T *cols = work + (int64_t)FC_THREAD_ID() * buffer, *yb = cols + K * width;
+        for (int64_t j = 0; j < nb; j++)
+            unfold(x + ((n0 + j) * s->c_in + g * cg) * s->h * s->w, cols + j * P, s, cg, 0, s->out_h, width);
+        const double t1 = phase ? fc_now() : 0;
+        FC_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)og, (int)width, (int)K, (FC_T)1, w + g * og * K,
+                (int)K, cols, (int)width, (FC_T)0, yb, (int)width);
+        const double t2 = phase ? fc_now() : 0;
+        for (int64_t j = 0; j < nb; j++)
+            for (int64_t o = 0; o < og; o++) {
+                const FC_T bo = bias ? bias[g * og + o] : (FC_T)0, *src = yb + o * width + j * P;
+                FC_T *dst = y + ((n0 + j) * s->c_out + g * og + o) * P;
+                for (int64_t p = 0; p < P; p++) dst[p] = src[p] + bo;
+            }
+        if (phase) {
+            phase[FC_PHASE_INPUT] += t1 - t0;
+            phase[FC_PHASE_GEMM] += t2 - t1;
+            phase[FC_PHASE_OUTPUT] += fc_now() - t2; /* the copy out, with the bias */
+        }
+    }
+    if (profile)
+        for (int64_t i = 0; i < FC_PHASES * nt; i++) profile[i % FC_PHASES] += phases[i];
+    fc_free(work);
+    free(phases);
+    return FC_OK;
+}
 
 int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y,
                                  const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads,
@@ -109,6 +179,8 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     const FC_SFX(rows_fn) unfold = FC_ISA_PICK(s->isa, unfold_rows);
     const int64_t planes = s->n * s->groups;
     int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
+    const int64_t fold = fc_im2col_fold(s, nt, rows, workspace_bytes, (int64_t)sizeof(FC_T));
+    if (fold > 1) return FC_SFX(fwd_folded)(x, w, bias, y, s, fold, n_threads, profile, unfold);
     /* Too few tasks for the threads (batch 1): split the output channels (FC_IM2COL_SPLIT_OG at
      * least per part) of a 1x1 or of a plane too small to give each thread FC_IM2COL_SPLIT_OG
      * columns (7x7), the rows otherwise.  The parts of a chunk share its columns, unfolded once by
@@ -144,7 +216,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
             const int64_t c = u % cg, pc = u / cg, chunk = pc % chunks, g = (pc / chunks) % s->groups;
             const int64_t n = pc / (chunks * s->groups), oh0 = chunk * rows, r = fc_min64(rows, OH - oh0);
             unfold(x + (n * s->c_in + g * cg + c) * s->h * s->w, cols + pc * K * rows * OW + c * taps * r * OW, s, 1,
-                   oh0, r);
+                   oh0, r, r * OW);
             if (phase) phase[FC_PHASE_INPUT] += fc_now() - t0;
         }
     }
@@ -168,7 +240,7 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
             b = cols + tc * K * rows * OW;
         } else {
             FC_T *mine = cols + (int64_t)FC_THREAD_ID() * K * rows * OW;
-            unfold(xg, mine, s, cg, oh0, r);
+            unfold(xg, mine, s, cg, oh0, r, width);
             b = mine;
         }
         const double t1 = phase ? fc_now() : 0;
@@ -204,12 +276,11 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
 static int FC_SFX(bwd_weight_folded)(const FC_T *gy, const FC_T *x, FC_T *gw, const fc_conv2d_shape *s,
                                      FC_SFX(rows_fn) unfold) {
     const int64_t og = s->c_out, K = s->c_in * s->kh * s->kw, P = s->out_h * s->out_w, NP = s->n * P;
-    FC_T *cols = fc_alloc((size_t)((K + og) * NP + K * P) * sizeof(FC_T));
+    FC_T *cols = fc_alloc((size_t)((K + og) * NP) * sizeof(FC_T));
     if (!cols) return FC_ENOMEM;
-    FC_T *gyt = cols + K * NP, *one = gyt + og * NP;
+    FC_T *gyt = cols + K * NP;
     for (int64_t n = 0; n < s->n; n++) {
-        unfold(x + n * s->c_in * s->h * s->w, one, s, s->c_in, 0, s->out_h);
-        for (int64_t k = 0; k < K; k++) memcpy(cols + k * NP + n * P, one + k * P, (size_t)P * sizeof(FC_T));
+        unfold(x + n * s->c_in * s->h * s->w, cols + n * P, s, s->c_in, 0, s->out_h, NP);
         for (int64_t o = 0; o < og; o++)
             memcpy(gyt + o * NP + n * P, gy + (n * og + o) * P, (size_t)P * sizeof(FC_T));
     }
@@ -253,7 +324,7 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
                 if (!direct_cols) {
                     FC_OMP_PARALLEL_FOR(n_threads)
                     for (int64_t c = 0; c < cg; c++)
-                        unfold(xg + c * HW, cols + c * taps * width, s, 1, oh0, r);
+                        unfold(xg + c * HW, cols + c * taps * width, s, 1, oh0, r, width);
                     b = cols;
                     ldb = width;
                 }
@@ -317,7 +388,7 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
             }
             FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(nc * taps), (int)width, (int)og,
                     (FC_T)1, wc, (int)K, gyg, (int)P, (FC_T)0, mine, (int)width);
-            col2im(mine, gxc, s, nc, oh0, r);
+            col2im(mine, gxc, s, nc, oh0, r, width);
         }
     }
     fc_free(dcols);
@@ -326,14 +397,16 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
 
 #else /* level 2, the hot loops of one dtype (FC_T) and ISA (FC_ISA_SFX, FC_TARGET) */
 
-/* cols[k][q] for the pixels of output rows [oh0, oh0 + rows): q = (oh - oh0) * out_w + ow. */
+/* cols[k][q] for the pixels of output rows [oh0, oh0 + rows): q = (oh - oh0) * out_w + ow, row k at
+ * cols + k * ld. */
 FC_TARGET static void FC_ISA_SFX(unfold_rows)(const FC_T *FC_RESTRICT xg, FC_T *FC_RESTRICT cols,
-                                          const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
-    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
+                                          const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows,
+                                          int64_t ld) {
+    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w;
     for (int64_t c = 0; c < cg; c++)
         for (int64_t i = 0; i < s->kh; i++)
             for (int64_t j = 0; j < s->kw; j++) {
-                FC_T *dst = cols + ((c * s->kh + i) * s->kw + j) * width;
+                FC_T *dst = cols + ((c * s->kh + i) * s->kw + j) * ld;
                 const int64_t iw0 = j * s->dilation_w - s->pad_left; /* iw = ow * sw + iw0 */
                 int64_t v_lo, v_hi;
                 fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);
@@ -356,12 +429,13 @@ FC_TARGET static void FC_ISA_SFX(unfold_rows)(const FC_T *FC_RESTRICT xg, FC_T *
 
 /* gx[c][ih][iw] += dcols[k][q], the adjoint of unfold_rows (same walk, scatter instead of gather). */
 FC_TARGET static void FC_ISA_SFX(col2im_rows)(const FC_T *FC_RESTRICT dcols, FC_T *FC_RESTRICT gxg,
-                                          const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows) {
-    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w, width = rows * OW;
+                                          const fc_conv2d_shape *s, int64_t cg, int64_t oh0, int64_t rows,
+                                          int64_t ld) {
+    const int64_t H = s->h, W = s->w, OW = s->out_w, sw = s->stride_w;
     for (int64_t c = 0; c < cg; c++)
         for (int64_t i = 0; i < s->kh; i++)
             for (int64_t j = 0; j < s->kw; j++) {
-                const FC_T *src = dcols + ((c * s->kh + i) * s->kw + j) * width;
+                const FC_T *src = dcols + ((c * s->kh + i) * s->kw + j) * ld;
                 const int64_t iw0 = j * s->dilation_w - s->pad_left;
                 int64_t v_lo, v_hi;
                 fc_inside(iw0, sw, W, OW, &v_lo, &v_hi);

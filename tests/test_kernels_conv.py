@@ -77,6 +77,12 @@ CASES = {
     "3x3-batch1-7x7-split": ((1, 16, 7, 7), (133, 16, 3, 3), 1, 1, 1, 1),
     "3x3-batch1-7x7-split-stride2": ((1, 8, 14, 14), (200, 8, 3, 3), 2, 1, 1, 1),
     "3x3-batch1-row-split": ((1, 8, 20, 20), (133, 8, 3, 3), 1, 1, 1, 1),
+    # batch > 1 on 7x7 and smaller planes with 256 output channels or more per group: im2col folds
+    # runs of images into one GEMM, the last run short (3 = 2 + 1, 5 = 3 + 2 on two threads);
+    # a 1x1 without an unfold, and groups with a stride
+    "folded-batch-7x7": ((3, 16, 7, 7), (256, 16, 3, 3), 1, 1, 1, 1),
+    "folded-batch-pointwise": ((5, 24, 6, 5), (256, 24, 1, 1), 1, 0, 1, 1),
+    "folded-batch-groups-stride2": ((4, 16, 13, 13), (512, 8, 3, 3), 2, 1, 1, 2),
     "same-even-kernel": ((1, 3, 9, 8), (2, 3, 4, 2), 1, "same", (1, 2), 1),
     "valid-wide-kernel": ((1, 2, 5, 30), (3, 2, 5, 29), 1, "valid", 1, 1),
     "kernel-bigger-than-input-with-padding": ((1, 2, 3, 3), (2, 2, 5, 5), 1, 2, 1, 1),
@@ -217,15 +223,17 @@ def test_every_forward_kernel_is_reachable_by_name():
 # ----------------------------------------------------------------------------- phase profiles
 
 @pytest.mark.skipif(c_lib.lib is None, reason="C extension not built")
+@pytest.mark.parametrize("problem", [((2, 16, 20, 18), 24), ((3, 16, 7, 7), 256)], ids=["plane", "folded-batch"])
 @pytest.mark.parametrize("name", sorted(phases.FORWARD))
-def test_a_profiled_call_computes_the_same_and_accounts_for_its_threads_time(name):
+def test_a_profiled_call_computes_the_same_and_accounts_for_its_threads_time(name, problem):
     """fastconv.c.phases: profiling changes no output bit, every phase the kernel has is counted
     (a 3x3 layer unfolds, packs or transforms its input; every kernel multiplies), and the threads'
-    phase seconds fit within the call's wall time on its threads."""
+    phase seconds fit within the call's wall time on its threads.  On a 7x7 batch im2col folds images."""
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((2, 16, 20, 18), dtype=np.float32)
-    w = rng.standard_normal((24, 16, 3, 3), dtype=np.float32)
-    b = rng.standard_normal(24, dtype=np.float32)
+    (n, c, h, w_), o = problem
+    x = rng.standard_normal((n, c, h, w_), dtype=np.float32)
+    w = rng.standard_normal((o, c, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
     spec = ConvSpec.from_args(x, w, b, padding=1)
     run = phases.FORWARD[name]
     plain = run(spec, x, w, b)

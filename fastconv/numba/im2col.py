@@ -3,7 +3,9 @@
 Per image n and group g the convolution is Y_g[og][P] = W_g[og][K] . cols[K][P] with
 K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chunk of output rows),
 and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels, the parts
-sharing their chunk's columns, so that its threads share one plane without thin GEMMs:
+sharing their chunk's columns, so that its threads share one plane without thin GEMMs; at batch > 1
+on a 7x7 plane with many output channels a task is a run of images side by side in one GEMM
+(forward_fold):
   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
                 unpadded convolution needs no unfold (the input already is cols);
@@ -59,6 +61,8 @@ CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses it
 WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
 MIN_COLUMNS = 2048  # ... and is given at least this many columns
 SPLIT_OG = 64  # at batch 1, output channels per part at least (1x1s, 7x7 planes: forward_split)
+FOLD_PIXELS = 100  # the forward folds images into one GEMM on planes of fewer pixels (forward_fold) ...
+FOLD_COLUMNS = 512  # ... up to this many columns per GEMM
 U = np.uint64  # the type of flat indices in the copy loops (see gather)
 
 
@@ -92,6 +96,19 @@ def forward_split(spec, nt, rows) -> tuple:
     if og >= nt * SPLIT_OG and (spec.kh * spec.kw == 1 or spec.out_h * spec.out_w < nt * SPLIT_OG):
         return rows, -(-nt // tasks)
     return max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes)), 1  # a task per thread
+
+
+def forward_fold(spec, nt, rows, workspace_bytes, itemsize) -> int:
+    """Images per task of the forward, 1 for none (C's fc_im2col_fold, where the measurements are):
+    at batch > 1, on planes of fewer than FOLD_PIXELS pixels with WIDE_OG output channels per group
+    or more, a run of images side by side in one GEMM, as many runs per group as there are threads,
+    at most FOLD_COLUMNS columns, within the budget."""
+    P, og = spec.out_h * spec.out_w, spec.c_out // spec.groups
+    if spec.n < 2 or rows < spec.out_h or P >= FOLD_PIXELS or og < WIDE_OG:
+        return 1
+    runs = -(-nt // spec.groups)
+    fold = min(-(-spec.n // runs), FOLD_COLUMNS // P, workspace_bytes // (nt * (_taps(spec) + og) * P * itemsize))
+    return fold if fold >= 2 else 1
 
 
 def _shape(spec):
@@ -140,17 +157,16 @@ def scatter_add(src, at, dst, start, stride, count):
 
 
 @helper
-def unfold_rows(x, n, c0, cg, oh0, rows, cols, off, s):
-    """cols[off + k*width + q] for the pixels q = (oh - oh0)*out_w + ow of output rows
+def unfold_rows(x, n, c0, cg, oh0, rows, cols, off, ld, s):
+    """cols[off + k*ld + q] for the pixels q = (oh - oh0)*out_w + ow of output rows
     [oh0, oh0 + rows) and the taps k = (c, i, j) of channels c0 .. c0 + cg."""
     kh, kw, _, OW, sh, sw, pt, pl, dh, dw, _ = s
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(x.size)
-    width = rows * OW
     for c in range(cg):
         for i in range(kh):
             for j in range(kw):
-                dst = off + ((c * kh + i) * kw + j) * width
+                dst = off + ((c * kh + i) * kw + j) * ld
                 iw0 = j * dw - pl  # iw = ow * sw + iw0
                 v_lo, v_hi = inside(iw0, sw, W, OW)
                 for r in range(rows):
@@ -196,7 +212,7 @@ def _unfold_chunks(x, cols, s, rows):
         c, pc = u % cg, u // cg
         chunk, g, n = pc % chunks, (pc // chunks) % groups, pc // (chunks * groups)
         r = min(rows, OH - chunk * rows)
-        unfold_rows(x, n, g * cg + c, 1, chunk * rows, r, cols[pc], c * kh * kw * r * OW, s)
+        unfold_rows(x, n, g * cg + c, 1, chunk * rows, r, cols[pc], c * kh * kw * r * OW, r * OW, s)
 
 
 @driver
@@ -230,8 +246,34 @@ def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared):
         else:
             mine = cols[tc] if shared else cols[get_thread_id()]
             if not shared:
-                unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, s)
+                unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, width, s)
             gemm(False, False, m, width, K, 1.0, w, (g * og + o0) * K, K, mine, 0, width, 1.0, y, yg, P)
+
+
+@driver
+def _conv2d_forward_folded(x, w, bias, y, work, s, fold):
+    """y = conv2d(x, w) + bias with `fold` images per task (forward_fold): the task's images unfolded
+    side by side, one GEMM into the thread's buffer (work, one row per thread), then copied out
+    plane by plane with the bias."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C = x.shape[0], x.shape[1]
+    O = w.shape[0]
+    cg, og = C // groups, O // groups
+    K, P = cg * kh * kw, OH * OW
+    yf = y.reshape(y.size)
+    for t in prange(groups * ((N + fold - 1) // fold)):
+        g, n0 = t % groups, t // groups * fold
+        nb = min(fold, N - n0)
+        width = nb * P
+        mine = work[get_thread_id()]
+        for j in range(nb):
+            unfold_rows(x, n0 + j, g * cg, cg, 0, OH, mine, j * P, width, s)
+        gemm(False, False, og, width, K, 1.0, w, g * og * K, K, mine, 0, width, 0.0, mine, K * width, width)
+        for j in range(nb):
+            for o in range(og):
+                dst, src, bo = ((n0 + j) * O + g * og + o) * P, K * width + o * width + j * P, bias[g * og + o]
+                for p in range(P):
+                    yf[U(dst) + U(p)] = mine[U(src) + U(p)] + bo
 
 
 @driver
@@ -259,7 +301,7 @@ def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, parts):
                 b, b0, ldb = xf, (n * C + g * cg) * H * W + oh0 * OW, P
                 if not direct:
                     for c in prange(cg):  # the threads unfold the shared chunk together
-                        unfold_rows(x, n, g * cg + c, 1, oh0, r, cols, c * taps * width, s)
+                        unfold_rows(x, n, g * cg + c, 1, oh0, r, cols, c * taps * width, width, s)
                     b, b0, ldb = cols, 0, width
                 for part in prange(parts):  # each thread owns its columns (or rows) of grad_w
                     lo = part * block
@@ -325,7 +367,14 @@ def conv2d_forward(spec, x, w, bias):
     nt = for_problem(spec)
     y = np.empty(spec.output_shape, spec.dtype)
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
-    rows, oparts = forward_split(spec, nt, task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize))
+    rows = task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize)
+    fold = forward_fold(spec, nt, rows, config.workspace_bytes(), y.itemsize)
+    if fold > 1:
+        work = np.empty((nt, (_taps(spec) + spec.c_out // spec.groups) * fold * spec.out_h * spec.out_w), spec.dtype)
+        launch_threads(spec)
+        _conv2d_forward_folded(x, w, bias, y, work, _shape(spec), fold)
+        return y
+    rows, oparts = forward_split(spec, nt, rows)
     cols = _columns(spec, nt, _taps(spec), rows)
     shared = oparts > 1 and not direct_cols(spec)
     launch_threads(spec)
