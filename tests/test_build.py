@@ -32,6 +32,18 @@ def test_fingerprint_matches_the_sources_in_a_checkout():
     assert f"csrc:{csrc_hash(str(SOURCE_CSRC))}" in _lib.build_info(), "stale _cconv: rebuild with pip install -e ."
 
 
+@pytest.mark.skipif(_lib.lib is None, reason="C extension not built")
+def test_a_kernel_pointer_is_never_made_to_strided_data():
+    """_lib.ptr checks nothing itself: the buffer protocol refuses what is not C-contiguous."""
+    import numpy as np
+
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)
+    assert _lib.ffi.cast("float *", _lib.ptr(a))[7] == 7 and _lib.ptr(None) == _lib.ffi.NULL
+    for strided in (a[:, ::2], a.T, a[::2]):
+        with pytest.raises(ValueError, match="not C-contiguous"):
+            _lib.ptr(strided)
+
+
 def test_stale_extension_warns(monkeypatch, tmp_path):
     if _lib.lib is None:
         pytest.skip(_lib.UNAVAILABLE)
