@@ -19,8 +19,8 @@
  * is over 100 MB per image, run in a fixed budget.
  *
  * Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all
- * threads, gemm split by grad_w's columns or rows), grad of input = col2im_rows(W^T . dY) (tasks split by
- * input channels).
+ * threads, gemm split by grad_w's columns or rows; a tiny one over runs of images, bwd_weight_runs),
+ * grad of input = col2im_rows(W^T . dY) (tasks split by input channels; folded as the forward).
  *
  * unfold_rows and col2im_rows are compiled once per vector ISA (generic, avx2, avx512, each under
  * its target attribute, as in direct.c) and the shape's isa picks one per call; the GEMM is
@@ -80,13 +80,16 @@ static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffe
     return fc_max64(1, fc_min64(OH, fc_min64(fc_max64(by_cache, by_gemm), workspace_bytes / (buffers * row_bytes))));
 }
 
-/* Images per task of the forward (1: none).  A GEMM per image of a small plane packs the whole
- * weight matrix for its few columns (49 on a 7x7 plane), so at batch > 1 each task unfolds a run of
- * images side by side, cols[k][j*P + p], and runs one GEMM over them: as many runs as it takes to
- * give every thread one (per group), at most FC_IM2COL_FOLD_COLUMNS columns, within the budget.
+/* Images per task of the forward and of the grad of input (1: none).  A GEMM per image of a small
+ * plane packs the whole weight matrix for its few columns (49 on a 7x7 plane), so at batch > 1 with
+ * FC_IM2COL_WIDE_OG output channels or more each task lays out a run of images side by side,
+ * cols[k][j*P + p] (dY[o][j*P + p]), and runs one GEMM over them: as many runs as it takes to give
+ * every thread one (per group), at most FC_IM2COL_FOLD_COLUMNS columns, within the budget.
  * OpenBLAS sgemm, one thread, GFLOP/s per image -> 4 images folded (Zen 3, avx2): MobileNet-v2's
  * 1x1s on 7x7 planes 320->1280 76 -> 88, 960->160 68 -> 90, 576->160 64 -> 77; on a 14x14 plane
- * (384->96) 88 -> 76, hence FC_IM2COL_FOLD_PIXELS. */
+ * (384->96) 88 -> 76, hence FC_IM2COL_FOLD_PIXELS.  The grad of input, 2 threads, batch 8, 7x7:
+ * 3x3 512->512 146-149 -> 152-157, 256->256 144-146 -> 155-160, 1x1 320->1280 157-159 -> 165-167;
+ * with 160 output channels (960->160) it lost as the forward does, 153-156 -> 134-139. */
 static int64_t fc_im2col_fold(const fc_conv2d_shape *s, int64_t nt, int64_t rows, int64_t workspace_bytes,
                               int64_t elem) {
     const int64_t P = s->out_h * s->out_w, K = s->c_in / s->groups * s->kh * s->kw, og = s->c_out / s->groups;
@@ -95,6 +98,19 @@ static int64_t fc_im2col_fold(const fc_conv2d_shape *s, int64_t nt, int64_t rows
     const int64_t fold = fc_min64(fc_min64(fc_ceil_div(s->n, runs), FC_IM2COL_FOLD_COLUMNS / P),
                                   workspace_bytes / (nt * (K + og) * P * elem));
     return fold >= 2 ? fold : 1;
+}
+
+/* Images per GEMM of the weight gradient (1: one per image): of a tiny problem
+ * (FC_IM2COL_FOLD_MACS) as many as the budget holds, the whole batch in practice
+ * (bwd_weight_runs).  Not on 7x7 planes with many channels, where the forward and the grad of
+ * input fold: there the runs' copies cost more than their GEMMs gained (batch 8, one thread,
+ * GFLOP/s per image -> runs: 960 -> 160 1x1 80-83 -> 51-55, 256 -> 256 3x3 72-73 -> 56-77,
+ * 512 -> 512 3x3 75-78 -> 73-78; Zen 3). */
+static int64_t fc_im2col_weight_run(const fc_conv2d_shape *s, int64_t workspace_bytes, int64_t elem) {
+    const int64_t P = s->out_h * s->out_w, K = s->c_in / s->groups * s->kh * s->kw, og = s->c_out / s->groups;
+    if (s->n < 2 || og * K * s->n * P > FC_IM2COL_FOLD_MACS) return 1;
+    const int64_t run = fc_min64(s->n, workspace_bytes / ((K + og) * P * elem));
+    return run >= 2 ? run : 1;
 }
 
 #define FC_T float
@@ -270,22 +286,55 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
  * then split the GEMM by grad_w's longer side, each thread owning its columns (or rows) of it.  (Per-thread
  * chunks would need per-thread partial grad_w, each read and written in full by every GEMM: on
  * VGG conv5_1 that ran 4x slower on 2 threads than on 1.) */
-/* A tiny weight gradient (one group) as one GEMM over the whole batch, on one thread:
- * grad_w[o][k] = sum over (n, p) of gy[n][o][p] * cols_n[k][p], with gy and every image's columns
- * laid out [row][n][p] first. */
-static int FC_SFX(bwd_weight_folded)(const FC_T *gy, const FC_T *x, FC_T *gw, const fc_conv2d_shape *s,
-                                     FC_SFX(rows_fn) unfold) {
-    const int64_t og = s->c_out, K = s->c_in * s->kh * s->kw, P = s->out_h * s->out_w, NP = s->n * P;
-    FC_T *cols = fc_alloc((size_t)((K + og) * NP) * sizeof(FC_T));
+/* grad_w's part [lo, lo + m) (its columns where by_columns, else its rows) = beta * grad_w +
+ * dY . B^T over `width` pixels: dY is og x width (row stride lddy), B is K x width (ldb). */
+static void FC_SFX(weight_gemm_part)(const FC_T *dy, int64_t lddy, const FC_T *b, int64_t ldb, FC_T *gwg,
+                                     int64_t og, int64_t K, int64_t width, int by_columns, int64_t lo, int64_t m,
+                                     FC_T beta) {
+    if (by_columns) /* grad_w[:, lo : lo + m] */
+        FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)m, (int)width, (FC_T)1, dy, (int)lddy,
+                b + lo * ldb, (int)ldb, beta, gwg + lo, (int)K);
+    else /* grad_w[lo : lo + m, :] */
+        FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)K, (int)width, (FC_T)1, dy + lo * lddy,
+                (int)lddy, b, (int)ldb, beta, gwg + lo * K, (int)K);
+}
+
+/* grad_w over runs of `run` images: each run's columns and dY laid out [row][image][pixel], so one
+ * GEMM reduces over all the run's pixels.  Per image a GEMM reduces over P pixels only and reads
+ * and writes the whole of grad_w: on a tiny problem the calls cost more than their arithmetic
+ * (LeNet's conv2, 16x6x4x4 -> 16: 16 calls, 56 us; fc_im2col_weight_run).  The threads unfold a
+ * run together (by image and input channel, dY by image), then split its GEMM as the per-image
+ * path does. */
+static int FC_SFX(bwd_weight_runs)(const FC_T *gy, const FC_T *x, FC_T *gw, const fc_conv2d_shape *s, int64_t run,
+                                   int64_t parts, int64_t block, int by_columns, int n_threads,
+                                   FC_SFX(rows_fn) unfold) {
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = s->kh * s->kw, K = cg * taps;
+    const int64_t P = s->out_h * s->out_w, HW = s->h * s->w;
+    FC_T *cols = fc_alloc((size_t)((K + og) * run * P) * sizeof(FC_T));
     if (!cols) return FC_ENOMEM;
-    FC_T *gyt = cols + K * NP;
-    for (int64_t n = 0; n < s->n; n++) {
-        unfold(x + n * s->c_in * s->h * s->w, cols + n * P, s, s->c_in, 0, s->out_h, NP);
-        for (int64_t o = 0; o < og; o++)
-            memcpy(gyt + o * NP + n * P, gy + (n * og + o) * P, (size_t)P * sizeof(FC_T));
-    }
-    FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)K, (int)NP, (FC_T)1, gyt, (int)NP, cols,
-            (int)NP, (FC_T)0, gw, (int)K);
+    for (int64_t g = 0; g < s->groups; g++)
+        for (int64_t n0 = 0; n0 < s->n; n0 += run) {
+            const int64_t nb = fc_min64(run, s->n - n0), width = nb * P;
+            FC_T *dyt = cols + K * width;
+            FC_OMP_PARALLEL_FOR(n_threads)
+            for (int64_t u = 0; u < nb * (cg + 1); u++) { /* image j's channel c, or (c == cg) its dY */
+                const int64_t j = u / (cg + 1), c = u % (cg + 1);
+                if (c < cg)
+                    unfold(x + ((n0 + j) * s->c_in + g * cg + c) * HW, cols + c * taps * width + j * P, s, 1, 0,
+                           s->out_h, width);
+                else
+                    for (int64_t o = 0; o < og; o++)
+                        memcpy(dyt + o * width + j * P, gy + ((n0 + j) * s->c_out + g * og + o) * P,
+                               (size_t)P * sizeof(FC_T));
+            }
+            FC_OMP_PARALLEL_FOR(n_threads)
+            for (int64_t part = 0; part < parts; part++) {
+                const int64_t lo = part * block, m = fc_min64(block, (by_columns ? K : og) - lo);
+                if (m > 0)
+                    FC_SFX(weight_gemm_part)(dyt, width, cols, width, gw + g * og * K, og, K, width, by_columns, lo,
+                                             m, n0 ? (FC_T)1 : (FC_T)0);
+            }
+        }
     fc_free(cols);
     return FC_OK;
 }
@@ -307,8 +356,8 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
     const int by_columns = K >= og;
     const int64_t side = by_columns ? K : og, parts = fc_min64(nt, (side + 15) / 16);
     const int64_t block = fc_round_up(fc_ceil_div(side, parts), 16);
-    if (s->groups == 1 && s->n > 1 && !direct_cols && og * K * s->n * P <= FC_IM2COL_FOLD_MACS)
-        return FC_SFX(bwd_weight_folded)(gy, x, gw, s, unfold);
+    const int64_t run = fc_im2col_weight_run(s, workspace_bytes, (int64_t)sizeof(FC_T));
+    if (run > 1) return FC_SFX(bwd_weight_runs)(gy, x, gw, s, run, parts, block, by_columns, n_threads, unfold);
     FC_T *cols = direct_cols ? NULL : fc_alloc((size_t)(K * rows * OW) * sizeof(FC_T));
     if (!direct_cols && !cols) return FC_ENOMEM;
     memset(gw, 0, (size_t)(s->c_out * K) * sizeof(FC_T));
@@ -330,16 +379,10 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
                 }
                 FC_OMP_PARALLEL_FOR(n_threads)
                 for (int64_t part = 0; part < parts; part++) {
-                    const int64_t lo = part * block, n = fc_min64(block, (by_columns ? K : og) - lo);
-                    if (n <= 0) continue;
-                    if (by_columns) /* grad_w[:, lo : lo + n] */
-                        FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)og, (int)n, (int)width,
-                                (FC_T)1, gyg, (int)P, b + lo * ldb, (int)ldb, (FC_T)1,
-                                gw + g * og * K + lo, (int)K);
-                    else /* grad_w[lo : lo + n, :] */
-                        FC_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)K, (int)width,
-                                (FC_T)1, gyg + lo * P, (int)P, b, (int)ldb, (FC_T)1,
-                                gw + (g * og + lo) * K, (int)K);
+                    const int64_t lo = part * block, m = fc_min64(block, (by_columns ? K : og) - lo);
+                    if (m > 0)
+                        FC_SFX(weight_gemm_part)(gyg, P, b, ldb, gw + g * og * K, og, K, width, by_columns, lo, m,
+                                                 (FC_T)1);
                 }
             }
     fc_free(cols);
@@ -353,6 +396,32 @@ int FC_SFX(fc_conv2d_bwd_weight_im2col)(const FC_T *gy, const FC_T *x, FC_T *gw,
  * finely as it takes to give every thread a task (batch 1).  (Splitting by row chunks instead
  * needs the chunks that overlap in input rows kept apart: at batch 1 that serialized the two
  * chunks of a plane and ran grad_x at half the speed of the forward.) */
+/* grad_x with `fold` images per task (fc_im2col_fold): the task's dY side by side, one GEMM
+ * W_g^T . dY into the thread's buffer, col2im image by image. */
+static int FC_SFX(bwd_data_folded)(const FC_T *gy, const FC_T *w, FC_T *gx, const fc_conv2d_shape *s, int64_t fold,
+                                   int n_threads, FC_SFX(rows_fn) col2im) {
+    const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, K = cg * s->kh * s->kw;
+    const int64_t P = s->out_h * s->out_w, HW = s->h * s->w, tasks = s->groups * fc_ceil_div(s->n, fold);
+    const int64_t nt = n_threads > 0 ? n_threads : 1, buffer = (og + K) * fold * P;
+    FC_T *work = fc_alloc((size_t)(nt * buffer) * sizeof(FC_T));
+    if (!work) return FC_ENOMEM;
+    memset(gx, 0, (size_t)(s->n * s->c_in * HW) * sizeof(FC_T));
+    FC_OMP_PARALLEL_FOR(n_threads)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t g = t % s->groups, n0 = t / s->groups * fold, nb = fc_min64(fold, s->n - n0), width = nb * P;
+        FC_T *dyb = work + (int64_t)FC_THREAD_ID() * buffer, *dcols = dyb + og * width;
+        for (int64_t j = 0; j < nb; j++)
+            for (int64_t o = 0; o < og; o++)
+                memcpy(dyb + o * width + j * P, gy + ((n0 + j) * s->c_out + g * og + o) * P, (size_t)P * sizeof(FC_T));
+        FC_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)og, (FC_T)1, w + g * og * K,
+                (int)K, dyb, (int)width, (FC_T)0, dcols, (int)width);
+        for (int64_t j = 0; j < nb; j++)
+            col2im(dcols + j * P, gx + ((n0 + j) * s->c_in + g * cg) * HW, s, cg, 0, s->out_h, width);
+    }
+    fc_free(work);
+    return FC_OK;
+}
+
 int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
                                       const fc_conv2d_shape *s, int64_t workspace_bytes, int n_threads) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, taps = s->kh * s->kw;
@@ -366,6 +435,8 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
     const int64_t cb = (cg + split - 1) / split;
     const int64_t cblocks = (cg + cb - 1) / cb, tasks = planes * cblocks;
     const int64_t rows = fc_im2col_rows(s, cb * taps, nt, workspace_bytes, (int64_t)sizeof(FC_T));
+    const int64_t fold = fc_im2col_fold(s, nt, rows, workspace_bytes, (int64_t)sizeof(FC_T));
+    if (fold > 1) return FC_SFX(bwd_data_folded)(gy, w, gx, s, fold, n_threads, col2im);
     const int64_t chunks = (OH + rows - 1) / rows, buffer = cb * taps * rows * OW;
     FC_T *dcols = direct_cols ? NULL : fc_alloc((size_t)(nt * buffer) * sizeof(FC_T));
     if (!direct_cols && !dcols) return FC_ENOMEM;

@@ -79,7 +79,8 @@ CASES = {
     "3x3-batch1-row-split": ((1, 8, 20, 20), (133, 8, 3, 3), 1, 1, 1, 1),
     # batch > 1 on 7x7 and smaller planes with 256 output channels or more per group: im2col folds
     # runs of images into one GEMM, the last run short (3 = 2 + 1, 5 = 3 + 2 on two threads);
-    # a 1x1 without an unfold, and groups with a stride
+    # a 1x1 without an unfold (its grad of input then no longer written by the GEMM), and groups
+    # with a stride; the forward and the grad of input alike
     "folded-batch-7x7": ((3, 16, 7, 7), (256, 16, 3, 3), 1, 1, 1, 1),
     "folded-batch-pointwise": ((5, 24, 6, 5), (256, 24, 1, 1), 1, 0, 1, 1),
     "folded-batch-groups-stride2": ((4, 16, 13, 13), (512, 8, 3, 3), 2, 1, 1, 2),

@@ -76,6 +76,29 @@ def test_a_tiny_budget_still_computes_the_right_answer(kernel):
     assert np.abs(y - ref).max() <= 1e-10 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("kernel", IM2COL)
+def test_a_budget_of_a_few_images_folds_them_in_runs(kernel):
+    """im2col folds images into one GEMM, as many as the budget holds.  The forward on a 7x7 plane
+    with 256 output channels (float64, 144 taps): four images' columns and outputs, two threads each
+    holding a run, so runs of 2 + 2 + 1.  A tiny weight gradient (36 taps, 8 channels, 25 pixels):
+    two images' columns and dY, so 2 + 2 + 1, the later runs adding to the first's grad_w."""
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((5, 16, 7, 7)), rng.standard_normal((256, 16, 3, 3))
+    xs, ws = rng.standard_normal((5, 4, 5, 5)), rng.standard_normal((8, 4, 3, 3))
+    gy = rng.standard_normal((5, 8, 5, 5))
+    before = config.workspace_bytes()
+    try:
+        config.set_workspace_bytes(4 * (144 + 256) * 49 * 8 + 1000)
+        y = fc.conv2d(x, w, padding=1, algo=kernel.algo, backend=kernel.backend)
+        config.set_workspace_bytes(2 * (36 + 8) * 25 * 8 + 100)
+        _, gw, _ = fc.api.conv2d_grads(gy, xs, ws, padding=1, bias=False, grad_input=False,
+                                       weight_algo=kernel.algo, backend=kernel.backend)
+    finally:
+        config.set_workspace_bytes(before)
+    assert rel_err(y, fc.reference.conv2d(x, w, padding=1)) <= 1e-12
+    assert rel_err(gw, fc.reference.conv2d_backward(gy, xs, ws, padding=1)[1]) <= 1e-12
+
+
 C_KERNELS = [pytest.param(k, id=k.name) for k in fc.kernels("conv2d.fwd") if k.backend == "c"
              and k.family not in ("depthwise",)]
 

@@ -5,7 +5,7 @@ K = cg*kH*kW taps and P = out_h*out_w pixels.  It runs as tasks of (n, g, a chun
 and at batch 1 of a 1x1 or of a 7x7 output plane also a part of the output channels, the parts
 sharing their chunk's columns, so that its threads share one plane without thin GEMMs; at batch > 1
 on a 7x7 plane with many output channels a task is a run of images side by side in one GEMM
-(forward_fold):
+(fold):
   unfold_rows   cols[k][p] = x[n, g*cg + c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
                 k = (c, i, j) and the chunk's pixels, zero in the padding; a 1x1 stride-1
                 unpadded convolution needs no unfold (the input already is cols);
@@ -19,7 +19,8 @@ with measurements.
 The column buffer of each thread is bounded: n_threads * chunk <= config.workspace_bytes() (rows
 are chunked by C's rule, task_rows below, at least one output row per chunk).
 Backward passes reuse the phases: grad of weight = dY . cols^T (unfold_rows shared by all
-threads, gemm split by output channels), grad of input = col2im_rows(W^T . dY) (tasks split by
+threads, gemm split by grad_w's longer side; a tiny one over runs of images, weight_run), grad of
+input = col2im_rows(W^T . dY) (tasks split by
 input channels).  The wrappers, not the drivers, settle the chunking and allocate every buffer.
 
 Why OpenBLAS through an ExternalFunction, not ``np.dot`` in jitted code: speed is not the reason.
@@ -61,8 +62,9 @@ CHUNK_BYTES = 4 << 20  # bytes of a chunk of cols when the GEMM barely reuses it
 WIDE_OG = 256  # from this many output channels per group, the GEMM hides the DRAM traffic ...
 MIN_COLUMNS = 2048  # ... and is given at least this many columns
 SPLIT_OG = 64  # at batch 1, output channels per part at least (1x1s, 7x7 planes: forward_split)
-FOLD_PIXELS = 100  # the forward folds images into one GEMM on planes of fewer pixels (forward_fold) ...
+FOLD_PIXELS = 100  # the forward folds images into one GEMM on planes of fewer pixels (fold) ...
 FOLD_COLUMNS = 512  # ... up to this many columns per GEMM
+FOLD_MACS = 1 << 22  # the weight gradient of a problem this small: the whole batch in one GEMM (weight_run)
 U = np.uint64  # the type of flat indices in the copy loops (see gather)
 
 
@@ -98,17 +100,27 @@ def forward_split(spec, nt, rows) -> tuple:
     return max(1, min(rows, (spec.out_h * planes + nt - 1) // nt // planes)), 1  # a task per thread
 
 
-def forward_fold(spec, nt, rows, workspace_bytes, itemsize) -> int:
-    """Images per task of the forward, 1 for none (C's fc_im2col_fold, where the measurements are):
-    at batch > 1, on planes of fewer than FOLD_PIXELS pixels with WIDE_OG output channels per group
-    or more, a run of images side by side in one GEMM, as many runs per group as there are threads,
-    at most FOLD_COLUMNS columns, within the budget."""
+def fold(spec, nt, rows, workspace_bytes, itemsize) -> int:
+    """Images per task of the forward and of the grad of input, 1 for none (C's fc_im2col_fold,
+    where the measurements are): at batch > 1, on planes of fewer than FOLD_PIXELS pixels with
+    WIDE_OG output channels per group or more, a run of images side by side in one GEMM, as many
+    runs per group as there are threads, at most FOLD_COLUMNS columns, within the budget."""
     P, og = spec.out_h * spec.out_w, spec.c_out // spec.groups
     if spec.n < 2 or rows < spec.out_h or P >= FOLD_PIXELS or og < WIDE_OG:
         return 1
     runs = -(-nt // spec.groups)
     fold = min(-(-spec.n // runs), FOLD_COLUMNS // P, workspace_bytes // (nt * (_taps(spec) + og) * P * itemsize))
     return fold if fold >= 2 else 1
+
+
+def weight_run(spec, workspace_bytes, itemsize) -> int:
+    """Images per GEMM of the weight gradient, 1 for one per image (C's fc_im2col_weight_run, where
+    the measurements are): of a tiny problem as many as the budget holds."""
+    P, og = spec.out_h * spec.out_w, spec.c_out // spec.groups
+    if spec.n < 2 or og * _taps(spec) * spec.n * P > FOLD_MACS:
+        return 1
+    run = min(spec.n, workspace_bytes // ((_taps(spec) + og) * P * itemsize))
+    return run if run >= 2 else 1
 
 
 def _shape(spec):
@@ -181,16 +193,15 @@ def unfold_rows(x, n, c0, cg, oh0, rows, cols, off, ld, s):
 
 
 @helper
-def col2im_rows(dcols, gx, n, c0, cg, oh0, rows, s):
-    """gx[n, c0 + c, ih, iw] += dcols[k*width + q], the adjoint of unfold_rows (same walk, scatter)."""
+def col2im_rows(dcols, off, ld, gx, n, c0, cg, oh0, rows, s):
+    """gx[n, c0 + c, ih, iw] += dcols[off + k*ld + q], the adjoint of unfold_rows (same walk, scatter)."""
     kh, kw, _, OW, sh, sw, pt, pl, dh, dw, _ = s
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     gxf = gx.reshape(gx.size)
-    width = rows * OW
     for c in range(cg):
         for i in range(kh):
             for j in range(kw):
-                src = ((c * kh + i) * kw + j) * width
+                src = off + ((c * kh + i) * kw + j) * ld
                 iw0 = j * dw - pl
                 v_lo, v_hi = inside(iw0, sw, W, OW)
                 for r in range(rows):
@@ -252,7 +263,7 @@ def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared):
 
 @driver
 def _conv2d_forward_folded(x, w, bias, y, work, s, fold):
-    """y = conv2d(x, w) + bias with `fold` images per task (forward_fold): the task's images unfolded
+    """y = conv2d(x, w) + bias with `fold` images per task (the function fold): the task's images unfolded
     side by side, one GEMM into the thread's buffer (work, one row per thread), then copied out
     plane by plane with the bias."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
@@ -315,6 +326,69 @@ def _conv2d_backward_weight(gy, x, gw, cols, s, rows, direct, parts):
 
 
 @driver
+def _conv2d_backward_weight_runs(gy, x, gw, work, s, run, parts):
+    """gw = sum over images and pixels of dY . cols^T over runs of `run` images, each run's columns
+    and dY laid out [row][image][pixel] in work (one buffer), so one GEMM reduces over all the run's
+    pixels; the threads unfold a run together, then split its GEMM by grad_w's longer side."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C = x.shape[0], x.shape[1]
+    O = gw.shape[0]
+    cg, og, taps = C // groups, O // groups, kh * kw
+    K, P = cg * taps, OH * OW
+    by_columns = K >= og
+    side = K if by_columns else og
+    block = (side + parts - 1) // parts
+    block = (block + 15) // 16 * 16
+    gyf = gy.reshape(gy.size)
+    for g in range(groups):
+        for n0 in range(0, N, run):
+            nb = min(run, N - n0)
+            width = nb * P
+            dyt = K * width  # where dY starts in work
+            for u in prange(nb * (cg + 1)):  # image j's channel c, or (c == cg) its dY
+                j, c = u // (cg + 1), u % (cg + 1)
+                if c < cg:
+                    unfold_rows(x, n0 + j, g * cg + c, 1, 0, OH, work, c * taps * width + j * P, width, s)
+                else:
+                    for o in range(og):
+                        gather(gyf, ((n0 + j) * O + g * og + o) * P, 1, work, dyt + o * width + j * P, P)
+            beta = 1.0 if n0 else 0.0
+            for part in prange(parts):
+                lo = part * block
+                m = min(block, side - lo)
+                if m > 0 and by_columns:
+                    gemm(False, True, og, m, width, 1.0, work, dyt, width, work, lo * width, width,
+                         beta, gw, g * og * K + lo, K)
+                elif m > 0:
+                    gemm(False, True, m, K, width, 1.0, work, dyt + lo * width, width, work, 0, width,
+                         beta, gw, (g * og + lo) * K, K)
+
+
+@driver
+def _conv2d_backward_data_folded(gy, w, gx, work, s, fold):
+    """gx = col2im(W^T . dY) with `fold` images per task (the function fold); gx is zeroed, work one
+    row per thread: the task's dY side by side, one GEMM into the rest of the row, col2im image by
+    image."""
+    kh, kw, OH, OW, _, _, _, _, _, _, groups = s
+    N, C = gx.shape[0], gx.shape[1]
+    O = w.shape[0]
+    cg, og = C // groups, O // groups
+    K, P = cg * kh * kw, OH * OW
+    gyf = gy.reshape(gy.size)
+    for t in prange(groups * ((N + fold - 1) // fold)):
+        g, n0 = t % groups, t // groups * fold
+        nb = min(fold, N - n0)
+        width = nb * P
+        mine = work[get_thread_id()]
+        for j in range(nb):
+            for o in range(og):
+                gather(gyf, ((n0 + j) * O + g * og + o) * P, 1, mine, o * width + j * P, P)
+        gemm(True, False, K, width, og, 1.0, w, g * og * K, K, mine, 0, width, 0.0, mine, og * width, width)
+        for j in range(nb):
+            col2im_rows(mine, og * width + j * P, width, gx, n0 + j, g * cg, cg, 0, OH, s)
+
+
+@driver
 def _conv2d_backward_data(gy, w, gx, dcols, s, rows, direct, cb):
     """gx = col2im(W^T . dY); gx is zeroed unless direct; dcols one buffer per thread.  Tasks are
     (image, group, block of cb input channels) and each walks every row chunk of its plane alone:
@@ -343,7 +417,7 @@ def _conv2d_backward_data(gy, w, gx, dcols, s, rows, direct, cb):
             else:
                 mine = dcols[get_thread_id()]
                 gemm(True, False, nc * taps, width, og, 1.0, w, wc, K, gy, gyg, P, 0.0, mine, 0, width)
-                col2im_rows(mine, gx, n, g * cg + c0, nc, oh0, r, s)
+                col2im_rows(mine, 0, width, gx, n, g * cg + c0, nc, oh0, r, s)
 
 
 def _check(spec):
@@ -368,11 +442,11 @@ def conv2d_forward(spec, x, w, bias):
     y = np.empty(spec.output_shape, spec.dtype)
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     rows = task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize)
-    fold = forward_fold(spec, nt, rows, config.workspace_bytes(), y.itemsize)
-    if fold > 1:
-        work = np.empty((nt, (_taps(spec) + spec.c_out // spec.groups) * fold * spec.out_h * spec.out_w), spec.dtype)
+    images = fold(spec, nt, rows, config.workspace_bytes(), y.itemsize)
+    if images > 1:
+        work = np.empty((nt, (_taps(spec) + spec.c_out // spec.groups) * images * spec.out_h * spec.out_w), spec.dtype)
         launch_threads(spec)
-        _conv2d_forward_folded(x, w, bias, y, work, _shape(spec), fold)
+        _conv2d_forward_folded(x, w, bias, y, work, _shape(spec), images)
         return y
     rows, oparts = forward_split(spec, nt, rows)
     cols = _columns(spec, nt, _taps(spec), rows)
@@ -392,8 +466,14 @@ def conv2d_backward_data(spec, grad_y, w):
     split = min(cg, -(-nt // planes))  # channel blocks per plane: a task per thread
     cb = -(-cg // split)
     rows = task_rows(spec, cb * spec.kh * spec.kw, nt, config.workspace_bytes(), grad_x.itemsize)
-    dcols = _columns(spec, nt, cb * spec.kh * spec.kw, rows)
+    images = fold(spec, nt, rows, config.workspace_bytes(), grad_x.itemsize)
     launch_threads(spec)
+    if images > 1:
+        grad_x[...] = 0
+        work = np.empty((nt, (_taps(spec) + spec.c_out // spec.groups) * images * spec.out_h * spec.out_w), spec.dtype)
+        _conv2d_backward_data_folded(grad_y, w, grad_x, work, _shape(spec), images)
+        return grad_x
+    dcols = _columns(spec, nt, cb * spec.kh * spec.kw, rows)
     _conv2d_backward_data(grad_y, w, grad_x, dcols, _shape(spec), rows, direct, cb)
     return grad_x
 
@@ -402,10 +482,15 @@ def conv2d_backward_weight(spec, grad_y, x):
     _check(spec)
     nt = for_problem(spec)
     grad_w = np.zeros(spec.weight_shape, spec.dtype)
-    rows = task_rows(spec, _taps(spec), 1, config.workspace_bytes(), grad_w.itemsize)  # one shared buffer
-    cols = _columns(spec, 1, _taps(spec), rows)[0]
-    og, K = spec.c_out // spec.groups, spec.c_in // spec.groups * spec.kh * spec.kw
+    og, K = spec.c_out // spec.groups, _taps(spec)
     parts = min(nt, (max(K, og) + 15) // 16)  # of grad_w's longer side (as C's)
+    run = weight_run(spec, config.workspace_bytes(), grad_w.itemsize)
     launch_threads(spec)
+    if run > 1:
+        work = np.empty((K + og) * run * spec.out_h * spec.out_w, spec.dtype)
+        _conv2d_backward_weight_runs(grad_y, x, grad_w, work, _shape(spec), run, parts)
+        return grad_w
+    rows = task_rows(spec, K, 1, config.workspace_bytes(), grad_w.itemsize)  # one shared buffer
+    cols = _columns(spec, 1, K, rows)[0]
     _conv2d_backward_weight(grad_y, x, grad_w, cols, _shape(spec), rows, direct_cols(spec), parts)
     return grad_w
