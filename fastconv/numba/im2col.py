@@ -193,6 +193,13 @@ def unfold_rows(x, n, c0, cg, oh0, rows, cols, off, ld, s):
 
 
 @helper
+def fold_task(t, groups, fold, images):
+    """(group, first image, images) of task t of a folded driver, the groups varying fastest."""
+    g, n0 = t % groups, t // groups * fold
+    return g, n0, min(fold, images - n0)
+
+
+@helper
 def col2im_rows(dcols, off, ld, gx, n, c0, cg, oh0, rows, s):
     """gx[n, c0 + c, ih, iw] += dcols[off + k*ld + q], the adjoint of unfold_rows (same walk, scatter)."""
     kh, kw, _, OW, sh, sw, pt, pl, dh, dw, _ = s
@@ -273,8 +280,7 @@ def _conv2d_forward_folded(x, w, bias, y, work, s, fold):
     K, P = cg * kh * kw, OH * OW
     yf = y.reshape(y.size)
     for t in prange(groups * ((N + fold - 1) // fold)):
-        g, n0 = t % groups, t // groups * fold
-        nb = min(fold, N - n0)
+        g, n0, nb = fold_task(t, groups, fold, N)
         width = nb * P
         mine = work[get_thread_id()]
         for j in range(nb):
@@ -376,8 +382,7 @@ def _conv2d_backward_data_folded(gy, w, gx, work, s, fold):
     K, P = cg * kh * kw, OH * OW
     gyf = gy.reshape(gy.size)
     for t in prange(groups * ((N + fold - 1) // fold)):
-        g, n0 = t % groups, t // groups * fold
-        nb = min(fold, N - n0)
+        g, n0, nb = fold_task(t, groups, fold, N)
         width = nb * P
         mine = work[get_thread_id()]
         for j in range(nb):
