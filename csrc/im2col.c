@@ -85,9 +85,10 @@ static int64_t fc_im2col_rows(const fc_conv2d_shape *s, int64_t k, int64_t buffe
  * FC_IM2COL_WIDE_OG output channels or more each task lays out a run of images side by side,
  * cols[k][j*P + p] (dY[o][j*P + p]), and runs one GEMM over them: as many runs as it takes to give
  * every thread one (per group), at most FC_IM2COL_FOLD_COLUMNS columns, within the budget.
- * OpenBLAS sgemm, one thread, GFLOP/s per image -> 4 images folded (Zen 3, avx2): MobileNet-v2's
- * 1x1s on 7x7 planes 320->1280 76 -> 88, 960->160 68 -> 90, 576->160 64 -> 77; on a 14x14 plane
- * (384->96) 88 -> 76, hence FC_IM2COL_FOLD_PIXELS.  The grad of input, 2 threads, batch 8, 7x7:
+ * c.im2col's forward, batch 8, 7x7, one thread, GFLOP/s per image -> folded (Zen 3, avx2, min of 41):
+ * 3x3 512->512 64-69 -> 80-83, 1x1 320->1280 77-78 -> 83-86, 832->384 77-78 -> 81-84; with 160
+ * output channels (960->160) 77 -> 72, hence FC_IM2COL_WIDE_OG; on 14x14 planes 1x1 96->576 and
+ * 64->384 lost 10-25%, hence FC_IM2COL_FOLD_PIXELS.  The grad of input, 2 threads, batch 8, 7x7:
  * 3x3 512->512 146-149 -> 152-157, 256->256 144-146 -> 155-160, 1x1 320->1280 157-159 -> 165-167;
  * with 160 output channels (960->160) it lost as the forward does, 153-156 -> 134-139. */
 static int64_t fc_im2col_fold(const fc_conv2d_shape *s, int64_t nt, int64_t rows, int64_t workspace_bytes,
