@@ -474,7 +474,8 @@ def conv2d_backward_data(spec, grad_y, w):
     images = fold(spec, nt, rows, config.workspace_bytes(), grad_x.itemsize)
     launch_threads(spec)
     if images > 1:
-        grad_x[...] = 0
+        if direct:  # the folded driver scatters into gx (np.zeros above otherwise)
+            grad_x[...] = 0
         work = np.empty((nt, (_taps(spec) + spec.c_out // spec.groups) * images * spec.out_h * spec.out_w), spec.dtype)
         _conv2d_backward_data_folded(grad_y, w, grad_x, work, _shape(spec), images)
         return grad_x
