@@ -231,6 +231,39 @@ def test_patch_keeps_parameters_so_optimizers_still_work():
     assert not torch.equal(params[0], before)
 
 
+def test_patch_stores_channels_last_weights_contiguously_and_matches_native():
+    # fastconv's kernels read OIHW: a channels_last weight would be copied on every call, so patch
+    # stores it contiguously once, as model.to(memory_format=torch.contiguous_format) would
+    torch.manual_seed(0)
+    native = _model().to(memory_format=torch.channels_last)
+    model = _model().to(memory_format=torch.channels_last)
+    model.load_state_dict(native.state_dict())
+    params = list(model.parameters())
+    values = [p.detach().clone() for p in params]
+    model(torch.randn(1, 3, 12, 12)).sum().backward()  # a grad kept in the old layout
+    assert not model[0].weight.grad.is_contiguous()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fct.patch(model)
+    report = model.fastconv_patch
+    assert report.relaid == [("0", "channels_last"), ("3", "channels_last")]  # "5" stays on torch as it is
+    assert "relaid   0: weight was channels_last" in str(report)
+    assert list(model.parameters()) == params
+    for p, v in zip(params, values):
+        assert torch.equal(p, v)
+    assert model[0].weight.is_contiguous() and model[0].weight.grad.is_contiguous()
+    assert model[5].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    for m in (native, model):
+        m.zero_grad()
+        m(x).square().sum().backward()
+    torch.testing.assert_close(model(x), native(x), rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(native.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+    opt.step()  # the optimizer built before patch still updates the relaid weights
+    assert not torch.equal(params[0], values[0])
+    assert fct.patch(model).fastconv_patch.relaid == []  # patching again: nothing left to relay
+
+
 def test_state_dicts_load_both_ways():
     native = nn.Conv2d(3, 5, 3, stride=2, padding=1)
     ours = fct.Conv2d(3, 5, 3, stride=2, padding=1)
