@@ -369,6 +369,7 @@ FC_TARGET static void FC_ISA_SFX(dw_fwd_task)(const FC_T *x, const FC_T *w, cons
                     FC_ISA_SFX(flat_tile)(xq + f0 + v * VLEN, toff, wl, taps, b, buf + v * VLEN, FC_DW_NV);
                 for (; v < nvec; v++)
                     FC_ISA_SFX(flat_tile)(xq + f0 + v * VLEN, toff, wl, taps, b, buf + v * VLEN, 1);
+                if (s->act) FC_ACTIVATE(buf, rows * L.pitch, s); /* the chunk, in L1 (its pads too) */
                 for (int64_t r = 0; r < rows; r++)
                     FC_ISA_SFX(copy_run)(yp + (oh0 + r) * OW, buf + r * L.pitch, OW);
             }
@@ -571,6 +572,7 @@ FC_TARGET static void FC_ISA_SFX(dw_block_task)(const FC_T *x, const FC_T *w, co
 #undef FC_DW_LAST
                 default: break;
             }
+            if (s->act) FC_ACTIVATE(rb, OW * VLEN, s); /* the row of the block, in L1 */
             FC_T *yr = y + ((n * C + c0) * OH + oh) * OW; /* channel l's row: yr + l * OH * OW */
             for (int64_t q = 0; q < OW; q += VLEN) { /* VLEN outputs of VLEN channels, transposed back */
                 VECA t[VLEN];

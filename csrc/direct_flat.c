@@ -286,8 +286,10 @@ FC_TARGET static void FC_ISA_SFX(flat_task)(const FC_T *FC_RESTRICT x, const FC_
         FC_ISA_SFX(flat_block)(xq, toff, wb, ws->o, in_place, K, bb, buf, pl->bstride, nvec);
         for (int64_t r = 0; r < mr; r++) {
             FC_T *yo = y + ((n * s->c_out + o0 + r) * OH + oh0) * OW;
-            for (int64_t q = 0; q < rows; q++)
+            for (int64_t q = 0; q < rows; q++) {
                 FC_ISA_SFX(copy_run)(yo + q * OW, buf + r * pl->bstride + q * pitch, OW);
+                if (s->act) FC_ACTIVATE(yo + q * OW, OW, s);
+            }
         }
     }
 }
@@ -463,6 +465,7 @@ FC_TARGET static void FC_ISA_SFX(chan_task)(const FC_T *FC_RESTRICT x, const FC_
                 FC_T *yo = y + (((n0 + i) * s->c_out + o0 + r) * OH + oh0) * OW;
                 const FC_T *bo = buf + i * opix * OB + r;
                 for (int64_t q = 0; q < opix; q++) yo[q] = bo[q * OB];
+                if (s->act) FC_ACTIVATE(yo, opix, s);
             }
     }
 }

@@ -23,7 +23,13 @@ typedef struct {
     int64_t dilation_h, dilation_w;
     int64_t groups;
     int64_t isa;                  /* FC_ISA_*: the microkernels to run          */
+    int64_t act;                  /* FC_ACT_*: the forward's activation (backward: FC_ACT_NONE) */
+    double act_slope;             /* FC_ACT_LEAKY_RELU's negative slope         */
 } fc_conv2d_shape;
+
+/* The activation a forward kernel applies to each output as it finishes it (while it is in cache),
+ * as torch's relu, relu6 (hardtanh(0, 6)) and leaky_relu: NaN stays NaN. */
+enum { FC_ACT_NONE = 0, FC_ACT_RELU = 1, FC_ACT_RELU6 = 2, FC_ACT_LEAKY_RELU = 3 };
 
 typedef struct {
     int64_t n, c, h, w;           /* input (N, C, H, W); planes = n * c         */

@@ -63,6 +63,52 @@ static inline void fc_inside(int64_t offset, int64_t stride, int64_t size, int64
     *hi = offset >= size ? *lo : fc_max64(*lo, fc_min64(outputs, (size - 1 - offset) / stride + 1));
 }
 
+/* s->act (FC_ACT_*) on the n outputs at y, in place: each forward kernel calls it
+ * (FC_ACTIVATE(y, n, s), either dtype) on outputs it has just finished.  Only y < 0 (or
+ * y > 6) is replaced, and a comparison with NaN is false, so NaN stays NaN as in torch.  Inlined
+ * into its caller, so vectorized for the caller's ISA (target attribute). */
+#define FC_DEFINE_ACTIVATE(T, name)                                                                 \
+    FC_INLINE void name(T *FC_RESTRICT y, int64_t n, const fc_conv2d_shape *s) {                   \
+        const T slope = (T)s->act_slope;                                                            \
+        switch (s->act) {                                                                           \
+        case FC_ACT_RELU:                                                                           \
+            for (int64_t i = 0; i < n; i++) y[i] = y[i] < 0 ? (T)0 : y[i];                          \
+            break;                                                                                  \
+        case FC_ACT_RELU6:                                                                          \
+            for (int64_t i = 0; i < n; i++) y[i] = y[i] < 0 ? (T)0 : y[i] > 6 ? (T)6 : y[i];        \
+            break;                                                                                  \
+        case FC_ACT_LEAKY_RELU:                                                                     \
+            for (int64_t i = 0; i < n; i++) y[i] = y[i] < 0 ? y[i] * slope : y[i];                  \
+            break;                                                                                  \
+        default: break;                                                                             \
+        }                                                                                           \
+    }
+FC_DEFINE_ACTIVATE(float, fc_activate_f32)
+FC_DEFINE_ACTIVATE(double, fc_activate_f64)
+#undef FC_DEFINE_ACTIVATE
+#define FC_ACTIVATE(y, n, s) _Generic((y), float *: fc_activate_f32, double *: fc_activate_f64)(y, n, s)
+/* The same on a vector v of GCC's vector extension, in registers (a kernel's store of a final
+ * tile), for act = s->act and slope = s->act_slope read once by the caller: the selections as
+ * blends of comparison masks, C having no vector ?:. */
+#define FC_ACTIVATE_VEC(v, act, slope)                                                              \
+    do {                                                                                            \
+        typedef __typeof__((v) < (v)) fc_mask_;                                                     \
+        typedef __typeof__(v) fc_vec_;                                                              \
+        const fc_vec_ zero_ = {0};                                                                  \
+        const fc_mask_ neg_ = (v) < zero_;                                                          \
+        if ((act) == FC_ACT_LEAKY_RELU) {                                                           \
+            const fc_vec_ scaled_ = (v) * (slope);                                                  \
+            (v) = (fc_vec_)(((fc_mask_)scaled_ & neg_) | ((fc_mask_)(v) & ~neg_));                  \
+        } else if (act) {                                                                           \
+            (v) = (fc_vec_)((fc_mask_)(v) & ~neg_);                                                 \
+            if ((act) == FC_ACT_RELU6) {                                                            \
+                const fc_vec_ six_ = zero_ + 6;                                                     \
+                const fc_mask_ big_ = (v) > six_;                                                   \
+                (v) = (fc_vec_)(((fc_mask_)six_ & big_) | ((fc_mask_)(v) & ~big_));                 \
+            }                                                                                       \
+        }                                                                                           \
+    } while (0)
+
 /* Seconds on a wall clock, for the phase profiles (fastconv.h: FC_PHASE_*). */
 static inline double fc_now(void) {
     struct timespec t;

@@ -139,11 +139,15 @@ static int64_t fc_im2col_weight_run(const fc_conv2d_shape *s, int64_t workspace_
 /* unfold_rows and col2im_rows, as FC_ISA_PICK picks them for a call. */
 typedef void (*FC_SFX(rows_fn))(const FC_T *FC_RESTRICT, FC_T *FC_RESTRICT, const fc_conv2d_shape *, int64_t,
                                  int64_t, int64_t, int64_t);
+/* activate_rows, as FC_ISA_PICK picks it: the forward's activation compiled for the call's ISA
+ * (this level is generic x86-64: its SSE2 loop ran at half AVX2's speed). */
+typedef void (*FC_SFX(act_fn))(FC_T *FC_RESTRICT, int64_t, int64_t, int64_t, const fc_conv2d_shape *);
 
 /* The forward with `fold` images per task (fc_im2col_fold): the task's images unfolded side by side,
  * one GEMM into the thread's buffer, then copied out plane by plane with the bias. */
 static int FC_SFX(fwd_folded)(const FC_T *x, const FC_T *w, const FC_T *bias, FC_T *y, const fc_conv2d_shape *s,
-                              int64_t fold, int n_threads, double *profile, FC_SFX(rows_fn) unfold) {
+                              int64_t fold, int n_threads, double *profile, FC_SFX(rows_fn) unfold,
+                              FC_SFX(act_fn) activate) {
     const int64_t cg = s->c_in / s->groups, og = s->c_out / s->groups, K = cg * s->kh * s->kw;
     const int64_t P = s->out_h * s->out_w, tasks = s->groups * fc_ceil_div(s->n, fold);
     const int64_t nt = n_threads > 0 ? n_threads : 1, buffer = (K + og) * fold * P;
@@ -171,6 +175,7 @@ static int FC_SFX(fwd_folded)(const FC_T *x, const FC_T *w, const FC_T *bias, FC
                 const FC_T bo = bias ? bias[g * og + o] : (FC_T)0, *src = yb + o * width + j * P;
                 FC_T *dst = y + ((n0 + j) * s->c_out + g * og + o) * P;
                 for (int64_t p = 0; p < P; p++) dst[p] = src[p] + bo;
+                if (s->act) activate(dst, 1, P, P, s);
             }
         if (phase) {
             phase[FC_PHASE_INPUT] += t1 - t0;
@@ -194,10 +199,11 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
     if (fc_im2col_too_big(s)) return FC_ESIZE;
     const int direct_cols = fc_im2col_direct_cols(s);
     const FC_SFX(rows_fn) unfold = FC_ISA_PICK(s->isa, unfold_rows);
+    const FC_SFX(act_fn) activate = FC_ISA_PICK(s->isa, activate_rows);
     const int64_t planes = s->n * s->groups;
     int64_t rows = fc_im2col_rows(s, K, nt, workspace_bytes, (int64_t)sizeof(FC_T));
     const int64_t fold = fc_im2col_fold(s, nt, rows, workspace_bytes, (int64_t)sizeof(FC_T));
-    if (fold > 1) return FC_SFX(fwd_folded)(x, w, bias, y, s, fold, n_threads, profile, unfold);
+    if (fold > 1) return FC_SFX(fwd_folded)(x, w, bias, y, s, fold, n_threads, profile, unfold, activate);
     /* Too few tasks for the threads (batch 1): split the output channels (FC_IM2COL_SPLIT_OG at
      * least per part) of a 1x1 or of a plane too small to give each thread FC_IM2COL_SPLIT_OG
      * columns (7x7), the rows otherwise.  The parts of a chunk share its columns, unfolded once by
@@ -269,10 +275,12 @@ int FC_SFX(fc_conv2d_fwd_im2col)(const FC_T *x, const FC_T *w, const FC_T *bias,
         /* OpenBLAS runs single-threaded here (set once at load by fastconv/c/_lib.py). */
         FC_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)width, (int)K,
                 (FC_T)1, w + (g * og + o0) * K, (int)K, b, (int)ldb, (FC_T)1, yg, (int)P);
+        const double t3 = phase ? fc_now() : 0;
+        if (s->act) activate(yg, m, width, P, s); /* the task's outputs, as the GEMM left them */
         if (phase) {
             phase[FC_PHASE_INPUT] += t1 - t0;
-            phase[FC_PHASE_OUTPUT] += t2 - t1; /* the bias, written before the GEMM adds to it */
-            phase[FC_PHASE_GEMM] += fc_now() - t2;
+            phase[FC_PHASE_OUTPUT] += t2 - t1 + fc_now() - t3; /* the bias before the GEMM, the activation after */
+            phase[FC_PHASE_GEMM] += t3 - t2;
         }
     }
     if (profile)
@@ -468,6 +476,12 @@ int FC_SFX(fc_conv2d_bwd_data_im2col)(const FC_T *gy, const FC_T *w, FC_T *gx,
 }
 
 #else /* level 2, the hot loops of one dtype (FC_T) and ISA (FC_ISA_SFX, FC_TARGET) */
+
+/* The forward's activation on rows x n outputs at y, rows `pitch` apart. */
+FC_TARGET static void FC_ISA_SFX(activate_rows)(FC_T *FC_RESTRICT y, int64_t rows, int64_t n, int64_t pitch,
+                                               const fc_conv2d_shape *s) {
+    for (int64_t r = 0; r < rows; r++) FC_ACTIVATE(y + r * pitch, n, s);
+}
 
 /* cols[k][q] for the pixels of output rows [oh0, oh0 + rows): q = (oh - oh0) * out_w + ow, row k at
  * cols + k * ld. */

@@ -797,10 +797,13 @@ FC_TARGET FC_INLINE void FC_SFX(transform_output)(const FC_T *FC_RESTRICT mb, co
         for (int64_t f = 0; f < sg.frames; f++) {
             const int64_t lo = f ? 0 : sg.off, hi = fc_min64(TL, sg.off + sg.len - f * TL);
             const int64_t col0 = (sg.tw + f * TL + lo) * FC_M, cols = fc_min64((hi - lo) * FC_M, OW - col0);
-            for (int64_t o = 0; o < no; o++)
-                FC_SFX(output_frame)(mb + o * pitch + sg.lane + f * TL, pl->m_xi, bias ? bias[o] : (FC_T)0,
-                                     yc + ((sg.n * s->c_out + o) * OH + sg.th * FC_M) * OW + col0, OW,
+            for (int64_t o = 0; o < no; o++) {
+                FC_T *yo = yc + ((sg.n * s->c_out + o) * OH + sg.th * FC_M) * OW + col0;
+                FC_SFX(output_frame)(mb + o * pitch + sg.lane + f * TL, pl->m_xi, bias ? bias[o] : (FC_T)0, yo, OW,
                                      rows, lo, cols);
+                if (s->act) /* the frame's outputs, in L1 */
+                    for (int64_t r = 0; r < rows; r++) FC_ACTIVATE(yo + r * OW, cols, s);
+            }
         }
         q += sg.len;
     }

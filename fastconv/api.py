@@ -96,21 +96,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d")
     if spec.n == 0:  # an empty batch, as in PyTorch: an empty output, no kernel runs
         return np.empty(spec.output_shape, spec.dtype)
-    y = kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias))
-    return y if act is None else _activate(y, act)
-
-
-def _activate(y: np.ndarray, act) -> np.ndarray:
-    """act (activation_arg's form) applied to y in place, one pass while y is still in cache.
-    NaN stays NaN, as in torch: maximum/clip propagate it, and leaky_relu scales only y < 0."""
-    name, slope = act
-    if name == "relu":
-        np.maximum(y, 0, out=y)
-    elif name == "relu6":
-        np.clip(y, 0, 6, out=y)
-    else:
-        np.multiply(y, y.dtype.type(slope), out=y, where=y < 0)
-    return y
+    x, w, bias = _c(x), _c(w), None if bias is None else _c(bias)
+    # every forward kernel applies the activation itself, to outputs it has just written (in cache)
+    return kernel.run(spec, x, w, bias) if act is None else kernel.run(spec, x, w, bias, act=act)
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, bias=True,

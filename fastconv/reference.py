@@ -48,12 +48,28 @@ def _grouped_weight(spec: ConvSpec, w: np.ndarray) -> np.ndarray:
     return w.astype(np.float64).reshape(g, spec.c_out // g, spec.c_in // g, spec.kh, spec.kw)
 
 
-def _conv2d(spec: ConvSpec, x, w, bias=None) -> np.ndarray:
+def activate(y: np.ndarray, act) -> np.ndarray:
+    """act (activation_arg's (name, slope), or None) applied to y in place, as torch's relu, relu6
+    and leaky_relu: NaN stays NaN (maximum and clip propagate it; leaky_relu scales only y < 0),
+    the slope in y's dtype."""
+    if act is None:
+        return y
+    name, slope = act
+    if name == "relu":
+        np.maximum(y, 0, out=y)
+    elif name == "relu6":
+        np.clip(y, 0, 6, out=y)
+    else:
+        np.multiply(y, y.dtype.type(slope), out=y, where=y < 0)
+    return y
+
+
+def _conv2d(spec: ConvSpec, x, w, bias=None, *, act=None) -> np.ndarray:
     y = np.einsum("ngchwij,gocij->ngohw", _grouped_windows(spec, x), _grouped_weight(spec, w), optimize=True)
     y = y.reshape(spec.output_shape)
     if bias is not None:
         y += bias.astype(np.float64)[None, :, None, None]
-    return np.ascontiguousarray(y, dtype=spec.dtype)
+    return activate(np.ascontiguousarray(y, dtype=spec.dtype), act)
 
 
 def _conv2d_grad_input(spec: ConvSpec, grad_y, w) -> np.ndarray:

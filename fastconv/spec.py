@@ -382,6 +382,12 @@ def index_error(op: str, spec: PoolBackwardSpec) -> ValueError:
 ACTIVATIONS = ("relu", "relu6", "leaky_relu")
 
 
+def activation_code(act) -> tuple:
+    """(code, slope) of activation_arg's form for the kernels: 0 for None, else 1 + its index in
+    ACTIVATIONS (csrc/fastconv.h's FC_ACT_RELU, FC_ACT_RELU6, FC_ACT_LEAKY_RELU)."""
+    return (0, 0.0) if act is None else (ACTIVATIONS.index(act[0]) + 1, act[1])
+
+
 def activation_arg(op: str, value):
     """conv2d's ``activation``: None, "relu", "relu6", "leaky_relu" (slope 0.01, torch's default) or
     ("leaky_relu", negative_slope), normalized to None or a (name, slope) pair (slope 0.0 unless
@@ -434,4 +440,4 @@ def spec_from_json(data: dict):
 
 
 __all__ = ["ConvSpec", "PoolSpec", "PoolBackwardSpec", "conv_out_size", "pool_out_size", "index_error",
-           "spec_to_json", "spec_from_json", "conv_hyper", "pool_hyper", "activation_arg", "ACTIVATIONS"]
+           "spec_to_json", "spec_from_json", "conv_hyper", "pool_hyper", "activation_arg", "activation_code", "ACTIVATIONS"]

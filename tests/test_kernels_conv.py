@@ -97,7 +97,11 @@ CASES = {
 }
 
 
-def _run_case(kernel, case, dtype, rng, contiguous=True):
+# the activation each edge case also runs with (fused into the kernels' own output loops)
+ACTIVATIONS = ["relu", "relu6", ("leaky_relu", 0.25), "leaky_relu"]
+
+
+def _run_case(kernel, case, dtype, rng, contiguous=True, activation=None):
     xs, ws, stride, padding, dilation, groups = case
     x, w = random_array(rng, xs, dtype), random_array(rng, ws, dtype)
     bias = random_array(rng, (ws[0],), dtype)
@@ -122,13 +126,36 @@ def _run_case(kernel, case, dtype, rng, contiguous=True):
     # no bias is the same as a zero bias
     y0 = fc.conv2d(x, w, None, stride, padding, dilation, groups, algo=kernel.algo, backend=kernel.backend)
     assert rel_err(y0 + bias[None, :, None, None], expected) <= 2 * kernel.rtol[dtype]
+    if activation is not None:
+        ya = fc.conv2d(x, w, bias, stride, padding, dilation, groups, activation=activation, algo=kernel.algo,
+                       backend=kernel.backend)
+        # errors relative to the unactivated result's scale: the activation moves no value further
+        # (slope at most 1), but relu6 shrinks the largest one that rel_err divides by to 6
+        assert np.abs(ya - _activated(expected, activation)).max() <= kernel.rtol[dtype] * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("kernel", FORWARD)
 def test_forward_edge_cases(kernel, case, dtype, rng):
-    _run_case(kernel, case, dtype, rng)
+    _run_case(kernel, case, dtype, rng, activation=ACTIVATIONS[list(CASES.values()).index(case) % len(ACTIVATIONS)])
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("kernel", FORWARD)
+def test_forward_fused_activation_is_the_activation_of_its_output(kernel, case, rng):
+    """Each kernel applies the activation in its own output loops (the paths the cases reach: tiles,
+    tasks, folds, splits): exactly the activation of its unfused output, bit for bit.  A leaky slope
+    of 0.25 shows an output activated twice (0.0625) or never."""
+    xs, ws, stride, padding, dilation, groups = case
+    x, w = random_array(rng, xs, "float32"), random_array(rng, ws, "float32")
+    bias = random_array(rng, (ws[0],), "float32")
+    spec = ConvSpec.from_args(x, w, bias, stride, padding, dilation, groups)
+    if kernel.refusal(spec) is not None:
+        return
+    act = ("leaky_relu", 0.25)
+    plain = kernel.run(spec, x, w, bias)
+    np.testing.assert_array_equal(kernel.run(spec, x, w, bias, act=act), fc.reference.activate(plain.copy(), act))
 
 
 @pytest.mark.parametrize("case", [CASES["primes"], CASES["stride2-7x7-stem"], CASES["groups"]],

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from .. import threads
-from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec
+from ..spec import ConvSpec, PoolBackwardSpec, PoolSpec, activation_code
 
 try:
     # First: loads libscipy_openblas.so with RTLD_GLOBAL (the extension links it by soname, no
@@ -150,14 +150,21 @@ _SHAPES: dict = {}
 _SHAPES_MAX = 1024
 
 
-def _by_identity(spec, make):
-    hit = _SHAPES.get(id(spec))
+def _by_identity(spec, make, act=None):
+    key = id(spec) if act is None else (id(spec), act)
+    hit = _SHAPES.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
     if len(_SHAPES) >= _SHAPES_MAX:
         _SHAPES.clear()
-    shape = make(spec)
-    _SHAPES[id(spec)] = (spec, shape)
+    shape = make(spec) if act is None else make(spec, act)
+    _SHAPES[key] = (spec, shape)
+    return shape
+
+
+def _conv_shape_with(spec: ConvSpec, act):
+    shape = _conv_shape(spec)
+    shape.act, shape.act_slope = activation_code(act)
     return shape
 
 
@@ -180,9 +187,10 @@ def _pool_shape(spec: PoolSpec | PoolBackwardSpec):
     return ffi.new("fc_pool2d_shape *", fields)
 
 
-def conv_shape(spec: ConvSpec):
-    """The fc_conv2d_shape of spec (made once per spec object, read-only to the C side)."""
-    return _by_identity(spec, _conv_shape)
+def conv_shape(spec: ConvSpec, act=None):
+    """The fc_conv2d_shape of spec (made once per spec object and activation, read-only to the C
+    side); act: activation_arg's (name, slope), which a forward kernel applies to its outputs."""
+    return _by_identity(spec, _conv_shape) if act is None else _by_identity(spec, _conv_shape_with, act)
 
 
 def pool_shape(spec: PoolSpec | PoolBackwardSpec):

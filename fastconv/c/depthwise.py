@@ -9,9 +9,9 @@ if lib is not None:
     BACKWARD_WEIGHT = per_dtype(lib.fc_conv2d_bwd_weight_depthwise_f32, lib.fc_conv2d_bwd_weight_depthwise_f64)
 
 
-def conv2d_forward(spec, x, w, bias, out=None):
+def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
-    status = FORWARD[spec.dtype](ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec),
+    status = FORWARD[spec.dtype](ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act),
                                  n_threads(spec))
     check(status, "c.depthwise")
     return y

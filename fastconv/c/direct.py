@@ -12,10 +12,10 @@ if lib is not None:
     FORWARD = per_dtype(lib.fc_conv2d_fwd_direct_f32, lib.fc_conv2d_fwd_direct_f64)
 
 
-def conv2d_forward(spec, x, w, bias, out=None, profile=None):
+def conv2d_forward(spec, x, w, bias, out=None, profile=None, *, act=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[spec.dtype](
-        ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), n_threads(spec),
+        ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act), n_threads(spec),
         ptr(profile, out=True))
     check(status, "c.direct")
     return y

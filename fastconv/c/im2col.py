@@ -14,10 +14,10 @@ if lib is not None:
     BACKWARD_WEIGHT = per_dtype(lib.fc_conv2d_bwd_weight_im2col_f32, lib.fc_conv2d_bwd_weight_im2col_f64)
 
 
-def conv2d_forward(spec, x, w, bias, profile=None):
+def conv2d_forward(spec, x, w, bias, profile=None, *, act=None):
     y = np.empty(spec.output_shape, spec.dtype)
     status = FORWARD[spec.dtype](
-        ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec),
+        ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act), config.workspace_bytes(), n_threads(spec),
         ptr(profile, out=True))
     check(status, "c.im2col")
     return y

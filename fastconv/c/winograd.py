@@ -42,12 +42,12 @@ def _transformed_filter(name, m, spec, w, profile, source=None):
     return winograd.transformed(name, spec, w, transform, source)
 
 
-def _forward(m, spec, x, w, bias, out=None, profile=None, source=None):
+def _forward(m, spec, x, w, bias, out=None, profile=None, source=None, act=None):
     name = f"c.winograd_f{m}k3"
     u = _transformed_filter(name, m, spec, w, profile, source)
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[m][spec.dtype](
-        ptr(x), ptr(u), ptr(bias), ptr(y, out=True), conv_shape(spec), config.workspace_bytes(),
+        ptr(x), ptr(u), ptr(bias), ptr(y, out=True), conv_shape(spec, act), config.workspace_bytes(),
         n_threads(spec), ptr(profile, out=True))
     check(status, name)
     return y
@@ -70,12 +70,12 @@ def _backward_weight(m, spec, grad_y, x):
     return grad_w
 
 
-def conv2d_forward_f2k3(spec, x, w, bias, out=None, profile=None):
-    return _forward(2, spec, x, w, bias, out, profile)
+def conv2d_forward_f2k3(spec, x, w, bias, out=None, profile=None, *, act=None):
+    return _forward(2, spec, x, w, bias, out, profile, act=act)
 
 
-def conv2d_forward_f4k3(spec, x, w, bias, out=None, profile=None):
-    return _forward(4, spec, x, w, bias, out, profile)
+def conv2d_forward_f4k3(spec, x, w, bias, out=None, profile=None, *, act=None):
+    return _forward(4, spec, x, w, bias, out, profile, act=act)
 
 
 def conv2d_backward_data_f2k3(spec, grad_y, w):

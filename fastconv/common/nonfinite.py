@@ -49,14 +49,14 @@ def finite(a: np.ndarray) -> bool:
 def guarded(name: str, run: Callable, fallback: Callable, *, data: bool, weights: bool) -> Callable:
     """run(spec, data, w, *rest), with the calls whose data (when ``data``) or weights (when
     ``weights``; run itself may also raise NonFinite) hold inf or NaN handed to fallback."""
-    def checked(spec, d, w, *rest):
+    def checked(spec, d, w, *rest, **kw):
         if (not data or finite(d)) and (not weights or finite(w)):
             try:
-                return run(spec, d, w, *rest)
+                return run(spec, d, w, *rest, **kw)
             except NonFinite:
                 pass
         REROUTED[name] += 1
-        return fallback(spec, d, w, *rest)
+        return fallback(spec, d, w, *rest, **kw)
 
     checked.__doc__ = run.__doc__
     return checked

@@ -27,6 +27,8 @@ from numba import prange
 
 from .. import threads
 from ..common import depthwise
+from ..spec import activation_code
+from ._activation import activate
 from ._flat import copy_plane, layout, tap_offsets
 from ._options import driver, helper, launch_threads
 
@@ -35,7 +37,7 @@ CHUNK_ELEMS = 2048  # flat outputs per chunk of rows: its buffer stays in L1 (as
 
 
 @driver
-def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, run):
+def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, run, act, slope):
     N = x.shape[0]
     O, cg, kh, kw = w.shape
     OH, OW = y.shape[2], y.shape[3]
@@ -65,6 +67,8 @@ def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, run):
                         src = xq[toff[k] + f0:toff[k] + f0 + F]
                         for f in range(F):
                             acc[f] += wv * src[f]
+                    if act:  # the chunk, in L1 (its pads too)
+                        activate(acc[:F], act, slope)
                     for r in range(nrows):
                         y[n, oc, oh0 + r, :] = acc[r * pitch:r * pitch + OW]
 
@@ -157,13 +161,13 @@ def _run(items, spec) -> int:
     return -(-items // tasks)
 
 
-def conv2d_forward(spec, x, w, bias, out=None):
+def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     launch_threads(spec)
     _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups,
-                    _run(spec.n * spec.groups, spec))
+                    _run(spec.n * spec.groups, spec), *activation_code(act))
     return y
 
 

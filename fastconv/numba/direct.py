@@ -28,6 +28,8 @@ import numpy as np
 from numba import prange
 
 from ..common import transpose
+from ..spec import activation_code
+from ._activation import activate
 from ._options import driver, helper, launch_threads
 
 MR = 4  # output channels per tile
@@ -85,8 +87,9 @@ def microkernel(wmat, panel, o0, v0, k0, k1, tile):
 
 
 @driver
-def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups):
-    """y = conv2d(x, w) + bias; y is preallocated (N, O, OH, OW); bias has O entries (zeros if none)."""
+def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, act, slope):
+    """y = activation(conv2d(x, w) + bias); y is preallocated (N, O, OH, OW); bias has O entries
+    (zeros if none); act, slope: fastconv.spec.activation_code's."""
     N = x.shape[0]
     O, cg, kh, kw = w.shape
     OH, OW = y.shape[2], y.shape[3]
@@ -123,14 +126,18 @@ def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups):
                                 y[n, o, oh, vs + v0 + q] = tile[r, q] + bias[o]
                             else:
                                 y[n, o, oh, vs + v0 + q] += tile[r, q]
+        if act:  # the segment is final: its activation, while it is in cache
+            for o in range(g * og, (g + 1) * og):
+                activate(y[n, o, oh, vs:vs + nvp], act, slope)
 
 
-def conv2d_forward(spec, x, w, bias, out=None):
+def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     launch_threads(spec)
-    _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups)
+    _conv2d_forward(x, w, bias, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.groups,
+                    *activation_code(act))
     return y
 
 

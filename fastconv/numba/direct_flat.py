@@ -22,6 +22,8 @@ from numba import prange
 
 from .. import threads
 from ..common import flat, transpose
+from ..spec import activation_code
+from ._activation import activate
 from ._flat import copy_plane, layout, tap_offsets
 from ._options import driver, launch_threads
 
@@ -57,7 +59,7 @@ def plan(spec, nt: int) -> tuple:
 
 
 @driver
-def _conv2d_forward(x, wp, bp, y, sh, sw, pt, pl, dh, dw, kh, kw, groups, chunk, chunks, ochunk, ochunks):
+def _conv2d_forward(x, wp, bp, y, sh, sw, pt, pl, dh, dw, kh, kw, groups, chunk, chunks, ochunk, ochunks, act, slope):
     N, C = x.shape[0], x.shape[1]
     oblocks, K = wp.shape[1], wp.shape[2]
     OH, OW = y.shape[2], y.shape[3]
@@ -91,6 +93,8 @@ def _conv2d_forward(x, wp, bp, y, sh, sw, pt, pl, dh, dw, kh, kw, groups, chunk,
             for r in range(min(MR, og - b * MR)):
                 for q in range(nrows):
                     y[n, g * og + b * MR + r, oh0 + q, :] = acc[r, q * pitch:q * pitch + OW]
+                    if act:
+                        activate(y[n, g * og + b * MR + r, oh0 + q, :], act, slope)
 
 
 def _packed(spec, w, bias):
@@ -106,12 +110,12 @@ def _packed(spec, w, bias):
             bp.reshape(G, oblocks, MR))
 
 
-def conv2d_forward(spec, x, w, bias, out=None):
+def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
     y = np.empty(spec.output_shape, spec.dtype) if out is None else out
     wp, bp = _packed(spec, w, bias)
     launch_threads(spec)
     _conv2d_forward(x, wp, bp, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.kh, spec.kw,
-                    spec.groups, *plan(spec, threads.for_problem(spec)))
+                    spec.groups, *plan(spec, threads.for_problem(spec)), *activation_code(act))
     return y
 
 

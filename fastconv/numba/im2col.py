@@ -51,7 +51,9 @@ from numba import get_thread_id, prange
 
 from ..common import config
 from ..common.im2col import why_not
+from ..spec import activation_code
 from ..threads import for_problem
+from ._activation import activate
 from ._blas import gemm
 from ._options import driver, helper, launch_threads
 
@@ -234,10 +236,10 @@ def _unfold_chunks(x, cols, s, rows):
 
 
 @driver
-def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared):
-    """y = conv2d(x, w) + bias; tasks are (image, group, chunk of rows, part of the output
-    channels).  cols is (threads, K * rows * out_w): one buffer per thread, or (shared) one per
-    chunk, filled by _unfold_chunks."""
+def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared, act, slope):
+    """y = activation(conv2d(x, w) + bias); tasks are (image, group, chunk of rows, part of the
+    output channels).  cols is (threads, K * rows * out_w): one buffer per thread, or (shared) one
+    per chunk, filled by _unfold_chunks."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
     N, C, H, W = x.shape
     O = w.shape[0]
@@ -266,13 +268,16 @@ def _conv2d_forward(x, w, bias, y, cols, s, rows, oparts, direct, shared):
             if not shared:
                 unfold_rows(x, n, g * cg, cg, oh0, r, mine, 0, width, s)
             gemm(False, False, m, width, K, 1.0, w, (g * og + o0) * K, K, mine, 0, width, 1.0, y, yg, P)
+        if act:  # the task's outputs, just written by the GEMM
+            for o in range(m):
+                activate(yf[yg + o * P:yg + o * P + width], act, slope)
 
 
 @driver
-def _conv2d_forward_folded(x, w, bias, y, work, s, fold):
-    """y = conv2d(x, w) + bias with `fold` images per task (the function fold): the task's images unfolded
-    side by side, one GEMM into the thread's buffer (work, one row per thread), then copied out
-    plane by plane with the bias."""
+def _conv2d_forward_folded(x, w, bias, y, work, s, fold, act, slope):
+    """y = activation(conv2d(x, w) + bias) with `fold` images per task (the function fold): the task's
+    images unfolded side by side, one GEMM into the thread's buffer (work, one row per thread), then
+    copied out plane by plane with the bias and the activation."""
     kh, kw, OH, OW, _, _, _, _, _, _, groups = s
     N, C = x.shape[0], x.shape[1]
     O = w.shape[0]
@@ -291,6 +296,8 @@ def _conv2d_forward_folded(x, w, bias, y, work, s, fold):
                 dst, src, bo = ((n0 + j) * O + g * og + o) * P, K * width + o * width + j * P, bias[g * og + o]
                 for p in range(P):
                     yf[U(dst) + U(p)] = mine[U(src) + U(p)] + bo
+                if act:
+                    activate(yf[dst:dst + P], act, slope)
 
 
 @driver
@@ -441,7 +448,7 @@ def _taps(spec):
     return spec.c_in // spec.groups * spec.kh * spec.kw
 
 
-def conv2d_forward(spec, x, w, bias):
+def conv2d_forward(spec, x, w, bias, *, act=None):
     _check(spec)
     nt = for_problem(spec)
     y = np.empty(spec.output_shape, spec.dtype)
@@ -451,7 +458,7 @@ def conv2d_forward(spec, x, w, bias):
     if images > 1:
         work = np.empty((nt, (_taps(spec) + spec.c_out // spec.groups) * images * spec.out_h * spec.out_w), spec.dtype)
         launch_threads(spec)
-        _conv2d_forward_folded(x, w, bias, y, work, _shape(spec), images)
+        _conv2d_forward_folded(x, w, bias, y, work, _shape(spec), images, *activation_code(act))
         return y
     rows, oparts = forward_split(spec, nt, rows)
     cols = _columns(spec, nt, _taps(spec), rows)
@@ -459,7 +466,8 @@ def conv2d_forward(spec, x, w, bias):
     launch_threads(spec)
     if shared:
         _unfold_chunks(x, cols, _shape(spec), rows)
-    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, oparts, direct_cols(spec), shared)
+    _conv2d_forward(x, w, bias, y, cols, _shape(spec), rows, oparts, direct_cols(spec), shared,
+                    *activation_code(act))
     return y
 
 

@@ -66,6 +66,8 @@ from ..common import config, transpose, winograd
 from ..common.nonfinite import NonFinite, finite
 from ..threads import for_problem, get_num_threads
 from ..common.winograd_points import matrices
+from ..spec import activation_code
+from ._activation import activate
 from ._blas import gemm
 from ._options import driver, helper, launch_threads
 
@@ -320,13 +322,15 @@ def batched_gemm(u, g, o0, ob, c0, cc, nt, beta, V, M):
 
 
 @helper
-def transform_output(M, yf, bias, O, OH, OW, o0, ob, nt, m, ti, si, slots, wb, band, D, E):
-    """y[:, o0 + o] on the block's tiles from M[(o*alpha^2 + xi)*LANES + q], o < ob, q < nt
-    (wb: the output band's row length)."""
+def transform_output(M, yf, bias, O, OH, OW, o0, ob, nt, m, ti, si, slots, wb, band, D, E, act, slope):
+    """activation(y[:, o0 + o]) on the block's tiles from M[(o*alpha^2 + xi)*LANES + q], o < ob,
+    q < nt (wb: the output band's row length)."""
     a = m + 2
     for o in range(ob):
         mo = M[o * a * a * LANES:]
         output_tiles(mo, bias[o0 + o], nt, D, E, a)
+        if act:  # the tiles' outputs, in L1 (D's unused entries too)
+            activate(D[:a * a * LANES], act, slope)
         if m == 4:
             scatter_tiles(D, band, ti, nt, wb, 4)
         else:
@@ -335,8 +339,8 @@ def transform_output(M, yf, bias, O, OH, OW, o0, ob, nt, m, ti, si, slots, wb, b
 
 
 @driver
-def _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, pt, pl, T, oc, cc, oparts):
-    """y = conv2d(x, w) + bias from U = transform_filter(w), shape (groups, alpha^2, og, cg).
+def _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, pt, pl, T, oc, cc, oparts, act, slope):
+    """y = activation(conv2d(x, w) + bias) from U = transform_filter(w), shape (groups, alpha^2, og, cg).
     Per thread: V (cc * alpha^2 * LANES), M (oc * alpha^2 * LANES), D and E (alpha^2 * LANES),
     the bands BI and BO, TI (2, LANES), SI (4, LANES)."""
     N, C, H, W = x.shape
@@ -364,7 +368,8 @@ def _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, pt, pl, T, oc,
                 if cc < cg or o0 == o_lo:  # V holds every channel: transformed once per task
                     transform_input(xf, C, H, W, g * cg + c0, ncc, nt, m, pt, pl, ti, si, slots, wi, Vm, bi, Dm, Em)
                 batched_gemm(u, g, o0, ob, c0, ncc, nt, 0.0 if c0 == 0 else 1.0, Vm, Mm)
-            transform_output(Mm, yf, bias, O, OH, OW, g * og + o0, ob, nt, m, ti, si, slots, wo, bo, Dm, Em)
+            transform_output(Mm, yf, bias, O, OH, OW, g * og + o0, ob, nt, m, ti, si, slots, wo, bo, Dm, Em,
+                             act, slope)
 
 
 @helper
@@ -528,7 +533,7 @@ def _transformed_filter(name, m, spec, w, source=None):
     return winograd.transformed(name, spec, w, transform, source)
 
 
-def _forward(m, spec, x, w, bias, out=None, source=None):
+def _forward(m, spec, x, w, bias, out=None, source=None, act=None):
     """source: for grad of input, the OIHW weights the transposed view w is made of."""
     a = m + 2
     u = _transformed_filter(f"numba.winograd_f{m}k3", m, spec, w, source)
@@ -550,7 +555,7 @@ def _forward(m, spec, x, w, bias, out=None, source=None):
     SI = np.empty((nt, 4, LANES), np.int64)
     launch_threads(spec)
     _conv2d_forward(x, u, bias, y, V, M, D, E, BI, BO, TI, SI, m, spec.padding[0], spec.padding[2],
-                    T, oc, cc, oparts)
+                    T, oc, cc, oparts, *activation_code(act))
     return y
 
 
@@ -599,12 +604,12 @@ def _backward_data(m, spec, grad_y, w):
     return transpose.backward_data(forward, spec, grad_y, w)
 
 
-def conv2d_forward_f2k3(spec, x, w, bias, out=None):
-    return _forward(2, spec, x, w, bias, out)
+def conv2d_forward_f2k3(spec, x, w, bias, out=None, *, act=None):
+    return _forward(2, spec, x, w, bias, out, act=act)
 
 
-def conv2d_forward_f4k3(spec, x, w, bias, out=None):
-    return _forward(4, spec, x, w, bias, out)
+def conv2d_forward_f4k3(spec, x, w, bias, out=None, *, act=None):
+    return _forward(4, spec, x, w, bias, out, act=act)
 
 
 def conv2d_backward_data_f2k3(spec, grad_y, w):
