@@ -94,17 +94,19 @@ FC_DEFINE_ACTIVATE(double, fc_activate_f64)
     do {                                                                                            \
         typedef __typeof__((v) < (v)) fc_mask_;                                                     \
         typedef __typeof__(v) fc_vec_;                                                              \
-        const fc_vec_ zero_ = {0};                                                                  \
-        const fc_mask_ neg_ = (v) < zero_;                                                          \
-        if ((act) == FC_ACT_LEAKY_RELU) {                                                           \
-            const fc_vec_ scaled_ = (v) * (slope);                                                  \
-            (v) = (fc_vec_)(((fc_mask_)scaled_ & neg_) | ((fc_mask_)(v) & ~neg_));                  \
-        } else if (act) {                                                                           \
-            (v) = (fc_vec_)((fc_mask_)(v) & ~neg_);                                                 \
-            if ((act) == FC_ACT_RELU6) {                                                            \
-                const fc_vec_ six_ = zero_ + 6;                                                     \
-                const fc_mask_ big_ = (v) > six_;                                                   \
-                (v) = (fc_vec_)(((fc_mask_)six_ & big_) | ((fc_mask_)(v) & ~big_));                 \
+        if (act) { /* nothing at all on the stores of a call without one */                         \
+            const fc_vec_ zero_ = {0};                                                              \
+            const fc_mask_ neg_ = (v) < zero_;                                                      \
+            if ((act) == FC_ACT_LEAKY_RELU) {                                                       \
+                const fc_vec_ scaled_ = (v) * (slope);                                              \
+                (v) = (fc_vec_)(((fc_mask_)scaled_ & neg_) | ((fc_mask_)(v) & ~neg_));              \
+            } else {                                                                                \
+                (v) = (fc_vec_)((fc_mask_)(v) & ~neg_);                                             \
+                if ((act) == FC_ACT_RELU6) {                                                        \
+                    const fc_vec_ six_ = zero_ + 6;                                                 \
+                    const fc_mask_ big_ = (v) > six_;                                               \
+                    (v) = (fc_vec_)(((fc_mask_)six_ & big_) | ((fc_mask_)(v) & ~big_));             \
+                }                                                                                   \
             }                                                                                       \
         }                                                                                           \
     } while (0)

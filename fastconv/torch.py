@@ -378,8 +378,8 @@ def _store_weight_contiguous(conv: nn.Conv2d) -> str | None:
     are left behind).  fastconv's kernels read OIHW: a channels_last weight would be copied on every
     call (ResNet-18 at batch 1: 1.5x the time).  Returns the layout it had, or None if unchanged.
     A weight computed per call (a parametrization) is not a Parameter here and is left alone."""
-    w = conv._parameters.get("weight")
-    if w is None or w.is_contiguous() or _why_not(w):
+    w = conv._parameters.get("weight")  # on the CPU in float32/64: patch refused the others
+    if w is None or w.is_contiguous():
         return None
     was = "channels_last" if w.is_contiguous(memory_format=torch.channels_last) else f"strided {tuple(w.stride())}"
     with torch.no_grad():
