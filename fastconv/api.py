@@ -93,11 +93,12 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             act = activation_arg("conv2d", activation)
             if type(activation) is str:
                 _ACTIVATIONS[activation] = act
-    kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d")
+    # every forward kernel applies the activation itself, to outputs it has just written (in cache),
+    # at its own cost (c.direct in registers, im2col a pass over each task's rows): timed with it
+    kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d", act=act)
     if spec.n == 0:  # an empty batch, as in PyTorch: an empty output, no kernel runs
         return np.empty(spec.output_shape, spec.dtype)
     x, w, bias = _c(x), _c(w), None if bias is None else _c(bias)
-    # every forward kernel applies the activation itself, to outputs it has just written (in cache)
     return kernel.run(spec, x, w, bias) if act is None else kernel.run(spec, x, w, bias, act=act)
 
 

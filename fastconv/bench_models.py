@@ -27,6 +27,7 @@ import numpy as np
 import fastconv
 from . import api, dispatch, timing
 from .bench import machine_line
+from .spec import activation_arg
 
 TORCH, FASTCONV, ORT = "torch", "fastconv", "onnxruntime"
 # the adapter's entry points; its backward calls api.conv2d_grads, shown as conv2d_backward
@@ -138,7 +139,8 @@ def _kernels_of(fn, args, kwargs) -> str:
     try:
         if fn == "conv2d":
             spec = api._conv_spec(*args[:3], *args[3:7], "conv2d")
-            return dispatch.choose("conv2d.fwd", spec, caller="bench").name
+            act = activation_arg("bench", kwargs.get("activation"))
+            return dispatch.choose("conv2d.fwd", spec, caller="bench", act=act).name
         if fn == "conv2d_grads":
             spec = api._conv_spec(args[1], args[2], None, *args[3:7], "conv2d_backward")
             wanted = (("conv2d.bwd_data", kwargs.get("grad_input", True)),

@@ -245,13 +245,24 @@ def _hw(text: str, name: str, low: int):
     return values[0] if len(values) == 1 else values
 
 
+def _activation(value):
+    """--activation: relu | relu6 | leaky_relu | leaky_relu:SLOPE, as conv2d's activation argument."""
+    if value is None or not value.startswith("leaky_relu:"):
+        return value
+    slope = value.split(":", 1)[1]
+    try:
+        return ("leaky_relu", float(slope))
+    except ValueError:
+        raise ValueError(f"explain: --activation {value}: the slope {slope!r} is not a number") from None
+
+
 def _explain(args) -> int:
     padding = args.padding if args.padding in ("same", "valid") else _hw(args.padding, "--padding", 0)
     # N may be 0 (an empty batch); every other size, stride and dilation at least 1
     plan = dispatch.explain(_ints(args.input, "--input", 4, 0), _ints(args.weight, "--weight", 4, 1),
                             _hw(args.stride, "--stride", 1), padding, _hw(args.dilation, "--dilation", 1), args.groups,
                             args.dtype, op=args.op, algo=args.algo, backend=args.backend, rtol=args.rtol,
-                            rigor=args.rigor)
+                            rigor=args.rigor, activation=_activation(args.activation))
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, default=str))
     else:
@@ -434,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, help="accuracy budget: kernels whose bound exceeds it are excluded")
     p.add_argument("--rigor", choices=list(dispatch.MODES),
                    help="override the mode for this question (default: FASTCONV_TUNING, else measure)")
+    p.add_argument("--activation", metavar="relu|relu6|leaky_relu[:SLOPE]",
+                   help="the forward's activation (conv2d's activation=): the kernels are timed with it")
     p.add_argument("--repro", action="store_true", help="also print a runnable snippet of the chosen call")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_explain)

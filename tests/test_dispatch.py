@@ -70,7 +70,7 @@ def test_the_heuristic_takes_winograd_for_weight_gradients_of_large_outputs(n, h
 def test_a_hit_is_a_lookup_until_the_kernel_list_changes(monkeypatch):
     spec = ConvSpec.from_args(X, W)
     first = dispatch.choose("conv2d.fwd", spec, caller="t")
-    key = ("conv2d.fwd", spec, "auto", "auto", None, fc.get_num_threads(), False)  # weights fixed
+    key = ("conv2d.fwd", spec, "auto", "auto", None, fc.get_num_threads(), False, None)  # weights fixed
     assert choosing._memo[key] is first
     only = Kernel("numba.only", "conv2d.fwd", run=fc.kernels("conv2d.fwd")[-1].run)
     monkeypatch.setattr(registry, "KERNELS", (only,) + registry.KERNELS)

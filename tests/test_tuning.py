@@ -740,3 +740,50 @@ def test_calls_whose_weights_vary_are_timed_and_kept_as_a_problem_of_their_own(m
     tuning_cache.forget()
     doc = tuning_cache.read_document(tuning_cache.current(threads.get_num_threads()).path, None, strict=True)
     assert len([k for k in doc["entries"] if k in keys]) == 2  # strict: a malformed entry would raise
+
+
+def test_a_forward_with_an_activation_is_timed_with_it_as_a_problem_of_its_own(measuring, monkeypatch):
+    # the kernels apply an activation at different costs (c.direct in registers, im2col a pass over
+    # rows): a call with one is timed with it, and kept apart from the call without
+    ref = registry.kernels("conv2d.fwd")[-1].run
+    seen, flipped = [], [False]
+
+    def kernel(name, slow_with_act):
+        def run(spec, *args, act=None):
+            seen.append((name, act))
+            if ((act is not None) == slow_with_act) != flipped[0]:
+                time.sleep(SLOW_S)
+            return ref(spec, *args, act=act)
+        return Kernel(name, "conv2d.fwd", run)
+    install(monkeypatch, kernel("c.im2col_pass", True), kernel("numba.direct_regs", False))
+    x = np.random.default_rng(0).standard_normal(SHAPES[0]).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal(SHAPES[1]).astype(np.float32)
+    spec = ConvSpec.from_args(x, w, None, 1, 0)
+    relu = specs.activation_arg("t", "relu")
+    assert choose(spec).name == "c.im2col_pass"
+    assert choose(spec, act=relu).name == "numba.direct_regs"
+    assert ("c.im2col_pass", relu) in seen and ("numba.direct_regs", relu) in seen  # timed with it
+    y = fc.conv2d(x, w, activation="relu")
+    np.testing.assert_allclose(y, np.maximum(fc.reference.conv2d(x, w), 0), rtol=0, atol=1e-6)
+    assert seen[-1] == ("numba.direct_regs", relu)
+    plan = fc.explain(SHAPES[0], SHAPES[1], activation="relu")
+    assert plan.chosen == "numba.direct_regs" and plan.source in ("measured now", "cache")
+    assert ", then relu," in str(plan) and "activation='relu'" in plan.repro()
+    plain, fused = (tuning_cache.problem_key("conv2d.fwd", spec), tuning_cache.problem_key("conv2d.fwd", spec, act=relu))
+    doc = json.loads(open(cache_file()).read())
+    assert {plain, fused} <= set(doc["entries"]) and doc["entries"][fused]["activation"] == "relu"
+    assert doc["entries"][fused]["best"] == "numba.direct_regs" and doc["entries"][plain]["best"] == "c.im2col_pass"
+    tuning_cache.forget()  # both entries valid on reading the file again (strict: a malformed one raises)
+    doc = tuning_cache.read_document(cache_file(), None, strict=True)
+    assert {plain, fused} <= set(doc["entries"])
+    # frozen: a problem tuned only without its activation (`fastconv tune`) takes that entry, here
+    # against the heuristic's pick
+    other, flipped[0] = spec_of((1, 5, 7, 7)), True
+    assert choose(other).name == "numba.direct_regs"
+    dispatch.set_tuning("frozen")
+    seen.clear()
+    assert choose(other, act=relu).name == "numba.direct_regs" and not seen
+    assert "timed without the relu" in fc.explain((1, 5, 7, 7), SHAPES[1], activation="relu").detail
+    assert choose(spec, act=relu).name == "numba.direct_regs"  # its own entry first
+    with pytest.raises(ValueError, match="only the forward"):
+        fc.explain(SHAPES[0], SHAPES[1], op="conv2d.bwd_data", activation="relu")

@@ -110,7 +110,7 @@ class Decision:
 
 
 _lock = threading.RLock()
-_memo: dict = {}       # (op, spec, algo, backend, rtol, threads) -> Kernel: the hit path
+_memo: dict = {}       # (op, spec, algo, backend, rtol, threads, weights_vary, act) -> Kernel: the hit path
 _decisions: dict = {}  # same key -> Decision (explain)
 # A Decision holds its candidates, refusals and cache entry (about 1 KB): a process meeting ever new
 # shapes (variable image sizes) must not grow without end.  When full, both are emptied (as api's
@@ -136,9 +136,10 @@ def _sync() -> None:
 
 
 def choose(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
-           *, caller: str) -> Kernel:
-    """The kernel that will run op on spec, or ValueError naming every refusal."""
-    key = (op, spec, algo, backend, rtol, threads._num_threads, config.WEIGHTS_VARY.get())
+           *, caller: str, act=None) -> Kernel:
+    """The kernel that will run op on spec, or ValueError naming every refusal.  act: the forward's
+    activation (activation_arg's (name, slope)), with which the candidates are timed."""
+    key = (op, spec, algo, backend, rtol, threads._num_threads, config.WEIGHTS_VARY.get(), act)
     if _seen[0] is registry.KERNELS and _seen[1] is registry.BACKENDS:
         try:
             kernel = _memo.get(key)
@@ -177,12 +178,14 @@ def _pick(entry: Optional[dict], candidates, rigor: str, spec, partial: bool = F
 
 
 def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budget_s: float,
-             weights_vary: bool = False) -> dict:
-    result = measure.run(op, spec, candidates, registry.kernels(op)[-1], rigor=rigor, cap_s=budget_s)
+             weights_vary: bool = False, act=None) -> dict:
+    result = measure.run(op, spec, candidates, registry.kernels(op)[-1], rigor=rigor, cap_s=budget_s, act=act)
     entry = {"op": op, "spec": spec_to_json(spec), "rigor": rigor, "times": {}, "errors": {}, "failed": {},
              "cost_s": 0.0}
     if weights_vary:
         entry["weights_vary"] = True
+    if act is not None:
+        entry["activation"] = act[0]
     if old is not None and {k.name for k in candidates} < set(old["times"]) | set(old.get("failed", {})):
         # a narrower query (one backend, an rtol) re-timed some kernels: keep the others' figures
         entry.update({f: dict(old.get(f, {})) for f in ("times", "errors", "failed")})
@@ -213,10 +216,13 @@ def _measure(op, spec, candidates, rigor, cache, pkey, old: Optional[dict], budg
 
 def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool = False,
            remember: bool = True, budget_s: Optional[float] = None) -> Decision:
-    """Decide for key = (op, spec, algo, backend, rtol, threads, weights_vary).  rigor overrides the
-    mode (tune, explain); force re-measures whatever the cache holds.  weights_vary: timed (and
-    kept) as a problem of its own, with config.WEIGHTS_VARY set while timing."""
-    op, spec, algo, backend, rtol, n_threads, weights_vary = key
+    """Decide for key = (op, spec, algo, backend, rtol, threads, weights_vary, act).  rigor overrides
+    the mode (tune, explain); force re-measures whatever the cache holds.  weights_vary: timed (and
+    kept) as a problem of its own, with config.WEIGHTS_VARY set while timing; act (a forward's
+    activation) too, timed with it.  Where nothing may be timed (frozen, budget 0), a problem with an
+    activation that has no entry of its own takes the entry without one (``fastconv tune`` fills
+    those): the same kernels, timed without the activation's cost."""
+    op, spec, algo, backend, rtol, n_threads, weights_vary, act = key
     with _lock:
         _sync()
         candidates, refused = eligible(op, spec, algo, backend, rtol, caller=caller)
@@ -232,11 +238,13 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
             d.why_heuristic = "an empty batch (N = 0) runs no kernel"
         else:
             cache = d.cache = tuning_cache.current(n_threads)
-            pkey = problem_key(op, spec, weights_vary)
+            pkey = problem_key(op, spec, weights_vary, act)
             need = "patient" if mode == "patient" else "measure"
             entry = cache.get(pkey)
             source = "cache"
             if mode == "frozen" or budget == 0:  # never time: the cache, else the heuristic
+                if entry is None and act is not None:
+                    entry = cache.get(problem_key(op, spec, weights_vary))
                 pick = _pick(entry, candidates, need, spec, partial=mode == "frozen")
             else:
                 pick = None if force else _pick(entry, candidates, need, spec)
@@ -249,7 +257,7 @@ def decide(key: tuple, *, caller: str, rigor: Optional[str] = None, force: bool 
                 if pick is None and not too_large:
                     vary = config.WEIGHTS_VARY.set(weights_vary)
                     try:
-                        entry = _measure(op, spec, candidates, need, cache, pkey, entry, budget, weights_vary)
+                        entry = _measure(op, spec, candidates, need, cache, pkey, entry, budget, weights_vary, act)
                     finally:
                         config.WEIGHTS_VARY.reset(vary)
                     pick = _pick(entry, candidates, need, spec, partial=True)

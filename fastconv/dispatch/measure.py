@@ -214,9 +214,11 @@ def _summary(samples: list, dropped: bool) -> dict:
 
 
 def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: float = 10.0,
-        seed: int = 0, clock=time.perf_counter, sleep=time.sleep, max_bytes: int | None = None) -> Result:
+        seed: int = 0, clock=time.perf_counter, sleep=time.sleep, max_bytes: int | None = None,
+        act=None) -> Result:
     """Time contenders (registry kernels, all eligible for spec) on random inputs; see the module
-    docstring for the phases and the budget.  reference: the kernel that defines the result."""
+    docstring for the phases and the budget.  reference: the kernel that defines the result.
+    act: the forward's activation, which every call (the reference's too) applies."""
     max_rounds, drop, race, runoff_rounds = RIGOR[rigor]
     t_start = clock()
     res = Result(budget_s=cap_s)
@@ -229,10 +231,11 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         return cap_s - (clock() - t_start)
 
     args = registry.OPS[op].arguments(spec, np.random.default_rng(seed))
+    kw = {} if act is None else {"act": act}
     ref_out = None
     if reference_seconds(op, spec) <= left() / 4 and reference_bytes(op, spec) <= reference_limit(op, spec, max_bytes):
         t0 = clock()
-        ref_out = reference.run(spec, *args)
+        ref_out = reference.run(spec, *args, **kw)
         res.reference_s = clock() - t0
     t_reference = clock()
 
@@ -250,7 +253,7 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
             continue
         t0 = clock()
         try:
-            out = k.run(spec, *args)
+            out = k.run(spec, *args, **kw)
         except Exception as exc:  # noqa: BLE001 - a failing kernel is excluded, never fatal
             res.failed[k.name] = f"{k.name}: failed on the tuning inputs ({type(exc).__name__}: {exc})"
             continue
@@ -297,12 +300,12 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
         sleep(pause)
         # the warm-up's first call checks the estimate: the probe's calls must still fit
         t_warm = clock()
-        if not warm_up(lambda: k.run(spec, *args), clock=clock,
+        if not warm_up(lambda: k.run(spec, *args, **kw), clock=clock,
                        keep_on=lambda first_s: fits(1 + PROBE_CALLS, first_s)):
             res.failed[k.name] = (f"{k.name}: not timed: its probe ({1 + PROBE_CALLS} more calls of "
                                   f"~{clock() - t_warm:.2g} s) would end past the {cap_s:g} s tuning budget")
             continue
-        samples[k.name] = [timed_run(lambda: k.run(spec, *args), calls=1, clock=clock) for _ in range(PROBE_CALLS)]
+        samples[k.name] = [timed_run(lambda: k.run(spec, *args, **kw), calls=1, clock=clock) for _ in range(PROBE_CALLS)]
         probe[k.name] = min(samples[k.name])
     live = [k for k in live if k.name in probe]
     if not samples:
@@ -334,8 +337,8 @@ def run(op: str, spec, contenders, reference, *, rigor: str = "measure", cap_s: 
             t_round = clock()
             for k in round_order(ks, rounds_run[0], rng):
                 sleep(pause)
-                warm_up(lambda: k.run(spec, *args), clock=clock)
-                samples[k.name].append(timed_run(lambda: k.run(spec, *args), calls=reps[k.name], clock=clock))
+                warm_up(lambda: k.run(spec, *args, **kw), clock=clock)
+                samples[k.name].append(timed_run(lambda: k.run(spec, *args, **kw), calls=reps[k.name], clock=clock))
             rounds_run[0] += 1
             return clock() - t_round
 

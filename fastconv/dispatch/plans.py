@@ -10,7 +10,7 @@ from typing import Optional
 
 from .. import registry, threads
 from ..common import config, nonfinite
-from ..spec import ConvSpec, PoolSpec
+from ..spec import ConvSpec, PoolSpec, activation_arg
 from . import choosing, settings
 from .choosing import Decision
 from .tuning_cache import problem_key
@@ -46,6 +46,7 @@ class Plan:
     saving_per_call_s: Optional[float] = None     # the heuristic's pick minus the chosen kernel, per call
     label: str = ""                               # tune: the layer's name
     isa: str = ""                                 # the vector ISA the chosen kernel runs (its backend's)
+    activation: Optional[tuple] = None            # a forward's: activation_arg's (name, slope)
 
     def candidate(self, name: str) -> Optional[Candidate]:
         return next((c for c in self.candidates if c.name == name), None)
@@ -69,7 +70,7 @@ class Plan:
         return _describe(self.op, self.spec)
 
     def __str__(self) -> str:
-        lines = [f"{self.op} {self.describe()}, {self.spec.dtype}, {self.threads} threads",
+        lines = [f"{self.op} {self.describe()}{_then(self.activation)}, {self.spec.dtype}, {self.threads} threads",
                  f"chosen: {self.chosen}  ({self.source}{': ' + self.detail if self.detail else ''})"
                  + (f"; ISA {self.isa}" if self.isa else "")]
         ratio = self.heuristic_ratio
@@ -111,10 +112,19 @@ class Plan:
             lines.append(f"{name} = rng.integers(0, {s.h * s.w}, size={shape})" if name == "indices" else
                          f'{name} = rng.standard_normal({shape}).astype("{dtype}")')
         pick = {op.algo_arg: kernel.algo} if op.algo_arg else {}
-        kwargs = {**op.hyper(s), **pick, "backend": kernel.backend}
+        act = self.activation
+        activation = {} if act is None else {"activation": act[0] if act[0] != "leaky_relu" else act}
+        kwargs = {**op.hyper(s), **activation, **pick, "backend": kernel.backend}
         args = [*op.public_args, *(f"{k}={v!r}" for k, v in kwargs.items())]
         lines.append(f"out = fc.{op.public}({', '.join(args)})")
         return "\n".join(lines)
+
+
+def _then(act) -> str:
+    """', then relu' (a forward's activation), '' without one."""
+    if act is None:
+        return ""
+    return f", then {act[0]}" + (f" (slope {act[1]:g})" if act[0] == "leaky_relu" else "")
 
 
 def describe(op: str, spec) -> str:
@@ -167,7 +177,10 @@ def plan_of(key: tuple, d: Decision) -> Plan:
                 (f" ({rerouted} so far)" if rerouted else "")
         cands.append(c)
     if d.source == "cache" and d.cache is not None:
-        detail = f"{d.cache.path} [{problem_key(op, spec, key[6])}], rigor {entry.get('rigor')}"
+        # frozen, an activated problem without an entry of its own: the entry without it (choosing.decide)
+        own = key[7] is None or "activation" in entry
+        detail = f"{d.cache.path} [{problem_key(op, spec, key[6], key[7] if own else None)}], rigor " + \
+            f"{entry.get('rigor')}" + ("" if own else f"; timed without the {key[7][0]}")
     elif d.source == "measured now":
         detail = f"rigor {entry.get('rigor')}, budget {entry.get('budget_s', 0):.2g} s, stored in {d.cache.path}"
     if d.source in ("cache", "measured now"):
@@ -178,8 +191,8 @@ def plan_of(key: tuple, d: Decision) -> Plan:
         detail = ""
     backend = registry.BACKENDS.get(d.kernel.backend)
     plan = Plan(op, spec, d.kernel.name, d.source, detail, d.heuristic.name, key[5], cands, list(d.refused),
-                problem_key(op, spec, key[6]), d.cache.path if d.cache is not None else None,
-                isa=backend.isa() if backend is not None else "")
+                problem_key(op, spec, key[6], key[7]), d.cache.path if d.cache is not None else None,
+                isa=backend.isa() if backend is not None else "", activation=key[7])
     if entry and d.source in ("cache", "measured now"):
         plan.tuning_cost_s = entry.get("cost_s")
         h, c = plan.candidate(d.heuristic.name), plan.candidate(d.kernel.name)
@@ -202,14 +215,18 @@ def _tie_note(chosen: str, cands) -> str:
 
 
 def explain_spec(op: str, spec, algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
-                 rigor: Optional[str] = None, caller: str = "explain") -> Plan:
-    """The plan for op on a spec: the decision this process made or would make for it."""
+                 rigor: Optional[str] = None, caller: str = "explain", activation=None) -> Plan:
+    """The plan for op on a spec: the decision this process made or would make for it (activation:
+    conv2d's argument, a forward's)."""
     if not isinstance(op, str) or op not in registry.OPS:
         raise ValueError(f"{caller}: op={op!r} is not one of {', '.join(registry.OPS)}")
     if rigor is not None and rigor not in settings.MODES:
         raise ValueError(f"{caller}: rigor={rigor!r} is not one of {', '.join(map(repr, settings.MODES))}")
+    act = activation_arg(caller, activation)
+    if act is not None and op != "conv2d.fwd":
+        raise ValueError(f"{caller}: activation={activation!r}: only the forward (op='conv2d.fwd') applies one")
     choosing.eligible(op, spec, algo, backend, rtol, caller=caller)  # its errors name a bad argument (an unhashable algo)
-    key = (op, spec, algo, backend, rtol, threads.get_num_threads(), config.WEIGHTS_VARY.get())
+    key = (op, spec, algo, backend, rtol, threads.get_num_threads(), config.WEIGHTS_VARY.get(), act)
     with choosing._lock:
         choosing._sync()
         d = choosing._decisions.get(key) if rigor is None or rigor == settings.mode else None
@@ -223,13 +240,13 @@ CONV_OPS = registry.PASSES["fwd"]["conv"] + registry.PASSES["bwd"]["conv"]
 
 def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, dtype="float32", *,
             op: str = "conv2d.fwd", algo: str = "auto", backend: str = "auto", rtol: Optional[float] = None,
-            rigor: Optional[str] = None) -> Plan:
+            rigor: Optional[str] = None, activation=None) -> Plan:
     """What ``algo="auto"`` picks for a conv2d problem and why: every candidate with its measured
     median, spread, GFLOP/s and error, every refusal with its reason, where the choice came from
     and what tuning cost against what it saves.  ``rigor`` overrides the mode for this question
     (e.g. "measure" while the process runs in "estimate"); op: conv2d.fwd | conv2d.bwd_data |
-    conv2d.bwd_weight."""
+    conv2d.bwd_weight; activation: conv2d's (the forward is timed with it, a problem of its own)."""
     if op not in CONV_OPS:
         raise ValueError(f"explain: op={op!r} is not one of {', '.join(CONV_OPS)}")
     spec = ConvSpec.from_shapes(x_shape, w_shape, stride, padding, dilation, groups, dtype, op="explain")
-    return explain_spec(op, spec, algo, backend, rtol, rigor)
+    return explain_spec(op, spec, algo, backend, rtol, rigor, activation=activation)

@@ -90,7 +90,7 @@ def tune(problems=None, *, net: Optional[str] = None, batch: int = 1, dtype: str
     budget = budget_s if budget_s is not None else (settings.budget_s or settings.DEFAULT_BUDGET_S)
     for label, op, spec in todo:
         bar.step(label)
-        key = (op, spec, "auto", "auto", None, n_threads, False)
+        key = (op, spec, "auto", "auto", None, n_threads, False, None)
         with choosing._lock:
             # frozen: the choices of this process do not change, but the cache is filled
             remember = settings.mode != "frozen" or key not in choosing._decisions

@@ -112,10 +112,12 @@ def _static_environment() -> dict:
     return _static_env
 
 
-def problem_key(op: str, spec, weights_vary: bool = False) -> str:
+def problem_key(op: str, spec, weights_vary: bool = False, act=None) -> str:
     """A problem's key in the file (the thread count is part of the file's environment); calls
-    whose weights change every time (fastconv.common.config.WEIGHTS_VARY) are a problem of their own."""
-    return f"{op} {spec!r}" + (" weights-vary" if weights_vary else "")
+    whose weights change every time (fastconv.common.config.WEIGHTS_VARY) are a problem of their own,
+    and so are forward calls with an activation (act: activation_arg's (name, slope); the kernels
+    apply it at different costs, registers against a pass over rows; the slope costs nothing)."""
+    return f"{op} {spec!r}" + (" weights-vary" if weights_vary else "") + (f" then {act[0]}" if act else "")
 
 
 def environment(threads: int) -> dict:
@@ -197,7 +199,9 @@ def _entry_problem(key: str, entry) -> str | None:
     op = entry.get("op")
     try:
         spec = spec_from_json(entry.get("spec")) if isinstance(op, str) else None
-        same = spec is not None and problem_key(op, spec, entry.get("weights_vary") is True) == key
+        act = entry.get("activation")  # its name, when the problem has one
+        same = spec is not None and problem_key(op, spec, entry.get("weights_vary") is True,
+                                                (act,) if isinstance(act, str) else None) == key
     except RecursionError:  # absurdly nested values
         same = False
     if not same:
