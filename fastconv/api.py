@@ -81,18 +81,21 @@ def _pool_backward_spec(grad_y, indices, input_shape) -> PoolBackwardSpec:
 _ACTIVATIONS: dict = {}  # activation argument -> its normalized form (the argument check, once)
 
 
+def _activation(activation):
+    act = _ACTIVATIONS.get(activation) if type(activation) is str else None
+    if act is None:
+        act = activation_arg("conv2d", activation)
+        if type(activation) is str:
+            _ACTIVATIONS[activation] = act
+    return act
+
+
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            activation=None, algo="auto", backend="auto", rtol=None):
     """torch.nn.functional.conv2d on NumPy arrays (NCHW input, OIHW weight), then ``activation``:
     None, "relu", "relu6", "leaky_relu" or ("leaky_relu", negative_slope), as torch's functions."""
     spec = _conv_spec(x, w, bias, stride, padding, dilation, groups, "conv2d")
-    act = None
-    if activation is not None:
-        act = _ACTIVATIONS.get(activation) if type(activation) is str else None
-        if act is None:
-            act = activation_arg("conv2d", activation)
-            if type(activation) is str:
-                _ACTIVATIONS[activation] = act
+    act = None if activation is None else _activation(activation)
     # every forward kernel applies the activation itself, to outputs it has just written (in cache),
     # at its own cost (c.direct in registers, im2col a pass over each task's rows): timed with it
     kernel = dispatch.choose("conv2d.fwd", spec, algo, backend, rtol, caller="conv2d", act=act)
@@ -100,6 +103,50 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         return np.empty(spec.output_shape, spec.dtype)
     x, w, bias = _c(x), _c(w), None if bias is None else _c(bias)
     return kernel.run(spec, x, w, bias) if act is None else kernel.run(spec, x, w, bias, act=act)
+
+
+class Conv2dPlan:
+    """conv2d's decisions for one signature of its call, made once: the arguments checked into a
+    spec, the activation normalized, the kernel chosen.  ``run_plan(plan, x, w, bias)`` then makes
+    the call on arrays of the same shapes and dtype (``plan.fits``) without deciding again, while
+    ``plan.holds()``: the dispatcher's choices forgotten (set_tuning), a new thread count or kernel
+    list void it, and the caller makes a new plan.  For callers repeating one call, as
+    fastconv.torch's fused layers do on every image of a model: the checks and the dispatch were
+    ~8-10 us of a small layer's ~20 us call (AMD EPYC Zen 3)."""
+
+    __slots__ = ("spec", "kernel", "kw", "x_shape", "w_shape", "dtype", "bias", "state")
+
+    def __init__(self, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+        self.spec = _conv_spec(x, w, bias, stride, padding, dilation, groups, "conv2d")
+        act = None if activation is None else _activation(activation)
+        # a choice never older than the state it is kept under; choose may forget the others first
+        # (a new kernel list), and another thread may (set_tuning): then again, a few times at most
+        # (a plan whose state moved on only makes its caller plan anew)
+        for _ in range(4):
+            self.state = dispatch.state()
+            self.kernel = dispatch.choose("conv2d.fwd", self.spec, caller="conv2d", act=act)
+            if self.state == dispatch.state():
+                break
+        self.kw = {} if act is None else {"act": act}
+        self.x_shape, self.w_shape, self.dtype, self.bias = x.shape, w.shape, x.dtype, bias is not None
+
+    def fits(self, x: np.ndarray, w: np.ndarray, bias) -> bool:
+        """Whether the call on these arrays is the planned one (the spec's shapes and dtype)."""
+        d = self.dtype
+        return (x.shape == self.x_shape and x.dtype is d and w.shape == self.w_shape and w.dtype is d and
+                (bias is not None) is self.bias and (bias is None or bias.dtype is d))
+
+    def holds(self) -> bool:
+        """Whether the kernel is still the dispatcher's choice for the plan's problem."""
+        return self.state == dispatch.state()
+
+
+def run_plan(plan: Conv2dPlan, x, w, bias=None):
+    """conv2d(x, w, bias, ...) as planned (plan.fits(x, w, bias) and plan.holds() are the caller's)."""
+    spec = plan.spec
+    if spec.n == 0:
+        return np.empty(spec.output_shape, spec.dtype)
+    return plan.kernel.run(spec, _c(x), _c(w), None if bias is None else _c(bias), **plan.kw)
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *, bias=True,

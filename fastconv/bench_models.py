@@ -27,12 +27,13 @@ import numpy as np
 import fastconv
 from . import api, dispatch, timing
 from .bench import machine_line
-from .spec import activation_arg
+from .spec import activation_arg, conv_hyper
 
 TORCH, FASTCONV, ORT = "torch", "fastconv", "onnxruntime"
-# the adapter's entry points; its backward calls api.conv2d_grads, shown as conv2d_backward
-_INSTRUMENTED = ("conv2d", "conv2d_grads", "max_pool2d", "max_pool2d_backward")
-_SHOWN = {"conv2d_grads": "conv2d_backward"}
+# the adapter's entry points; its backward calls api.conv2d_grads, shown as conv2d_backward, and its
+# fused layers api.run_plan (a planned conv2d), shown as conv2d
+_INSTRUMENTED = ("conv2d", "conv2d_grads", "max_pool2d", "max_pool2d_backward", "run_plan")
+_SHOWN = {"conv2d_grads": "conv2d_backward", "run_plan": "conv2d"}
 
 
 def _model_and_input(name: str, batch: int):
@@ -111,8 +112,10 @@ def instrumented():
             t0 = time.perf_counter()
             out = inner(*args, **kwargs)
             dt = time.perf_counter() - t0
-            key = (_SHOWN.get(fn, fn), tuple(a.shape for a in args if isinstance(a, np.ndarray)),
-                   tuple(a for a in args if a is not None and not isinstance(a, np.ndarray)))
+            hyper = tuple(a for a in args if a is not None and not isinstance(a, np.ndarray))
+            if fn == "run_plan":  # the plan's hyper-parameters, as conv2d's call would show them
+                hyper = tuple(conv_hyper(args[0].spec).values())
+            key = (_SHOWN.get(fn, fn), tuple(a.shape for a in args if isinstance(a, np.ndarray)), hyper)
             entry = spent[key]
             entry[0] += dt
             entry[1] += 1
@@ -131,12 +134,14 @@ def instrumented():
 
 def _home(fn):
     """The module whose attribute the adapter looks up at each call."""
-    return api if fn == "conv2d_grads" else fastconv
+    return api if fn in ("conv2d_grads", "run_plan") else fastconv
 
 
 def _kernels_of(fn, args, kwargs) -> str:
     """The kernel(s) auto ran for this call (the dispatcher's memo answers)."""
     try:
+        if fn == "run_plan":
+            return args[0].kernel.name
         if fn == "conv2d":
             spec = api._conv_spec(*args[:3], *args[3:7], "conv2d")
             act = activation_arg("bench", kwargs.get("activation"))
@@ -156,18 +161,21 @@ def _kernels_of(fn, args, kwargs) -> str:
         return "?"
 
 
-def adapter_overhead_us(train: bool) -> float:
-    """Microseconds per layer call spent in the torch adapter around fastconv.conv2d: the module's
-    call on a 1x4x4x4 input (a 1x1 conv, whose kernel time is tiny) minus fastconv.conv2d's on the
-    same arrays, best of 5 x 2000 calls each.  Inference: an optimized conv + BN + ReLU
-    (FusedConv2d) under no_grad, entered once around the timing as a model's call enters it once
-    for all its layers; training: a patched Conv2d's forward with autograd recording."""
+def adapter_overhead_us(train: bool) -> dict:
+    """Microseconds per layer call around the kernel, on a 1x4x4x4 input (a 1x1 conv, whose kernel
+    time is tiny), best of 5 x 2000 calls each: {"adapter": the module's call minus fastconv's call
+    that the module makes (a planned call, api.run_plan, for inference; fastconv.conv2d for
+    training) on the same arrays, "outside_kernel": the module's call minus the kernel's own (the
+    dispatch's checks and choice included)}.  Inference: an optimized conv + BN + ReLU (FusedConv2d)
+    under no_grad, entered once around the timing as a model's call enters it once for all its
+    layers; training: a patched Conv2d's forward with autograd recording."""
     import torch
 
     import fastconv.torch as fct
     torch.manual_seed(0)
     x = torch.randn(1, 4, 4, 4)
     conv, bn = torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4)
+    xn, act = x.numpy(), None if train else "relu"
     if train:
         module = fct.patch(torch.nn.Sequential(conv))
         xr = x.clone().requires_grad_(True)
@@ -175,22 +183,32 @@ def adapter_overhead_us(train: bool) -> float:
         def adapter():
             return module(xr)
         w, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()
+
+        def inner():
+            return fastconv.conv2d(xn, w, b)
     else:
-        module = fct.FusedConv2d(conv.eval(), bn.eval(), "relu").eval()
+        module = fct.FusedConv2d(conv.eval(), bn.eval(), act).eval()
 
         def adapter():
             return module(x)
         w, b = module._fold()
-    xn = x.numpy()
+        plan = api.Conv2dPlan(xn, w, b, activation=act)
+
+        def inner():
+            return api.run_plan(plan, xn, w, b)
+    spec = api._conv_spec(xn, w, b, 1, 0, 1, 1, "conv2d")
+    kernel, kw = dispatch.choose("conv2d.fwd", spec, caller="bench", act=activation_arg("bench", act)), \
+        {} if act is None else {"act": activation_arg("bench", act)}
 
     def bare():
-        return fastconv.conv2d(xn, w, b, activation=None if train else "relu")
+        return kernel.run(spec, xn, w, b, **kw)
 
     def best(fn):
         fn()
         return min(timeit.repeat(fn, number=2000, repeat=5)) / 2000
     with contextlib.nullcontext() if train else torch.no_grad():
-        return max(0.0, best(adapter) - best(bare)) * 1e6
+        module_s, inner_s, kernel_s = best(adapter), best(inner), best(bare)
+    return {"adapter": max(0.0, module_s - inner_s) * 1e6, "outside_kernel": max(0.0, module_s - kernel_s) * 1e6}
 
 
 def run(name: str, batch: int = 1, train: bool = False, compare=(TORCH,), repeats: int = 5, progress=print) -> dict:
@@ -209,7 +227,7 @@ def run(name: str, batch: int = 1, train: bool = False, compare=(TORCH,), repeat
     return {"model": name, "batch": batch, "train": train, "times": times, "medians": medians,
             "layers": [{"call": _describe(k), "ms": s * 1e3, "calls": c, "kernels": kn} for k, s, c, kn in layers],
             "instrumented_ms": instrumented_s * 1e3, "fastconv_ms": sum(r[1] for r in layers) * 1e3,
-            "fastconv_calls": n_calls, "adapter_us_per_call": adapter_overhead_us(train)}
+            "fastconv_calls": n_calls, **{f"{k}_us_per_call": v for k, v in adapter_overhead_us(train).items()}}
 
 
 def _describe(key) -> str:
@@ -236,7 +254,8 @@ def format_report(r: dict, top: int = 12) -> str:
               f"  torch's other ops, Python, adapter   {total - r['fastconv_ms']:8.2f} ms  "
               f"{1 - r['fastconv_ms'] / total:5.1%}",
               f"  of which the adapter, about          {r['adapter_us_per_call'] * r['fastconv_calls'] / 1e3:8.2f} ms"
-              f"  ({r['adapter_us_per_call']:.1f} us per layer call, measured on a 1x4x4x4 layer)",
+              f"  ({r['adapter_us_per_call']:.1f} us per layer call, measured on a 1x4x4x4 layer; with fastconv's "
+              f"dispatch, all outside the kernel: {r['outside_kernel_us_per_call']:.1f} us)",
               "", f"  the {min(top, len(r['layers']))} costliest fastconv calls:"]
     for layer in r["layers"][:top]:
         lines.append(f"  {layer['ms']:8.3f} ms  x{layer['calls']:<3d} {layer['call']:60s} {layer['kernels']}")

@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
                       "(CPU wheels: https://download.pytorch.org/whl/cpu)") from exc
 
 import fastconv
+from fastconv import api as _api
 from fastconv.common.config import WEIGHTS_VARY as _WEIGHTS_VARY
 from fastconv.common.winograd import TRUSTED as _TRUSTED
 from fastconv.spec import activation_arg
@@ -456,6 +457,7 @@ class FusedConv2d(nn.Module):
         self._bn_buffers = None if bn is None else bn._buffers
         self._key = None  # (id, version) of every tensor the folded weights were made from
         self._folded = None  # (weight, bias) as contiguous NumPy arrays
+        self._plan = None  # the fused call's api.Conv2dPlan, for the last input shape
 
     def _sources(self):
         # through the modules' own dicts: nn.Module.__getattr__ costs ~0.7 us a lookup, six per call
@@ -492,17 +494,26 @@ class FusedConv2d(nn.Module):
             y = y if self.bn is None else self.bn(y)
             return y if self.act is None else self.act(y)
         w, b = self._fold()
-        c = self._modules["conv"]  # not self.conv: nn.Module.__getattr__ costs ~0.7 us
+        xn = _numpy(x, "input", "conv2d")
+        # the call's checks and dispatch, made once per input shape (api.Conv2dPlan)
+        plan = self._plan
+        if plan is None or not plan.fits(xn, w, b) or not plan.holds():
+            c = self._modules["conv"]  # not self.conv: nn.Module.__getattr__ costs ~0.7 us
+            plan = self._plan = _api.Conv2dPlan(xn, w, b, c.stride, c.padding, c.dilation, c.groups,
+                                                activation=self.activation)
         # The folded weights are this module's own and change only with a new fold (a new token),
         # so Winograd's filter cache may skip comparing them with the copy it keeps
         # (fastconv/common/winograd.py; VGG's 512 x 512 layers: 0.85 ms a call)
         vouched = _TRUSTED.set(self._trust)
         try:
-            y = fastconv.conv2d(_numpy(x, "input", "conv2d"), w, b, c.stride, c.padding, c.dilation, c.groups,
-                                activation=self.activation)
+            y = _api.run_plan(plan, xn, w, b)
         finally:
             _TRUSTED.reset(vouched)
         return _tensor(y)
+
+    def __getstate__(self):
+        # a copy or a pickle plans its own call (a plan holds the process's kernels)
+        return {**self.__dict__, "_plan": None}
 
     def extra_repr(self) -> str:
         return f"bn={'folded' if self.bn is not None else 'none'}, activation={self.activation!r}"

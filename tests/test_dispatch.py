@@ -221,3 +221,26 @@ def test_a_near_tie_goes_to_the_heuristics_pick_and_explain_says_so():
     cands = [plans.Candidate(k.name, entry(0.98)["times"][k.name]["median"], None, None, 1e-5, None) for k in ks]
     assert "numba.winograd_f4k3 timed 2% faster, within the 5% of a tie" in plans._tie_note("c.winograd_f4k3", cands)
     assert plans._tie_note("numba.winograd_f4k3", cands) == ""
+
+
+def test_a_planned_call_is_conv2d_and_holds_until_the_dispatcher_forgets():
+    from fastconv import api
+    rng = np.random.default_rng(2)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 4, 6, 6), (5, 4, 3, 3), (5,)))
+    plan = api.Conv2dPlan(x, w, b, 1, 1, activation="relu6")
+    y = api.run_plan(plan, x, w, b)
+    np.testing.assert_array_equal(y, fc.conv2d(x, w, b, 1, 1, activation="relu6"))  # the same kernel
+    assert rel_err(y, np.clip(fc.reference.conv2d(x, w, b, 1, 1), 0, 6)) <= 1e-5
+    assert plan.fits(x, w, b) and plan.fits(x + 1, w * 2, b)  # any arrays of the planned shapes
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    assert not plan.fits(x[:1], w, b) and not plan.fits(x, w[:4], b) and not plan.fits(*f64) \
+        and not plan.fits(x, w, None)
+    assert plan.holds()
+    dispatch.forget()
+    assert not plan.holds()
+    with pytest.raises(ValueError, match="groups"):  # the checks are conv2d's
+        api.Conv2dPlan(x, w, b, groups=3)
+    with pytest.raises(ValueError, match="activation"):
+        api.Conv2dPlan(x, w, b, activation="gelu")
+    empty = api.Conv2dPlan(x[:0], w, b, 1, 1)
+    assert api.run_plan(empty, x[:0], w, b).shape == (0, 5, 6, 6)

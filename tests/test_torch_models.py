@@ -202,6 +202,55 @@ def test_optimize_sees_parameters_changed_afterwards():
     check()
 
 
+def test_fused_layers_plan_each_input_shape_and_follow_the_dispatcher(monkeypatch):
+    # a fused layer decides its call once per input shape (api.Conv2dPlan) and decides again
+    # when the dispatcher's choices are void: a new kernel list, thread count or dtype
+    import fastconv
+    from fastconv import reference, registry
+    model = _block(nn.ReLU())
+    _warm_statistics(model, 9)
+    model.eval()
+    fast = fct.optimize(copy.deepcopy(model))
+    fused = next(m for m in fast.modules() if isinstance(m, fct.FusedConv2d))
+    x9, x7 = (torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(s)) for s in (9, 7))
+
+    def check(x):
+        with torch.no_grad():
+            assert rel_err(fast(x).numpy(), model(x).numpy()) <= 1e-5
+    check(x9)
+    plan = fused._plan
+    check(x9)
+    assert fused._plan is plan and plan.x_shape == (1, 3, 9, 9)  # planned once
+    check(x7)
+    assert fused._plan.x_shape == (1, 3, 7, 7)
+    check(x9)
+    ran = []
+
+    def spy(spec, x, w, bias=None, *, act=None):
+        ran.append(act)
+        return reference._conv2d(spec, x, w, bias, act=act)
+    kernels = registry.KERNELS
+    monkeypatch.setattr(registry, "KERNELS", (registry.Kernel("c.spy", "conv2d.fwd", spy),) +
+                        tuple(k for k in kernels if k.op != "conv2d.fwd" or k.backend == "numpy"))
+    check(x9)
+    assert ran and ("relu", 0.0) in ran and fused._plan.kernel.name == "c.spy"  # the new list's kernel ran
+    monkeypatch.setattr(registry, "KERNELS", kernels)
+    ran.clear()
+    check(x9)
+    assert not ran and fused._plan.kernel.name != "c.spy"
+    threads = fastconv.get_num_threads()
+    fastconv.set_num_threads(1)
+    try:
+        check(x9)
+        assert fused._plan.state[1] == 1
+    finally:
+        fastconv.set_num_threads(threads)
+    fast.double()
+    model.double()
+    check(x9.double())
+    assert fused._plan.dtype == "float64"
+
+
 def test_optimized_model_trains_and_differentiates_as_the_original():
     model = _block(nn.ReLU())
     _warm_statistics(model, 9)

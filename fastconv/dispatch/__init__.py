@@ -23,10 +23,10 @@ A time budget of 0 (``FASTCONV_TUNE_BUDGET_S=0`` or ``set_tuning(budget_s=0)``) 
 a complete cache entry, else the heuristic.  The heuristic is the registry's preference
 (fastconv/registry.py: ``Kernel.preference``), so the dispatcher names no kernel and no family.
 """
-from .choosing import choose, decide, eligible, forget, get_tuning, heuristic, set_tuning
+from .choosing import choose, decide, eligible, forget, get_tuning, heuristic, set_tuning, state
 from .plans import CONV_OPS, Candidate, Plan, describe, explain, explain_spec
 from .settings import DEFAULT_BUDGET_S, MODES
 from .tuning import tune, verify
 
-__all__ = ["choose", "decide", "eligible", "heuristic", "explain", "explain_spec", "tune", "verify", "Plan",
+__all__ = ["choose", "decide", "state", "eligible", "heuristic", "explain", "explain_spec", "tune", "verify", "Plan",
            "Candidate", "set_tuning", "get_tuning", "forget", "describe", "MODES", "DEFAULT_BUDGET_S", "CONV_OPS"]

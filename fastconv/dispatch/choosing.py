@@ -120,11 +120,23 @@ _MEMO_MAX = 4096
 _seen = (None, None)   # registry.KERNELS and registry.BACKENDS the memo was filled under
 
 
+_generation = 0        # how many times the choices were forgotten (state())
+
+
 def forget() -> None:
     """Forget every choice made in this process (the cache files stay)."""
+    global _generation
     with _lock:
         _memo.clear()
         _decisions.clear()
+        _generation += 1
+
+
+def state() -> tuple:
+    """What a choice made now holds under, beside its problem: the choices not forgotten since
+    (set_tuning, a full memo), the thread count, the kernel list and backends, whether weights vary.
+    A caller keeping a kernel of choose()'s (api.Conv2dPlan) asks again when this changed."""
+    return (_generation, threads._num_threads, registry.KERNELS, registry.BACKENDS, config.WEIGHTS_VARY.get())
 
 
 def _sync() -> None:
