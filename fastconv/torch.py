@@ -336,7 +336,19 @@ class Conv2d(nn.Conv2d):
                              "(fastconv pads with zeros); keep this layer as torch.nn.Conv2d")
 
     def _conv_forward(self, input, weight, bias):
-        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if torch.compiler.is_compiling() or _grad_wanted(input, weight, bias):
+            return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        # inference: the call's checks and dispatch made once per input shape, as FusedConv2d's
+        x, w = _numpy(input, "input", "conv2d"), _numpy(weight, "weight", "conv2d")
+        b = None if bias is None else _numpy(bias, "bias", "conv2d")
+        plan = self.__dict__.get("_fastconv_plan")
+        if plan is None or not plan.fits(x, w, b) or not plan.holds():
+            plan = self._fastconv_plan = _api.Conv2dPlan(x, w, b, self.stride, self.padding, self.dilation,
+                                                         self.groups)
+        return _tensor(_api.run_plan(plan, x, w, b))
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fastconv_plan": None}  # a plan holds the process's kernels
 
 
 class MaxPool2d(nn.MaxPool2d):

@@ -77,3 +77,18 @@ def assert_matches_finite_differences(loss, analytic_grads, arrays, rng, samples
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)
+
+
+@pytest.fixture
+def spy_forward(monkeypatch):
+    """Installs c.spy as the only conv2d.fwd kernel beside the reference (it computes the reference's
+    result and logs each call's activation); yields (log, uninstall)."""
+    from fastconv import reference, registry
+    log, kernels = [], registry.KERNELS
+
+    def spy(spec, x, w, bias=None, *, act=None):
+        log.append(act)
+        return reference._conv2d(spec, x, w, bias, act=act)
+    monkeypatch.setattr(registry, "KERNELS", (registry.Kernel("c.spy", "conv2d.fwd", spy),) +
+                        tuple(k for k in kernels if k.op != "conv2d.fwd" or k.backend == "numpy"))
+    yield log, lambda: monkeypatch.setattr(registry, "KERNELS", kernels)

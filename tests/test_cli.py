@@ -407,7 +407,7 @@ def test_bench_model_times_a_whole_torch_model_and_says_where_its_time_goes(caps
     assert calls == expected and doc["fastconv_calls"] == sum(expected.values())
     assert doc["fastconv_ms"] == pytest.approx(sum(layer["ms"] for layer in doc["layers"]))
     assert 0 < doc["fastconv_ms"] <= doc["instrumented_ms"] and doc["adapter_us_per_call"] >= 0 \
-        and doc["outside_kernel_us_per_call"] >= 0
+        and doc["outside_kernel_us_per_call"] >= 0 and doc["instrumentation_us_per_call"] >= 0
     assert "us per layer call" in out
 
 

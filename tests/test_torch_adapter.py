@@ -219,6 +219,35 @@ def test_patched_model_matches_native_outputs_and_gradients():
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_patched_inference_plans_each_input_shape_and_follows_the_dispatcher(request):
+    import copy
+    torch.manual_seed(3)
+    native = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 1, bias=False)).eval()
+    patched = fct.patch(copy.deepcopy(native))
+
+    def check(side):
+        x = torch.randn(2, 3, side, side)
+        with torch.no_grad():
+            torch.testing.assert_close(patched(x), native(x), rtol=1e-5, atol=1e-5)
+    check(9)
+    plan = patched[0]._fastconv_plan
+    check(9)
+    assert patched[0]._fastconv_plan is plan and plan.x_shape == (2, 3, 9, 9)
+    check(7)
+    assert patched[0]._fastconv_plan.x_shape == (2, 3, 7, 7)
+    ran, uninstall = request.getfixturevalue("spy_forward")
+    check(9)
+    assert len(ran) == 2 and patched[2]._fastconv_plan.kernel.name == "c.spy"  # both layers on the new list
+    uninstall()
+    check(9)
+    assert len(ran) == 2 and patched[0]._fastconv_plan.kernel.name != "c.spy"
+    x = torch.randn(1, 3, 9, 9, requires_grad=True)  # gradients wanted: autograd's path, as before
+    patched(x).sum().backward()
+    native_x = x.detach().clone().requires_grad_(True)
+    native(native_x).sum().backward()
+    torch.testing.assert_close(x.grad, native_x.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_patch_keeps_parameters_so_optimizers_still_work():
     model = _model()
     params = list(model.parameters())
@@ -300,7 +329,8 @@ def test_training_calls_tell_the_dispatcher_their_weights_change(monkeypatch):
     from fastconv import api
     from fastconv.common import config
     seen = []
-    for module, name, shown in ((fastconv, "conv2d", "conv2d"), (api, "conv2d_grads", "conv2d_backward")):
+    for module, name, shown in ((fastconv, "conv2d", "conv2d"), (api, "run_plan", "conv2d"),  # planned: no_grad
+                                (api, "conv2d_grads", "conv2d_backward")):
         inner = getattr(module, name)
 
         def record(*args, _inner=inner, _name=shown, **kwargs):

@@ -202,11 +202,10 @@ def test_optimize_sees_parameters_changed_afterwards():
     check()
 
 
-def test_fused_layers_plan_each_input_shape_and_follow_the_dispatcher(monkeypatch):
+def test_fused_layers_plan_each_input_shape_and_follow_the_dispatcher(request):
     # a fused layer decides its call once per input shape (api.Conv2dPlan) and decides again
     # when the dispatcher's choices are void: a new kernel list, thread count or dtype
     import fastconv
-    from fastconv import reference, registry
     model = _block(nn.ReLU())
     _warm_statistics(model, 9)
     model.eval()
@@ -224,17 +223,10 @@ def test_fused_layers_plan_each_input_shape_and_follow_the_dispatcher(monkeypatc
     check(x7)
     assert fused._plan.x_shape == (1, 3, 7, 7)
     check(x9)
-    ran = []
-
-    def spy(spec, x, w, bias=None, *, act=None):
-        ran.append(act)
-        return reference._conv2d(spec, x, w, bias, act=act)
-    kernels = registry.KERNELS
-    monkeypatch.setattr(registry, "KERNELS", (registry.Kernel("c.spy", "conv2d.fwd", spy),) +
-                        tuple(k for k in kernels if k.op != "conv2d.fwd" or k.backend == "numpy"))
+    ran, uninstall = request.getfixturevalue("spy_forward")
     check(x9)
     assert ran and ("relu", 0.0) in ran and fused._plan.kernel.name == "c.spy"  # the new list's kernel ran
-    monkeypatch.setattr(registry, "KERNELS", kernels)
+    uninstall()
     ran.clear()
     check(x9)
     assert not ran and fused._plan.kernel.name != "c.spy"
