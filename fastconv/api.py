@@ -108,13 +108,14 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
 class Conv2dPlan:
     """conv2d's decisions for one signature of its call, made once: the arguments checked into a
     spec, the activation normalized, the kernel chosen.  ``run_plan(plan, x, w, bias)`` then makes
-    the call on arrays of the same shapes and dtype (``plan.fits``) without deciding again, while
+    the call on arrays of the same shapes and dtype, with the same hyper-parameters (``plan.fits``),
+    without deciding again, while
     ``plan.holds()``: the dispatcher's choices forgotten (set_tuning), a new thread count or kernel
     list void it, and the caller makes a new plan.  For callers repeating one call, as
     fastconv.torch's fused layers do on every image of a model: the checks and the dispatch were
     ~8-10 us of a small layer's ~20 us call (AMD EPYC Zen 3)."""
 
-    __slots__ = ("spec", "kernel", "kw", "x_shape", "w_shape", "dtype", "bias", "state")
+    __slots__ = ("spec", "kernel", "kw", "x_shape", "w_shape", "dtype", "bias", "hyper", "state")
 
     def __init__(self, x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
         self.spec = _conv_spec(x, w, bias, stride, padding, dilation, groups, "conv2d")
@@ -129,12 +130,14 @@ class Conv2dPlan:
                 break
         self.kw = {} if act is None else {"act": act}
         self.x_shape, self.w_shape, self.dtype, self.bias = x.shape, w.shape, x.dtype, bias is not None
+        self.hyper = (stride, padding, dilation, groups)
 
-    def fits(self, x: np.ndarray, w: np.ndarray, bias) -> bool:
-        """Whether the call on these arrays is the planned one (the spec's shapes and dtype)."""
+    def fits(self, x: np.ndarray, w: np.ndarray, bias, hyper: tuple) -> bool:
+        """Whether the call on these arrays with these (stride, padding, dilation, groups) is the
+        planned one (the spec's shapes, dtype and hyper-parameters)."""
         d = self.dtype
         return (x.shape == self.x_shape and x.dtype is d and w.shape == self.w_shape and w.dtype is d and
-                (bias is not None) is self.bias and (bias is None or bias.dtype is d))
+                (bias is not None) is self.bias and (bias is None or bias.dtype is d) and hyper == self.hyper)
 
     def holds(self) -> bool:
         """Whether the kernel is still the dispatcher's choice for the plan's problem."""
@@ -142,7 +145,7 @@ class Conv2dPlan:
 
 
 def run_plan(plan: Conv2dPlan, x, w, bias=None):
-    """conv2d(x, w, bias, ...) as planned (plan.fits(x, w, bias) and plan.holds() are the caller's)."""
+    """conv2d(x, w, bias, ...) as planned (plan.fits(x, w, bias, hyper) and plan.holds() are the caller's)."""
     spec = plan.spec
     if spec.n == 0:
         return np.empty(spec.output_shape, spec.dtype)

@@ -231,10 +231,11 @@ def test_a_planned_call_is_conv2d_and_holds_until_the_dispatcher_forgets():
     y = api.run_plan(plan, x, w, b)
     np.testing.assert_array_equal(y, fc.conv2d(x, w, b, 1, 1, activation="relu6"))  # the same kernel
     assert rel_err(y, np.clip(fc.reference.conv2d(x, w, b, 1, 1), 0, 6)) <= 1e-5
-    assert plan.fits(x, w, b) and plan.fits(x + 1, w * 2, b)  # any arrays of the planned shapes
+    hyper = (1, 1, 1, 1)  # stride, padding, dilation, groups
+    assert plan.fits(x, w, b, hyper) and plan.fits(x + 1, w * 2, b, hyper)  # any arrays of the planned shapes
     f64 = [a.astype(np.float64) for a in (x, w, b)]
-    assert not plan.fits(x[:1], w, b) and not plan.fits(x, w[:4], b) and not plan.fits(*f64) \
-        and not plan.fits(x, w, None)
+    assert not plan.fits(x[:1], w, b, hyper) and not plan.fits(x, w[:4], b, hyper) \
+        and not plan.fits(*f64, hyper) and not plan.fits(x, w, None, hyper) and not plan.fits(x, w, b, (1, 2, 1, 1))
     assert plan.holds()
     dispatch.forget()
     assert not plan.holds()

@@ -241,6 +241,8 @@ def test_patched_inference_plans_each_input_shape_and_follows_the_dispatcher(req
     uninstall()
     check(9)
     assert len(ran) == 2 and patched[0]._fastconv_plan.kernel.name != "c.spy"
+    patched[0].padding = native[0].padding = (2, 0)  # a hyper-parameter changed: planned anew
+    check(9)
     x = torch.randn(1, 3, 9, 9, requires_grad=True)  # gradients wanted: autograd's path, as before
     patched(x).sum().backward()
     native_x = x.detach().clone().requires_grad_(True)

@@ -223,6 +223,9 @@ def test_fused_layers_plan_each_input_shape_and_follow_the_dispatcher(request):
     check(x7)
     assert fused._plan.x_shape == (1, 3, 7, 7)
     check(x9)
+    model[0].padding = fused.conv.padding = (2, 0)  # a hyper-parameter changed: planned anew
+    check(x9)
+    model[0].padding = fused.conv.padding = (1, 1)
     ran, uninstall = request.getfixturevalue("spy_forward")
     check(x9)
     assert ran and ("relu", 0.0) in ran and fused._plan.kernel.name == "c.spy"  # the new list's kernel ran
