@@ -144,6 +144,14 @@ class Conv2dPlan:
         return self.state == dispatch.state()
 
 
+def replan(plan, x, w, bias, hyper: tuple, activation=None) -> Conv2dPlan:
+    """``plan`` if it still serves conv2d(x, w, bias, *hyper, activation=) (it fits the call and
+    holds), else a new plan for it: the check of a caller that keeps the plan of its last call."""
+    if plan is not None and plan.fits(x, w, bias, hyper) and plan.holds():
+        return plan
+    return Conv2dPlan(x, w, bias, *hyper, activation=activation)
+
+
 def run_plan(plan: Conv2dPlan, x, w, bias=None):
     """conv2d(x, w, bias, ...) as planned (plan.fits(x, w, bias, hyper) and plan.holds() are the caller's)."""
     spec = plan.spec

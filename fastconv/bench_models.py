@@ -218,8 +218,8 @@ def adapter_overhead_us(train: bool) -> dict:
         def inner():
             return api.run_plan(plan, xn, w, b)
     spec = api._conv_spec(xn, w, b, 1, 0, 1, 1, "conv2d")
-    kernel, kw = dispatch.choose("conv2d.fwd", spec, caller="bench", act=activation_arg("bench", act)), \
-        {} if act is None else {"act": activation_arg("bench", act)}
+    act = activation_arg("bench", act)
+    kernel, kw = dispatch.choose("conv2d.fwd", spec, caller="bench", act=act), {} if act is None else {"act": act}
 
     def bare():
         return kernel.run(spec, xn, w, b, **kw)

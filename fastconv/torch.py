@@ -341,9 +341,8 @@ class Conv2d(nn.Conv2d):
         # inference: the call's checks and dispatch made once per input shape, as FusedConv2d's
         x, w = _numpy(input, "input", "conv2d"), _numpy(weight, "weight", "conv2d")
         b = None if bias is None else _numpy(bias, "bias", "conv2d")
-        plan, hyper = self.__dict__.get("_fastconv_plan"), (self.stride, self.padding, self.dilation, self.groups)
-        if plan is None or not plan.fits(x, w, b, hyper) or not plan.holds():
-            plan = self._fastconv_plan = _api.Conv2dPlan(x, w, b, *hyper)
+        plan = self._fastconv_plan = _api.replan(self.__dict__.get("_fastconv_plan"), x, w, b,
+                                                 (self.stride, self.padding, self.dilation, self.groups))
         return _tensor(_api.run_plan(plan, x, w, b))
 
     def __getstate__(self):
@@ -508,9 +507,8 @@ class FusedConv2d(nn.Module):
         xn = _numpy(x, "input", "conv2d")
         # the call's checks and dispatch, made once per input shape (api.Conv2dPlan)
         c = self._modules["conv"]  # not self.conv: nn.Module.__getattr__ costs ~0.7 us
-        plan, hyper = self._plan, (c.stride, c.padding, c.dilation, c.groups)
-        if plan is None or not plan.fits(xn, w, b, hyper) or not plan.holds():
-            plan = self._plan = _api.Conv2dPlan(xn, w, b, *hyper, activation=self.activation)
+        plan = self._plan = _api.replan(self._plan, xn, w, b, (c.stride, c.padding, c.dilation, c.groups),
+                                        self.activation)
         # The folded weights are this module's own and change only with a new fold (a new token),
         # so Winograd's filter cache may skip comparing them with the copy it keeps
         # (fastconv/common/winograd.py; VGG's 512 x 512 layers: 0.85 ms a call)
