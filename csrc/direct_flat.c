@@ -24,8 +24,10 @@
  *                tiling computes 64 for them) and NBC loads of packed weights;
  *   chan_pack    per task and pass of kblock taps, the block's weights transposed into L1
  *                (VLEN x VLEN vector shuffles), the next pass's lines prefetched;
- *   chan_task    the tiles' outputs, transposed into y's rows (npix x OB stores beside npix x OB
- *                x K FMAs); at a batch, several images per task share the packing.
+ *   chan_store   the tiles' outputs, transposed into y's rows by VLEN x VLEN shuffles (npix x OB
+ *                stores beside npix x OB x K FMAs);
+ *   chan_task    a task: its copy, then per block of channels chan_block and chan_store; at a batch,
+ *                several images per task share the packing.
  * Its weights are packed per call, never kept: fastconv cannot know that w did not change.
  *
  * The pixel tiling's weights are read in place from w's rows when they are large (packing
@@ -88,6 +90,8 @@
 #define FC_FLAT_TILE_BYTES (32 << 10)  /* a task's output buffer: within L1 */
 #define FC_FLAT_PACK_BYTES (256 << 10) /* a group's weights up to this size are packed per call */
 #define FC_FLAT_TASKS_PER_THREAD 4
+#define FC_FLAT_BALANCE_THREADS 64 /* the runs of rows balanced over the threads up to this many threads... */
+#define FC_FLAT_BALANCE_TASKS 16   /* ...and this many tasks per thread (beyond, the last round is short) */
 #define FC_FLAT_KBLOCK_BYTES (24 << 10) /* the channel tiling: packed weights per pass, within L1 */
 #define FC_FLAT_CBUF_BYTES (128 << 10)  /* the channel tiling: a task's output buffer, within L2 */
 #define FC_FLAT_CHAN_TAPS 256           /* the channel tiling from this many taps per output */
@@ -114,6 +118,24 @@ typedef struct {
 } fc_flat_plan;
 
 
+/* The time, in output rows x channel blocks, of a call cut into `planes` x runs of `chunk` rows x runs
+ * of `ochunk` blocks, on nt threads each taking the next task as it becomes free (schedule(dynamic, 1),
+ * the tasks in flat_task's and chan_task's order: the blocks fastest). */
+static int64_t fc_flat_makespan(int64_t planes, int64_t out_h, int64_t chunk, int64_t oblocks, int64_t ochunk,
+                                int64_t nt) {
+    int64_t load[FC_FLAT_BALANCE_THREADS] = {0}, span = 0;
+    const int64_t chunks = fc_ceil_div(out_h, chunk), ochunks = fc_ceil_div(oblocks, ochunk);
+    for (int64_t t = 0; t < planes * chunks * ochunks; t++) {
+        int64_t i = 0;
+        for (int64_t j = 1; j < nt; j++)
+            if (load[j] < load[i]) i = j;
+        const int64_t h = t % ochunks, u = t / ochunks % chunks;
+        load[i] += fc_min64(chunk, out_h - u * chunk) * fc_min64(ochunk, oblocks - h * ochunk);
+        span = fc_max64(span, load[i]);
+    }
+    return span;
+}
+
 static fc_flat_plan fc_flat_make_plan(const fc_conv2d_shape *s, int64_t nt, int64_t blk, int64_t tile_px,
                                       int64_t row_px, int64_t buf_bytes, int64_t vlen, int64_t elem) {
     fc_flat_plan p;
@@ -135,6 +157,19 @@ static fc_flat_plan fc_flat_make_plan(const fc_conv2d_shape *s, int64_t nt, int6
     const int64_t tile_rows = fc_min64(s->out_h, fc_ceil_div(tile_px, row_px));
     p.chunks = fc_max64(chunks, fc_min64(fc_ceil_div(s->out_h, tile_rows), fc_ceil_div(want, planes * p.ochunks)));
     p.chunk = fc_ceil_div(s->out_h, p.chunks);
+    /* ...and of up to twice as many runs, the one that keeps the threads busy to the end: in the last
+     * round of a few tasks some threads wait (AlexNet's conv2, 27 rows x 3 channel blocks in 9 tasks on
+     * 2 threads, waited 8% of its call: 4 runs of 7 rows instead of 3 of 9; Zen 4, avx512) */
+    if (nt > 1 && nt <= FC_FLAT_BALANCE_THREADS && planes * p.chunks * p.ochunks <= FC_FLAT_BALANCE_TASKS * nt &&
+        (p.chunks > 1 || s->n == 1)) { /* (whole planes at a batch: chan_fwd gives a task several images) */
+        int64_t span = fc_flat_makespan(planes, s->out_h, p.chunk, p.oblocks, p.ochunk, nt);
+        const int64_t most = fc_min64(2 * p.chunks, fc_ceil_div(s->out_h, tile_rows));
+        for (int64_t c = p.chunks + 1; c <= most; c++) {
+            const int64_t chunk = fc_ceil_div(s->out_h, c), m = fc_flat_makespan(planes, s->out_h, chunk, p.oblocks,
+                                                                                 p.ochunk, nt);
+            if (m < span) span = m, p.chunk = chunk;
+        }
+    }
     p.chunks = fc_ceil_div(s->out_h, p.chunk);
     p.tasks = planes * p.chunks * p.ochunks;
     p.L = fc_flat_make_layout(s, p.chunk, vlen);
@@ -424,6 +459,32 @@ FC_TARGET static void FC_ISA_SFX(chan_block)(const FC_T *FC_RESTRICT xq, const i
 }
 #undef CHAN_TILES
 #undef CHAN_TILE
+
+/* y's rows of a block's ob channels (ystride apart, from yo) = the task's tiles of one image, bo
+ * (opix outputs x OB channels, output-major), transposed VLEN outputs x VLEN channels at a time (the
+ * outputs one by one past the last full VLEN), then activated.  Not inlined, as chan_pack. */
+FC_TARGET __attribute__((noinline)) static void FC_ISA_SFX(chan_store)(const FC_T *FC_RESTRICT bo, FC_T *FC_RESTRICT yo,
+                                                                       int64_t ystride, int64_t opix, int64_t ob,
+                                                                       const fc_conv2d_shape *s) {
+    MASK m[8];
+    FC_ISA_SFX(transpose_masks)(m);
+    const int64_t full = opix / VLEN * VLEN;
+    for (int64_t v = 0; v * VLEN < ob; v++) {
+        const int64_t rows = fc_min64(VLEN, ob - v * VLEN);
+        FC_T *yv = yo + v * VLEN * ystride;
+        const FC_T *bv = bo + v * VLEN;
+        for (int64_t q = 0; q < full; q += VLEN) {
+            VEC r[VLEN];
+            for (int i = 0; i < (int)VLEN; i++) r[i] = *(const VEC *)(bv + (q + i) * OB);
+            FC_ISA_SFX(transpose)(r, m);
+            for (int64_t i = 0; i < rows; i++) *(VEC *)(yv + i * ystride + q) = r[i];
+        }
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t q = full; q < opix; q++) yv[i * ystride + q] = bv[q * OB + i];
+    }
+    if (s->act)
+        for (int64_t r = 0; r < ob; r++) FC_ACTIVATE(yo + r * ystride, opix, s);
+}
 #undef MASK
 
 /* Task t of the channel tiling: images [n0, n0 + nimg), group g, run u of output rows, run h of
@@ -459,14 +520,11 @@ FC_TARGET static void FC_ISA_SFX(chan_task)(const FC_T *FC_RESTRICT x, const FC_
         }
         FC_ISA_SFX(chan_block)(xq, pbase, toff, rows, woff, contiguous, K, pl->kblock, bb, wk, buf, npix,
                                (int)fc_ceil_div(ob, VLEN));
-        /* the tile's transpose into y's rows: npix x ob stores beside npix x ob x K FMAs */
+        /* the tiles' transpose into y's rows: npix x ob stores beside npix x ob x K FMAs (one by one,
+         * strided, they were 1.7% of ResNet-18's conv4_1; Zen 4, avx512) */
         for (int64_t i = 0; i < nimg; i++)
-            for (int64_t r = 0; r < ob; r++) {
-                FC_T *yo = y + (((n0 + i) * s->c_out + o0 + r) * OH + oh0) * OW;
-                const FC_T *bo = buf + i * opix * OB + r;
-                for (int64_t q = 0; q < opix; q++) yo[q] = bo[q * OB];
-                if (s->act) FC_ACTIVATE(yo, opix, s);
-            }
+            FC_ISA_SFX(chan_store)(buf + i * opix * OB, y + (((n0 + i) * s->c_out + o0) * OH + oh0) * OW, OH * OW,
+                                   opix, ob, s);
     }
 }
 
