@@ -30,18 +30,21 @@ static inline int fc_isa(int64_t requested) {
     return (int)(requested < cpu ? (requested < 0 ? FC_ISA_GENERIC : requested) : cpu);
 }
 
-/* OpenMP: a `for` over independent tasks with an explicit thread count (no global state).  Without
- * OpenMP the pragmas vanish and the loops run serially. */
+/* OpenMP: a `for` over independent tasks with an explicit thread count (no global state); _STATIC
+ * for tasks of equal cost in a count the threads divide, each thread taking one contiguous run of
+ * them.  Without OpenMP the pragmas vanish and the loops run serially. */
 #ifdef _OPENMP
 #include <omp.h>
 #define FC_PRAGMA(x) _Pragma(#x)
 #define FC_OMP_PARALLEL_FOR(nt) FC_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(nt))
+#define FC_OMP_PARALLEL_FOR_STATIC(nt) FC_PRAGMA(omp parallel for schedule(static) num_threads(nt))
 #define FC_OMP_PARALLEL(nt) FC_PRAGMA(omp parallel num_threads(nt))
 #define FC_OMP_FOR FC_PRAGMA(omp for schedule(dynamic, 1))
 #define FC_THREAD_ID() omp_get_thread_num()
 #define FC_PRAGMA_ATOMIC_WRITE FC_PRAGMA(omp atomic write)
 #else
 #define FC_OMP_PARALLEL_FOR(nt)
+#define FC_OMP_PARALLEL_FOR_STATIC(nt)
 #define FC_OMP_PARALLEL(nt)
 #define FC_OMP_FOR
 #define FC_THREAD_ID() 0
