@@ -1,6 +1,7 @@
 """c.depthwise: wrapper over csrc/depthwise.c, all three passes."""
 import numpy as np
 
+from ..common import outputs
 from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:
@@ -10,7 +11,7 @@ if lib is not None:
 
 
 def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[spec.dtype](ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act),
                                  n_threads(spec))
     check(status, "c.depthwise")
@@ -18,7 +19,7 @@ def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
 
 
 def conv2d_backward_data(spec, grad_y, w):
-    grad_x = np.empty(spec.input_shape, spec.dtype)
+    grad_x = outputs.empty(spec.input_shape, spec.dtype)
     status = BACKWARD_DATA[spec.dtype](ptr(grad_y), ptr(np.ascontiguousarray(w)), ptr(grad_x, out=True),
                                        conv_shape(spec), n_threads(spec))
     check(status, "c.depthwise")
@@ -26,7 +27,7 @@ def conv2d_backward_data(spec, grad_y, w):
 
 
 def conv2d_backward_weight(spec, grad_y, x):
-    grad_w = np.empty(spec.weight_shape, spec.dtype)
+    grad_w = outputs.empty(spec.weight_shape, spec.dtype)
     status = BACKWARD_WEIGHT[spec.dtype](ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec),
                                          n_threads(spec))
     check(status, "c.depthwise")

@@ -5,7 +5,7 @@ phases (fastconv.h's FC_PHASE_*: packing the input panels, packing the weights, 
 with its stores, and nothing for the epilogue, which the stores do)."""
 import numpy as np
 
-from ..common import transpose
+from ..common import outputs, transpose
 from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:
@@ -13,7 +13,7 @@ if lib is not None:
 
 
 def conv2d_forward(spec, x, w, bias, out=None, profile=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[spec.dtype](
         ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act), n_threads(spec),
         ptr(profile, out=True))

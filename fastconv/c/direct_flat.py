@@ -2,7 +2,7 @@
 (fastconv/common/flat.py says why there is no weight gradient)."""
 import numpy as np
 
-from ..common import transpose
+from ..common import outputs, transpose
 from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
 if lib is not None:
@@ -10,7 +10,7 @@ if lib is not None:
 
 
 def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[spec.dtype](ptr(x), *weight_ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act),
                                  n_threads(spec))
     check(status, "c.direct_flat")

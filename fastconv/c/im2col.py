@@ -5,7 +5,7 @@ phases (fastconv.h's FC_PHASE_*: the unfold, nothing for the weights, the OpenBL
 bias written into the output before the GEMM adds to it)."""
 import numpy as np
 
-from ..common import config
+from ..common import config, outputs
 from ._lib import check, conv_shape, lib, n_threads, per_dtype, ptr
 
 if lib is not None:
@@ -15,7 +15,7 @@ if lib is not None:
 
 
 def conv2d_forward(spec, x, w, bias, profile=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype)
+    y = outputs.empty(spec.output_shape, spec.dtype)
     status = FORWARD[spec.dtype](
         ptr(x), ptr(w), ptr(bias), ptr(y, out=True), conv_shape(spec, act), config.workspace_bytes(), n_threads(spec),
         ptr(profile, out=True))
@@ -24,7 +24,7 @@ def conv2d_forward(spec, x, w, bias, profile=None, *, act=None):
 
 
 def conv2d_backward_data(spec, grad_y, w):
-    grad_x = np.empty(spec.input_shape, spec.dtype)
+    grad_x = outputs.empty(spec.input_shape, spec.dtype)
     status = BACKWARD_DATA[spec.dtype](
         ptr(grad_y), ptr(w), ptr(grad_x, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")
@@ -32,7 +32,7 @@ def conv2d_backward_data(spec, grad_y, w):
 
 
 def conv2d_backward_weight(spec, grad_y, x):
-    grad_w = np.empty(spec.weight_shape, spec.dtype)
+    grad_w = outputs.empty(spec.weight_shape, spec.dtype)
     status = BACKWARD_WEIGHT[spec.dtype](
         ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, "c.im2col")

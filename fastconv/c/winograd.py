@@ -12,7 +12,7 @@ the cache missed).
 """
 import numpy as np
 
-from ..common import config, transpose, winograd
+from ..common import config, outputs, transpose, winograd
 from ..common.nonfinite import NonFinite, finite
 from ._lib import FC_ENONFINITE, ISA, check, conv_shape, lib, n_threads, per_dtype, ptr, weight_ptr
 
@@ -45,7 +45,7 @@ def _transformed_filter(name, m, spec, w, profile, source=None):
 def _forward(m, spec, x, w, bias, out=None, profile=None, source=None, act=None):
     name = f"c.winograd_f{m}k3"
     u = _transformed_filter(name, m, spec, w, profile, source)
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     status = FORWARD[m][spec.dtype](
         ptr(x), ptr(u), ptr(bias), ptr(y, out=True), conv_shape(spec, act), config.workspace_bytes(),
         n_threads(spec), ptr(profile, out=True))
@@ -61,7 +61,7 @@ def _backward_data(m, spec, grad_y, w):
 
 
 def _backward_weight(m, spec, grad_y, x):
-    grad_w = np.empty(spec.weight_shape, spec.dtype)
+    grad_w = outputs.empty(spec.weight_shape, spec.dtype)
     status = BACKWARD_WEIGHT[m][spec.dtype](
         ptr(grad_y), ptr(x), ptr(grad_w, out=True), conv_shape(spec), config.workspace_bytes(), n_threads(spec))
     check(status, f"c.winograd_f{m}k3")

@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..spec import ConvSpec
+from . import outputs
 
 # forward(spec, x, w, bias, out) -> y, writing into out when it is given.  w is an OIHW array
 # or, from here, a (G, O/G, C/G, kH, kW) view (flipped, transposed): c.direct reads it in place.
@@ -85,7 +86,7 @@ def backward_data(forward: Forward, spec: ConvSpec, grad_y: np.ndarray, w: np.nd
     w_t = w.reshape(G, og, cg, spec.kh, spec.kw).transpose(0, 2, 1, 3, 4)
     problems = data_problems(spec)
     full = len(problems) == min(sh, spec.h) * min(sw, spec.w)  # else some inputs get no gradient: zeros
-    grad_x = (np.empty if full else np.zeros)(spec.input_shape, spec.dtype)
+    grad_x = (outputs.empty if full else outputs.zeros)(spec.input_shape, spec.dtype)
     for rh, rw, sub, taps_h, taps_w in problems:
         w_sub = w_t[:, :, :, taps_h, taps_w]
         if sh == sw == 1:

@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from .. import threads
-from ..common import depthwise
+from ..common import depthwise, outputs
 from ..spec import activation_code
 from ._activation import activate
 from ._flat import copy_plane, layout, tap_offsets
@@ -162,7 +162,7 @@ def _run(items, spec) -> int:
 
 
 def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     launch_threads(spec)
@@ -182,7 +182,7 @@ def _tap_table(phases, k):
 
 
 def conv2d_backward_data(spec, grad_y, w):
-    grad_x = np.empty(spec.input_shape, spec.dtype)
+    grad_x = outputs.empty(spec.input_shape, spec.dtype)
     win = depthwise.data_window(spec)
     launch_threads(spec)
     _conv2d_backward_data(grad_y, np.ascontiguousarray(w), grad_x, *spec.stride, win.r0, win.rows, win.c0, win.pitch,
@@ -192,7 +192,7 @@ def conv2d_backward_data(spec, grad_y, w):
 
 
 def conv2d_backward_weight(spec, grad_y, x):
-    grad_w = np.empty(spec.weight_shape, spec.dtype)
+    grad_w = outputs.empty(spec.weight_shape, spec.dtype)
     launch_threads(spec)
     _conv2d_backward_weight(grad_y, x, grad_w, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation,
                             spec.groups, _run(spec.groups, spec))

@@ -27,7 +27,7 @@ Tile and blocking, measured on AVX2 (16 ymm registers):
 import numpy as np
 from numba import prange
 
-from ..common import transpose
+from ..common import outputs, transpose
 from ..spec import activation_code
 from ._activation import activate
 from ._options import driver, helper, launch_threads
@@ -132,7 +132,7 @@ def _conv2d_forward(x, w, bias, y, sh, sw, pt, pl, dh, dw, groups, act, slope):
 
 
 def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     w = np.ascontiguousarray(w).reshape(spec.weight_shape)  # a grouped view from transpose.py
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     launch_threads(spec)

@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from .. import threads
-from ..common import flat, transpose
+from ..common import flat, outputs, transpose
 from ..spec import activation_code
 from ._activation import activate
 from ._flat import copy_plane, layout, tap_offsets
@@ -111,7 +111,7 @@ def _packed(spec, w, bias):
 
 
 def conv2d_forward(spec, x, w, bias, out=None, *, act=None):
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     wp, bp = _packed(spec, w, bias)
     launch_threads(spec)
     _conv2d_forward(x, wp, bp, y, *spec.stride, spec.padding[0], spec.padding[2], *spec.dilation, spec.kh, spec.kw,

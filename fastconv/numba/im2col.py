@@ -49,7 +49,7 @@ fails when _blas.py changes and this file does not, which would leave stale cach
 import numpy as np
 from numba import get_thread_id, prange
 
-from ..common import config
+from ..common import config, outputs
 from ..common.im2col import why_not
 from ..spec import activation_code
 from ..threads import for_problem
@@ -451,7 +451,7 @@ def _taps(spec):
 def conv2d_forward(spec, x, w, bias, *, act=None):
     _check(spec)
     nt = for_problem(spec)
-    y = np.empty(spec.output_shape, spec.dtype)
+    y = outputs.empty(spec.output_shape, spec.dtype)
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     rows = task_rows(spec, _taps(spec), nt, config.workspace_bytes(), y.itemsize)
     images = fold(spec, nt, rows, config.workspace_bytes(), y.itemsize)
@@ -474,7 +474,7 @@ def conv2d_forward(spec, x, w, bias, *, act=None):
 def conv2d_backward_data(spec, grad_y, w):
     _check(spec)
     nt, direct = for_problem(spec), direct_cols(spec)
-    grad_x = (np.empty if direct else np.zeros)(spec.input_shape, spec.dtype)
+    grad_x = (outputs.empty if direct else outputs.zeros)(spec.input_shape, spec.dtype)
     cg, planes = spec.c_in // spec.groups, spec.n * spec.groups
     split = min(cg, -(-nt // planes))  # channel blocks per plane: a task per thread
     cb = -(-cg // split)
@@ -495,7 +495,7 @@ def conv2d_backward_data(spec, grad_y, w):
 def conv2d_backward_weight(spec, grad_y, x):
     _check(spec)
     nt = for_problem(spec)
-    grad_w = np.zeros(spec.weight_shape, spec.dtype)
+    grad_w = outputs.zeros(spec.weight_shape, spec.dtype)
     og, K = spec.c_out // spec.groups, _taps(spec)
     parts = min(nt, (max(K, og) + 15) // 16)  # of grad_w's longer side (as C's)
     run = weight_run(spec, config.workspace_bytes(), grad_w.itemsize)

@@ -14,6 +14,8 @@ Its vector ISA is LLVM's for the host CPU, not FASTCONV_ISA's path: fastconv/num
 with measurements.
 """
 import numpy as np
+
+from ..common import outputs
 from numba import prange
 
 from ..spec import index_error
@@ -104,19 +106,19 @@ def _max_pool2d_backward(grad_y, idx, grad_x):
 
 
 def max_pool2d_forward(spec, x):
-    y = np.empty(spec.output_shape, spec.dtype)
+    y = outputs.empty(spec.output_shape, spec.dtype)
     launch_threads(spec)
     hyper = (*spec.kernel, *spec.stride, *spec.padding, *spec.dilation)
     if not spec.indices:
         _max_pool2d_values(x, y, *hyper)
         return y, None
-    idx = np.empty(spec.output_shape, np.int64)
+    idx = outputs.empty(spec.output_shape, np.int64)
     _max_pool2d_forward(x, y, idx, *hyper)
     return y, idx
 
 
 def max_pool2d_backward(spec, grad_y, indices):
-    grad_x = np.empty(spec.input_shape, spec.dtype)
+    grad_x = outputs.empty(spec.input_shape, spec.dtype)
     launch_threads(spec)
     if _max_pool2d_backward(grad_y, indices, grad_x):
         raise index_error("max_pool2d_backward", spec)

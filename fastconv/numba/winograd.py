@@ -62,7 +62,7 @@ here, and numba/_blas.py is ABI (BLAS_ABI, as in numba/im2col.py; tests/test_win
 import numpy as np
 from numba import get_thread_id, prange
 
-from ..common import config, transpose, winograd
+from ..common import config, outputs, transpose, winograd
 from ..common.nonfinite import NonFinite, finite
 from ..threads import for_problem, get_num_threads
 from ..common.winograd_points import matrices
@@ -538,7 +538,7 @@ def _forward(m, spec, x, w, bias, out=None, source=None, act=None):
     a = m + 2
     u = _transformed_filter(f"numba.winograd_f{m}k3", m, spec, w, source)
     x = np.ascontiguousarray(x)
-    y = np.empty(spec.output_shape, spec.dtype) if out is None else out
+    y = outputs.empty(spec.output_shape, spec.dtype) if out is None else out
     bias = bias if bias is not None else np.zeros(spec.c_out, spec.dtype)
     nt = for_problem(spec)  # one thread for a small problem, as every kernel
     T, oc, cc, oparts = plan(spec, m, nt, config.workspace_bytes(), y.itemsize)
@@ -575,7 +575,7 @@ def _backward_weight(m, spec, grad_y, x):
     a = m + 2
     G, og, cg = spec.groups, spec.c_out // spec.groups, spec.c_in // spec.groups
     dt = spec.dtype
-    gw = np.empty(spec.weight_shape, dt)
+    gw = outputs.empty(spec.weight_shape, dt)
     tiles_w = -(-spec.out_w // m)
     tiles = spec.n * -(-spec.out_h // m) * tiles_w
     per_tile = a * a * (cg + og) * gw.itemsize
