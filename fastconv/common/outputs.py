@@ -15,6 +15,7 @@ longest unused first; beyond that, outputs are new arrays.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -24,6 +25,7 @@ import numpy as np
 
 POOL_MIN_BYTES = 32 << 20  # glibc's largest mmap threshold: below it, malloc reuses freed memory
 DEFAULT_POOL_MB = 512
+_ITEMSIZE = {"float32": 4, "float64": 8, np.float32: 4, np.float64: 8, np.int64: 8}  # the kernels' dtypes
 
 
 def _pool_bytes_from_environment() -> int:
@@ -57,15 +59,16 @@ _FREE_REFS = _probe_free_refs()
 
 def empty(shape, dtype) -> np.ndarray:
     """np.empty(shape, dtype), from a free pooled buffer of its size when it is large."""
-    dtype = np.dtype(dtype)
-    buf = _take(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    itemsize = _ITEMSIZE.get(dtype) or np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * itemsize
+    buf = None if nbytes < POOL_MIN_BYTES else _take(nbytes)  # (np.prod: 3 us a call)
     return np.empty(shape, dtype) if buf is None else buf.view(dtype).reshape(shape)
 
 
 def zeros(shape, dtype) -> np.ndarray:
     """np.zeros(shape, dtype), from a free pooled buffer of its size when it is large."""
-    dtype = np.dtype(dtype)
-    buf = _take(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buf = None if nbytes < POOL_MIN_BYTES else _take(nbytes)
     if buf is None:
         return np.zeros(shape, dtype)
     a = buf.view(dtype).reshape(shape)
@@ -76,7 +79,7 @@ def zeros(shape, dtype) -> np.ndarray:
 def _take(nbytes: int):
     """A pooled buffer of nbytes that nothing else references, new if none is free; None for a
     size the pool does not serve or has no room for."""
-    if nbytes < POOL_MIN_BYTES or nbytes > _pool_bytes:
+    if nbytes > _pool_bytes:
         return None
     with _lock:
         for i in range(len(_buffers) - 1, -1, -1):
@@ -92,16 +95,22 @@ def _take(nbytes: int):
 
 
 def _new_buffer(nbytes: int):
-    """A new buffer, the free ones used least recently dropped to make room; None if the ones in
-    use leave none (the caller's lock held)."""
-    total = sum(b.nbytes for b in _buffers)
-    i = 0
-    while total + nbytes > _pool_bytes and i < len(_buffers):
+    """A new buffer, free ones dropped to make room; None if the ones in use leave none (the
+    caller's lock held)."""
+    total = _drop_free_over(_pool_bytes - nbytes)
+    return np.empty(nbytes, np.uint8) if total + nbytes <= _pool_bytes else None
+
+
+def _drop_free_over(bound: int) -> int:
+    """Drop free buffers, the least recently handed out first, while the pool holds more than
+    bound bytes; the bytes it holds then (the caller's lock held)."""
+    i, total = 0, sum(b.nbytes for b in _buffers)
+    while total > bound and i < len(_buffers):
         if sys.getrefcount(_buffers[i]) == _FREE_REFS:
             total -= _buffers.pop(i).nbytes
         else:
             i += 1
-    return np.empty(nbytes, np.uint8) if total + nbytes <= _pool_bytes else None
+    return total
 
 
 def set_pool_bytes(n: int) -> None:
@@ -114,12 +123,7 @@ def set_pool_bytes(n: int) -> None:
         raise ValueError(f"set_pool_bytes: n={n} must be >= 0")
     with _lock:
         _pool_bytes = n
-        i, total = 0, sum(b.nbytes for b in _buffers)
-        while total > n and i < len(_buffers):
-            if sys.getrefcount(_buffers[i]) == _FREE_REFS:
-                total -= _buffers.pop(i).nbytes
-            else:
-                i += 1
+        _drop_free_over(n)
 
 
 def pooled_bytes() -> tuple[int, int]:
