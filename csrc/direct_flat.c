@@ -90,8 +90,11 @@
 #define FC_FLAT_TILE_BYTES (32 << 10)  /* a task's output buffer: within L1 */
 #define FC_FLAT_PACK_BYTES (256 << 10) /* a group's weights up to this size are packed per call */
 #define FC_FLAT_TASKS_PER_THREAD 4
-#define FC_FLAT_BALANCE_THREADS 64 /* the runs of rows balanced over the threads up to this many threads... */
-#define FC_FLAT_BALANCE_TASKS 16   /* ...and this many tasks per thread (beyond, the last round is short) */
+/* The runs of rows balanced over the threads (fc_flat_makespan, per call: tasks x threads x tries
+ * steps) up to this many threads, tasks per thread (beyond, the last round is short) and tries. */
+#define FC_FLAT_BALANCE_THREADS 8
+#define FC_FLAT_BALANCE_TASKS 16
+#define FC_FLAT_BALANCE_TRIES 8
 #define FC_FLAT_KBLOCK_BYTES (24 << 10) /* the channel tiling: packed weights per pass, within L1 */
 #define FC_FLAT_CBUF_BYTES (128 << 10)  /* the channel tiling: a task's output buffer, within L2 */
 #define FC_FLAT_CHAN_TAPS 256           /* the channel tiling from this many taps per output */
@@ -163,7 +166,8 @@ static fc_flat_plan fc_flat_make_plan(const fc_conv2d_shape *s, int64_t nt, int6
     if (nt > 1 && nt <= FC_FLAT_BALANCE_THREADS && planes * p.chunks * p.ochunks <= FC_FLAT_BALANCE_TASKS * nt &&
         (p.chunks > 1 || s->n == 1)) { /* (whole planes at a batch: chan_fwd gives a task several images) */
         int64_t span = fc_flat_makespan(planes, s->out_h, p.chunk, p.oblocks, p.ochunk, nt);
-        const int64_t most = fc_min64(2 * p.chunks, fc_ceil_div(s->out_h, tile_rows));
+        const int64_t most = fc_min64(fc_min64(2 * p.chunks, p.chunks + FC_FLAT_BALANCE_TRIES),
+                                      fc_ceil_div(s->out_h, tile_rows));
         for (int64_t c = p.chunks + 1; c <= most; c++) {
             const int64_t chunk = fc_ceil_div(s->out_h, c), m = fc_flat_makespan(planes, s->out_h, chunk, p.oblocks,
                                                                                  p.ochunk, nt);
