@@ -4,9 +4,9 @@ glibc's malloc reuses freed memory for arrays up to 32 MB (its mmap threshold ri
 large blocks are freed), but maps every larger one anew: each call's output is then new memory,
 a page fault per page and a page the system zeroes before the kernel overwrites it, twice the
 output's traffic to memory (it does not fit the last-level cache either).  MobileNet-v2's 16 -> 96
-1x1 at 112x112, batch 8 (a 38.5 MB output) ran at 56-60 GFLOP/s into new arrays, 89-95 into pooled ones; at
-batch 2 and 4 (9.6 and 19 MB) the pool made no difference (c.im2col, AMD EPYC Zen 4, two
-alternating rounds).  ONNX Runtime's arena reuses its buffers likewise.  So an output of
+1x1 at 112x112, batch 8 (a 38.5 MB output) ran at 56-60 GFLOP/s into new arrays, 89-95 into
+pooled ones; at batch 2 and 4 (9.6 and 19 MB) the pool made no difference (c.im2col, AMD EPYC
+Zen 4, two alternating rounds).  ONNX Runtime's arena reuses its buffers likewise.  So an output of
 POOL_MIN_BYTES or more is a view of a pooled buffer, handed out again only when the pool's
 reference is its only one: every view of it holds one, and so does whatever holds a view (a torch
 tensor made by torch.from_numpy), so a reused output is, to every caller, a new array.  The pool
