@@ -341,8 +341,10 @@ class Conv2d(nn.Conv2d):
         # inference: the call's checks and dispatch made once per input shape, as FusedConv2d's
         x, w = _numpy(input, "input", "conv2d"), _numpy(weight, "weight", "conv2d")
         b = None if bias is None else _numpy(bias, "bias", "conv2d")
-        plan = self._fastconv_plan = _api.replan(self.__dict__.get("_fastconv_plan"), x, w, b,
-                                                 (self.stride, self.padding, self.dilation, self.groups))
+        kept = self.__dict__.get("_fastconv_plan")
+        plan = _api.replan(kept, x, w, b, (self.stride, self.padding, self.dilation, self.groups))
+        if plan is not kept:  # (nn.Module.__setattr__ costs ~1 us: only on a new plan)
+            self._fastconv_plan = plan
         return _tensor(_api.run_plan(plan, x, w, b))
 
     def __getstate__(self):
@@ -507,8 +509,10 @@ class FusedConv2d(nn.Module):
         xn = _numpy(x, "input", "conv2d")
         # the call's checks and dispatch, made once per input shape (api.Conv2dPlan)
         c = self._modules["conv"]  # not self.conv: nn.Module.__getattr__ costs ~0.7 us
-        plan = self._plan = _api.replan(self._plan, xn, w, b, (c.stride, c.padding, c.dilation, c.groups),
-                                        self.activation)
+        kept = self._plan
+        plan = _api.replan(kept, xn, w, b, (c.stride, c.padding, c.dilation, c.groups), self.activation)
+        if plan is not kept:  # (nn.Module.__setattr__ costs ~1 us: only on a new plan)
+            self._plan = plan
         # The folded weights are this module's own and change only with a new fold (a new token),
         # so Winograd's filter cache may skip comparing them with the copy it keeps
         # (fastconv/common/winograd.py; VGG's 512 x 512 layers: 0.85 ms a call)

@@ -59,21 +59,24 @@ _FREE_REFS = _probe_free_refs()
 
 def empty(shape, dtype) -> np.ndarray:
     """np.empty(shape, dtype), from a free pooled buffer of its size when it is large."""
-    itemsize = _ITEMSIZE.get(dtype) or np.dtype(dtype).itemsize
-    nbytes = math.prod(shape) * itemsize
-    buf = None if nbytes < POOL_MIN_BYTES else _take(nbytes)  # (np.prod: 3 us a call)
-    return np.empty(shape, dtype) if buf is None else buf.view(dtype).reshape(shape)
+    a = _pooled(shape, dtype)
+    return np.empty(shape, dtype) if a is None else a
 
 
 def zeros(shape, dtype) -> np.ndarray:
     """np.zeros(shape, dtype), from a free pooled buffer of its size when it is large."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    buf = None if nbytes < POOL_MIN_BYTES else _take(nbytes)
-    if buf is None:
+    a = _pooled(shape, dtype)
+    if a is None:
         return np.zeros(shape, dtype)
-    a = buf.view(dtype).reshape(shape)
     a.fill(0)
     return a
+
+
+def _pooled(shape, dtype):
+    """An array over a free pooled buffer, or None (small, or no room)."""
+    nbytes = math.prod(shape) * (_ITEMSIZE.get(dtype) or np.dtype(dtype).itemsize)  # (np.prod: 3 us a call)
+    buf = None if nbytes < POOL_MIN_BYTES else _take(nbytes)
+    return None if buf is None else buf.view(dtype).reshape(shape)
 
 
 def _take(nbytes: int):
