@@ -123,7 +123,9 @@ typedef struct {
 
 /* The time, in output rows x channel blocks, of a call cut into `planes` x runs of `chunk` rows x runs
  * of `ochunk` blocks, on nt threads each taking the next task as it becomes free (schedule(dynamic, 1),
- * the tasks in flat_task's and chan_task's order: the blocks fastest). */
+ * the tasks in flat_task's and chan_task's order: the blocks fastest).  Where chan_fwd deals its tasks
+ * statically instead (a count the threads divide) it is exact when the runs are of equal size, and
+ * off by at most a row a thread when the last is shorter. */
 static int64_t fc_flat_makespan(int64_t planes, int64_t out_h, int64_t chunk, int64_t oblocks, int64_t ochunk,
                                 int64_t nt) {
     int64_t load[FC_FLAT_BALANCE_THREADS] = {0}, span = 0;
